@@ -1,0 +1,266 @@
+"""The one module that knows about MRI sequences and their subsets.
+
+Everything else in the package asks this module for:
+
+* the canonical modalities ``T1, T1ce, T2, FLAIR`` (in that order, which is also the canonical channel order
+  ``_0000 .. _0003`` of every dataset our converters write) and their aliases in every BraTS year and MSD;
+* the mapping of a dataset.json ``channel_names`` to modalities;
+* the 15 non-empty subsets, in one fixed order (see :data:`SUBSETS`), with stable short names such as ``T1ce+FLAIR``;
+* parsing a user's subset string;
+* sampling a subset per training sample and turning it into a channel mask;
+* applying a mask to a batch by zeroing channels.
+
+A mask is a boolean vector over a dataset's *channels* (``True`` = present). It is born here and applied in exactly
+two places: the trainer's ``train_step`` and the predictor.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from nnunet_missingmod.errors import MissingModError
+
+MODALITIES: Tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
+"""Canonical modalities, in canonical channel order (``_0000`` = T1 ... ``_0003`` = FLAIR)."""
+
+# Every spelling seen in BraTS 2018-2024, FeTS, MSD Task01 and nnU-Net's own converters. Matching is
+# case-insensitive and ignores '-', '_', ' ' and '.', so 'T1-Gd', 't1_ce' and 'T1 CE' are covered too.
+_ALIASES = {
+    "T1": ("t1", "t1n", "t1w", "t1native", "native t1", "nativet1", "t1pre"),
+    "T1ce": ("t1ce", "t1c", "t1gd", "t1-gd", "t1post", "t1contrast", "t1wce", "t1wc", "t1wgd", "ce-t1", "cet1"),
+    "T2": ("t2", "t2w"),
+    "FLAIR": ("flair", "t2f", "t2flair", "t2-flair", "t2wflair"),
+}
+
+
+def _normalise_key(name: str) -> str:
+    return re.sub(r"[\s_\-\.]", "", name.strip().lower())
+
+
+ALIASES: Mapping[str, str] = {_normalise_key(a): m for m, aliases in _ALIASES.items() for a in aliases + (m,)}
+"""Normalised alias -> canonical modality name."""
+
+SubsetSampling = str
+SAMPLING_STRATEGIES: Tuple[SubsetSampling, ...] = ("uniform", "cardinality")
+"""``uniform``: each of the 15 subsets with probability 1/15 (MST-KDNet's code: ``random.randint(0, 14)``).
+``cardinality``: first the number of kept modalities uniformly in 1..4, then a subset of that size uniformly
+(ShaSpec's sampling)."""
+
+
+def canonical_modality(name: str) -> str:
+    """Canonical name (``T1``, ``T1ce``, ``T2`` or ``FLAIR``) of any known alias; raises :class:`MissingModError`."""
+    if not isinstance(name, str):
+        raise MissingModError(f"modality name must be a string, got {name!r}")
+    key = _normalise_key(name)
+    if key not in ALIASES:
+        raise MissingModError(
+            f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)} or an alias "
+            f"({', '.join(sorted({a for a in _flat_aliases()}))})")
+    return ALIASES[key]
+
+
+def _flat_aliases() -> Iterable[str]:
+    for aliases in _ALIASES.values():
+        yield from aliases
+
+
+@dataclass(frozen=True)
+class ModalitySubset:
+    """A non-empty set of canonical modalities. ``present`` is a boolean per canonical modality."""
+
+    present: Tuple[bool, bool, bool, bool]
+
+    def __post_init__(self):
+        if len(self.present) != len(MODALITIES):
+            raise MissingModError(f"a subset needs one flag per modality {MODALITIES}, got {self.present!r}")
+        if not any(self.present):
+            raise MissingModError("the empty modality subset is not allowed: at least one sequence must be present")
+
+    @classmethod
+    def from_modalities(cls, modalities: Iterable[str]) -> "ModalitySubset":
+        names = [canonical_modality(m) for m in modalities]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise MissingModError(f"modality listed twice in subset: {', '.join(duplicates)}")
+        return cls(tuple(m in names for m in MODALITIES))
+
+    @property
+    def modalities(self) -> Tuple[str, ...]:
+        """Present modalities in canonical order."""
+        return tuple(m for m, p in zip(MODALITIES, self.present) if p)
+
+    @property
+    def missing(self) -> Tuple[str, ...]:
+        return tuple(m for m, p in zip(MODALITIES, self.present) if not p)
+
+    @property
+    def name(self) -> str:
+        """Stable short name, e.g. ``T1ce+FLAIR``; the full set is ``T1+T1ce+T2+FLAIR``."""
+        return "+".join(self.modalities)
+
+    @property
+    def cardinality(self) -> int:
+        return sum(self.present)
+
+    @property
+    def is_full(self) -> bool:
+        return all(self.present)
+
+    def channel_mask(self, channel_modalities: Sequence[str]) -> Tuple[bool, ...]:
+        """Boolean per dataset channel, for a dataset whose channels hold ``channel_modalities``
+        (as returned by :func:`modalities_from_channel_names`)."""
+        return tuple(self.present[MODALITIES.index(m)] for m in channel_modalities)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _build_subsets() -> Tuple[ModalitySubset, ...]:
+    subsets = []
+    for k in range(1, len(MODALITIES) + 1):
+        for combination in itertools.combinations(range(len(MODALITIES)), k):
+            subsets.append(ModalitySubset(tuple(i in combination for i in range(len(MODALITIES)))))
+    return tuple(subsets)
+
+
+SUBSETS: Tuple[ModalitySubset, ...] = _build_subsets()
+"""The 15 non-empty subsets in their fixed order: by number of modalities (1, 2, 3, 4), then lexicographically in
+canonical modality order. Index 14 is the full set::
+
+    0 T1   1 T1ce   2 T2   3 FLAIR
+    4 T1+T1ce   5 T1+T2   6 T1+FLAIR   7 T1ce+T2   8 T1ce+FLAIR   9 T2+FLAIR
+    10 T1+T1ce+T2   11 T1+T1ce+FLAIR   12 T1+T2+FLAIR   13 T1ce+T2+FLAIR
+    14 T1+T1ce+T2+FLAIR
+"""
+FULL_SET: ModalitySubset = SUBSETS[-1]
+SUBSET_NAMES: Tuple[str, ...] = tuple(s.name for s in SUBSETS)
+
+
+def parse_subset(text: Union[str, Iterable[str]]) -> ModalitySubset:
+    """Parse a user's subset: ``"T1ce,FLAIR"``, ``"t1c+t2f"``, ``"all"``, or a list of names.
+
+    Raises :class:`MissingModError` for an empty subset, an unknown name or a duplicate.
+    """
+    if isinstance(text, str):
+        if _normalise_key(text) in ("all", "full"):
+            return FULL_SET
+        parts = [p for p in re.split(r"[,+\s]+", text.strip()) if p]
+        if not parts:
+            raise MissingModError(f"empty modality subset {text!r}: name at least one of {', '.join(MODALITIES)}")
+    else:
+        parts = list(text)
+        if not parts:
+            raise MissingModError("empty modality subset: name at least one of " + ", ".join(MODALITIES))
+    return ModalitySubset.from_modalities(parts)
+
+
+def parse_subsets(text: Optional[str]) -> Tuple[ModalitySubset, ...]:
+    """Parse a list of subsets separated by ``;`` or spaces (``"T1ce+FLAIR;T2"``); ``None``/``"all15"`` gives all 15,
+    in the fixed order. Duplicates are dropped, the order of :data:`SUBSETS` is kept."""
+    if text is None or _normalise_key(text) in ("all15", "15"):
+        return SUBSETS
+    chosen = {parse_subset(part) for part in re.split(r"[;\s]+", text.strip()) if part}
+    if not chosen:
+        raise MissingModError(f"no modality subset in {text!r}")
+    return tuple(s for s in SUBSETS if s in chosen)
+
+
+def modalities_from_channel_names(channel_names: Mapping[Union[str, int], str]) -> Tuple[str, ...]:
+    """Canonical modality of each channel of a dataset.json ``channel_names`` (keys ``"0"``, ``"1"``, ...).
+
+    Every one of the four modalities must appear exactly once; raises :class:`MissingModError` naming the channel
+    otherwise (unknown or ambiguous name, duplicate, missing modality, non-contiguous channel indices).
+    """
+    try:
+        indices = sorted(int(k) for k in channel_names)
+    except (TypeError, ValueError):
+        raise MissingModError(f"channel_names keys must be channel indices '0', '1', ...; got {list(channel_names)}")
+    if indices != list(range(len(indices))):
+        raise MissingModError(f"channel_names must be numbered 0..{len(indices) - 1}, got {indices}")
+    by_index = {int(k): v for k, v in channel_names.items()}
+    result = []
+    for i in indices:
+        try:
+            result.append(canonical_modality(by_index[i]))
+        except MissingModError as e:
+            raise MissingModError(f"channel {i} ({by_index[i]!r}) in channel_names: {e}") from None
+    for m in MODALITIES:
+        holders = [i for i, r in enumerate(result) if r == m]
+        if len(holders) > 1:
+            raise MissingModError(
+                f"ambiguous channel_names: channels {holders} ({', '.join(repr(by_index[i]) for i in holders)}) "
+                f"all mean {m}")
+        if not holders:
+            raise MissingModError(f"channel_names {dict(by_index)} has no {m} channel; need all of {MODALITIES}")
+    return tuple(result)
+
+
+def subset_of_channel_mask(mask: Sequence[bool], channel_modalities: Sequence[str]) -> ModalitySubset:
+    """Inverse of :meth:`ModalitySubset.channel_mask`."""
+    if len(mask) != len(channel_modalities):
+        raise MissingModError(f"mask {list(mask)} has {len(mask)} entries for {len(channel_modalities)} channels")
+    return ModalitySubset.from_modalities([m for m, keep in zip(channel_modalities, mask) if keep])
+
+
+def subset_channel_masks(channel_modalities: Sequence[str], device=None) -> torch.Tensor:
+    """(15, C) bool tensor: row i is :data:`SUBSETS` [i] as a mask over the dataset's channels."""
+    return torch.tensor([s.channel_mask(channel_modalities) for s in SUBSETS], dtype=torch.bool, device=device)
+
+
+def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
+                          full_set_probability: Optional[float] = None,
+                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw one subset per sample: (B,) long tensor of indices into :data:`SUBSETS` (on CPU).
+
+    ``strategy``: see :data:`SAMPLING_STRATEGIES`. ``full_set_probability``: if given, each sample keeps all
+    modalities with this probability and otherwise draws by ``strategy`` among the 14 proper subsets.
+    The empty set is never drawn.
+    """
+    if strategy not in SAMPLING_STRATEGIES:
+        raise MissingModError(f"unknown subset sampling {strategy!r}; expected one of {SAMPLING_STRATEGIES}")
+    if full_set_probability is not None and not 0.0 <= full_set_probability <= 1.0:
+        raise MissingModError(f"full_set_probability must lie in [0, 1], got {full_set_probability}")
+    n_candidates = len(SUBSETS) if full_set_probability is None else len(SUBSETS) - 1
+    if strategy == "uniform":
+        weights = torch.ones(n_candidates, dtype=torch.float64)
+    else:
+        sizes = torch.tensor([s.cardinality for s in SUBSETS[:n_candidates]])
+        n_sizes = int(sizes.max())
+        counts = torch.bincount(sizes)[sizes].double()
+        weights = 1.0 / (n_sizes * counts)
+    indices = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    if full_set_probability is not None:
+        keep_all = torch.rand(batch_size, generator=generator, dtype=torch.float64) < full_set_probability
+        indices = torch.where(keep_all, torch.full_like(indices, len(SUBSETS) - 1), indices)
+    return indices
+
+
+def sample_channel_masks(batch_size: int, channel_modalities: Sequence[str], strategy: SubsetSampling = "uniform",
+                         full_set_probability: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                         device=None) -> torch.Tensor:
+    """(B, C) bool mask over the dataset's channels, one sampled subset per sample (see
+    :func:`sample_subset_indices`)."""
+    indices = sample_subset_indices(batch_size, strategy, full_set_probability, generator)
+    return subset_channel_masks(channel_modalities)[indices].to(device)
+
+
+def apply_channel_mask(data: torch.Tensor, mask: torch.Tensor, channel_axis: int = 1) -> torch.Tensor:
+    """Zero the missing channels.
+
+    Args:
+        data: (B, C, *spatial) batch (``channel_axis=1``), or (C, *spatial) single case (``channel_axis=0``).
+        mask: (C,) bool, ``True`` = present, applied to every sample; or (B, C), one row per sample (batches only).
+    Returns:
+        a new tensor like ``data`` whose missing channels are exactly 0 (also where ``data`` held NaN or Inf).
+    """
+    mask = torch.as_tensor(mask, dtype=torch.bool, device=data.device)
+    expected = tuple(data.shape[:channel_axis + 1])[-mask.ndim:] if mask.ndim <= channel_axis + 1 else None
+    if mask.ndim not in (1, 2) or expected is None or tuple(mask.shape) != expected:
+        raise MissingModError(f"mask of shape {tuple(mask.shape)} does not fit data of shape {tuple(data.shape)} "
+                              f"with channels on axis {channel_axis}")
+    view = (1,) * (channel_axis + 1 - mask.ndim) + tuple(mask.shape) + (1,) * (data.ndim - channel_axis - 1)
+    return data.masked_fill(~mask.view(view), 0)
