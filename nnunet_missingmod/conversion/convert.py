@@ -1,0 +1,487 @@
+"""Convert a BraTS / FeTS / MSD source folder into one canonical nnU-Net raw dataset.
+
+Steps: discover the cases (rules from :mod:`.formats`), check them from their headers (all four sequences present,
+same geometry within a case), then build the whole dataset in a hidden temporary sibling folder under
+``$nnUNet_raw`` and rename it into place. Label values are checked while the labels are remapped; any error removes
+the temporary folder, so a failed run leaves nothing behind. The source is only read.
+
+Reruns: the dataset folder holds ``conversion_report.json`` with a fingerprint of the inputs (format, options,
+source file paths, sizes and modification times). A rerun with the same fingerprint is a no-op; a different one is
+refused, as is a dataset ID already used under another name.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_missingmod.conversion.formats import DatasetFormat, dataset_json_labels, get_format
+from nnunet_missingmod.conversion.labels import NIFTI_ENDINGS, to_nnunet_labels
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import MODALITIES, canonical_modality
+
+FILE_ENDING = ".nii.gz"
+REPORT_NAME = "conversion_report.json"
+MAX_LISTED_PROBLEMS = 20
+_GEOMETRY_ATOL = 1e-3  # mm (spacing, origin) and direction cosines
+
+
+# ---------------------------------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class ImageSource:
+    """One source image: a 3-D file, or channel ``channel`` of a 4-D file (MSD)."""
+
+    path: Path
+    channel: Optional[int] = None
+
+
+@dataclass
+class SourceCase:
+    case_id: str
+    images: Dict[str, Optional[ImageSource]]
+    """Canonical modality -> source, ``None`` where the sequence is missing."""
+    seg: Optional[Path]
+    expected_names: Dict[str, str] = field(default_factory=dict)
+    """Canonical modality -> expected file (for error messages)."""
+    unrecognised: Tuple[str, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return self.seg is not None
+
+    @property
+    def missing(self) -> Tuple[str, ...]:
+        return tuple(m for m in MODALITIES if self.images.get(m) is None)
+
+
+def _visible(entries: Iterable[Path]) -> List[Path]:
+    # Skips hidden files such as the '._BRATS_001.nii.gz' macOS resource forks shipped in the MSD tarball.
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def _nifti_files(folder: Path) -> List[Path]:
+    return [p for p in _visible(folder.iterdir()) if p.is_file() and p.name.lower().endswith(NIFTI_ENDINGS)]
+
+
+def _case_folders(fmt: DatasetFormat, source: Path) -> List[Path]:
+    """Folders holding one case each: sub-folders of ``source`` (or of its HGG/LGG groups) with NIfTI files."""
+    groups = {g.lower() for g in fmt.group_dirs}
+    folders = []
+    for sub in (p for p in _visible(source.iterdir()) if p.is_dir()):
+        if sub.name.lower() in groups:
+            folders += [p for p in _visible(sub.iterdir()) if p.is_dir() and _nifti_files(p)]
+        elif _nifti_files(sub):
+            folders.append(sub)
+    return folders
+
+
+def _file_pattern(case_id: str, suffixes: Sequence[str]) -> "re.Pattern[str]":
+    alternatives = "|".join(re.escape(s) for s in suffixes)
+    return re.compile(rf"^{re.escape(case_id)}[-_]({alternatives})\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def _single_match(case_id: str, what: str, matches: List[Path]) -> Optional[Path]:
+    if len(matches) > 1:
+        raise MissingModError(f"case {case_id}: several files for {what}: {', '.join(p.name for p in matches)}; "
+                              f"keep one")
+    return matches[0] if matches else None
+
+
+def _case_from_folder(fmt: DatasetFormat, folder: Path) -> SourceCase:
+    case_id = folder.name
+    files = _nifti_files(folder)
+    images, expected, used = {}, {}, set()
+    for modality in MODALITIES:
+        pattern = _file_pattern(case_id, fmt.suffixes[modality])
+        match = _single_match(case_id, modality, [f for f in files if pattern.match(f.name)])
+        images[modality] = ImageSource(match) if match else None
+        expected[modality] = str(folder / f"{case_id}{fmt.separator}{fmt.official_suffix(modality)}{FILE_ENDING}")
+        used.add(match)
+    seg_pattern = _file_pattern(case_id, (fmt.seg_suffix,))
+    seg_matches = [f for f in files if seg_pattern.match(f.name)]
+    known_seg = fmt.known_seg_names.get(case_id)
+    seg_matches += [f for f in files if known_seg and f.name == known_seg]
+    seg = _single_match(case_id, "the segmentation", seg_matches)
+    used.add(seg)
+    unrecognised = tuple(f.name for f in files if f not in used)
+    return SourceCase(case_id, images, seg, expected, unrecognised)
+
+
+def _msd_channel_order(fmt: DatasetFormat, source: Path) -> Tuple[str, ...]:
+    """Modality of each channel of the 4-D images: from the source dataset.json 'modality' if there is one."""
+    dataset_json = source / "dataset.json"
+    if not dataset_json.is_file():
+        return fmt.msd_channels
+    try:
+        modality = json.loads(dataset_json.read_text())["modality"]
+        order = tuple(canonical_modality(modality[str(i)]) for i in range(len(modality)))
+    except (KeyError, ValueError, TypeError) as e:
+        raise MissingModError(f"{str(dataset_json)!r}: cannot read the channel order from its 'modality' "
+                              f"entry ({e})") from None
+    if sorted(order) != sorted(MODALITIES):
+        raise MissingModError(f"{str(dataset_json)!r}: 'modality' {modality} must name each of {MODALITIES} once")
+    return order
+
+
+def _msd_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
+    order = _msd_channel_order(fmt, source)
+    cases = []
+    for images_dir, labelled in (("imagesTr", True), ("imagesTs", False)):
+        folder = source / images_dir
+        if not folder.is_dir():
+            continue
+        for image in _nifti_files(folder):
+            case_id = re.sub(r"\.nii(\.gz)?$", "", image.name, flags=re.IGNORECASE)
+            seg = None
+            if labelled:
+                seg = source / "labelsTr" / image.name
+                if not seg.is_file():
+                    raise MissingModError(f"case {case_id}: label file {str(seg)!r} is missing for "
+                                          f"{str(image)!r}")
+            images = {m: ImageSource(image, order.index(m)) for m in MODALITIES}
+            cases.append(SourceCase(case_id, images, seg, {m: str(image) for m in MODALITIES}))
+    labels_dir = source / "labelsTr"
+    if labels_dir.is_dir():
+        orphans = [p.name for p in _nifti_files(labels_dir) if not (source / "imagesTr" / p.name).is_file()]
+        if orphans:
+            raise MissingModError(f"label file(s) without an image in imagesTr: {', '.join(orphans[:10])}")
+    return cases
+
+
+def discover_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
+    """All cases of ``source`` in format ``fmt``, sorted by case id. Raises if there are none."""
+    if not source.is_dir():
+        raise MissingModError(f"source folder {str(source)!r} does not exist or is not a folder")
+    cases = _msd_cases(fmt, source) if fmt.is_msd else [_case_from_folder(fmt, d) for d in _case_folders(fmt, source)]
+    if not cases:
+        layout = ("imagesTr/, labelsTr/ (and imagesTs/) with 4-D NIfTI images" if fmt.is_msd else
+                  f"one folder per case, e.g. {fmt.case_name.format(index=fmt.first_index)}/"
+                  + (f" (possibly inside {'/'.join(fmt.group_dirs)})" if fmt.group_dirs else ""))
+        raise MissingModError(f"no {fmt.key} cases found in {str(source)!r}; expected {layout}")
+    ids = [c.case_id for c in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise MissingModError(f"case id(s) found twice in {str(source)!r}: {', '.join(duplicates[:10])}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+@dataclass(frozen=True)
+class Geometry:
+    shape: Tuple[int, ...]
+    spacing: Tuple[float, ...]
+    origin: Tuple[float, ...]
+    direction: Tuple[float, ...]
+    channels: int = 1
+
+    def matches(self, other: "Geometry") -> bool:
+        return (self.shape == other.shape
+                and np.allclose(self.spacing, other.spacing, rtol=0, atol=_GEOMETRY_ATOL)
+                and np.allclose(self.origin, other.origin, rtol=0, atol=_GEOMETRY_ATOL)
+                and np.allclose(self.direction, other.direction, rtol=0, atol=_GEOMETRY_ATOL))
+
+    def describe(self) -> str:
+        return (f"shape {self.shape}, spacing {tuple(round(s, 4) for s in self.spacing)}, "
+                f"origin {tuple(round(o, 3) for o in self.origin)}")
+
+
+def read_geometry(path: Path) -> Geometry:
+    """3-D geometry from the header only (the 4th axis of a 4-D image is reported as ``channels``)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MissingModError(f"cannot read image header of {str(path)!r}: {str(e).strip().splitlines()[-1]}") from None
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if dim not in (3, 4):
+        raise MissingModError(f"{str(path)!r} is {dim}-D; expected a 3-D image")
+    direction = np.asarray(reader.GetDirection()).reshape(dim, dim)[:3, :3]
+    return Geometry(tuple(size[:3]), tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]),
+                    tuple(direction.ravel()), size[3] if dim == 4 else 1)
+
+
+def _case_problems(case: SourceCase, allow_missing: bool) -> Tuple[List[str], Optional[Geometry]]:
+    """Problems of one case (missing sequences, geometry mismatches) and its reference geometry."""
+    problems = []
+    if case.missing and (not allow_missing or len(case.missing) == len(MODALITIES)):
+        for m in case.missing:
+            problems.append(f"case {case.case_id}: {m} is missing (expected {case.expected_names[m]!r})")
+    if not case.labelled and case.unrecognised:
+        # Most likely a misnamed segmentation, which would silently turn the case into an unlabelled one.
+        problems.append(f"case {case.case_id}: no segmentation file but unrecognised file(s) "
+                        f"{', '.join(case.unrecognised)}; rename or remove them")
+    if len(case.missing) == len(MODALITIES):
+        return problems, None
+    reference_name, reference = None, None
+    for name, source in [(m, s.path) for m, s in case.images.items() if s] + [("segmentation", case.seg)]:
+        if source is None:
+            continue
+        geometry = read_geometry(source)
+        if case.images.get(name) and case.images[name].channel is not None and geometry.channels != len(MODALITIES):
+            problems.append(f"case {case.case_id}: {str(source)!r} has {geometry.channels} channel(s); "
+                            f"expected a 4-D image with {len(MODALITIES)}")
+        if reference is None:
+            reference_name, reference = f"{name} file {str(source)!r}", geometry
+        elif not geometry.matches(reference):
+            problems.append(f"case {case.case_id}: geometry of {name} file {str(source)!r} ({geometry.describe()}) "
+                            f"differs from {reference_name} ({reference.describe()})")
+    return problems, reference
+
+
+def check_cases(cases: Sequence[SourceCase], allow_missing: bool, progress: bool = True) -> Dict[str, Geometry]:
+    """Check every case from its headers; raise one :class:`MissingModError` listing all problems.
+
+    Returns each case's reference geometry (used for the zero images of missing sequences).
+    """
+    from tqdm import tqdm
+
+    problems, geometries = [], {}
+    for case in tqdm(cases, desc="checking cases", disable=not progress):
+        case_problems, geometry = _case_problems(case, allow_missing)
+        problems += case_problems
+        geometries[case.case_id] = geometry
+    if problems:
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        hint = ("" if allow_missing or not any(" is missing " in p for p in problems) else
+                "\n(use --allow-missing to convert incomplete cases with zero images for absent sequences)")
+        raise MissingModError(f"{len(problems)} problem(s) in the source data:\n  " + "\n  ".join(shown) + more + hint)
+    return geometries
+
+
+# ------------------------------------------------------------------------------------------------ target folder
+def nnunet_raw_dir() -> Path:
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise MissingModError("environment variable nnUNet_raw is not set; set it to nnU-Net's raw data folder "
+                              "(export nnUNet_raw=/path/to/nnUNet_raw)")
+    return Path(raw)
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise MissingModError(f"dataset ID must be an integer from 1 to 999, got {dataset_id!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name or ""):
+        raise MissingModError(f"dataset name {name!r} must start with a letter or digit and contain only letters, "
+                              f"digits, '_', '-' and '.'")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def _check_id_not_used_elsewhere(dataset_id: int, folder_name: str) -> None:
+    """nnU-Net resolves IDs across raw, preprocessed and results: the ID must not name another dataset there."""
+    prefix = f"Dataset{dataset_id:03d}_"
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        base = os.environ.get(variable)
+        if not base or not os.path.isdir(base):
+            continue
+        others = sorted(p for p in os.listdir(base) if p.startswith(prefix) and p != folder_name)
+        if others:
+            raise MissingModError(f"dataset ID {dataset_id} is already used by {others[0]} in ${variable} "
+                                  f"({base}); choose another ID or remove that dataset")
+
+
+def _fingerprint(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], options: Dict[str, bool]) -> str:
+    """Hash of everything the output depends on, without reading the images."""
+    files = sorted({str(s.path) for c in cases for s in c.images.values() if s}
+                   | {str(c.seg) for c in cases if c.seg} | {str(p) for p in _sidecar_files(fmt, source)})
+    entries = []
+    for f in files:
+        st = os.stat(f)
+        entries.append((f, st.st_size, st.st_mtime_ns))
+    payload = json.dumps({"format": fmt.key, "source": str(source), "options": options, "files": entries})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _existing_fingerprint(target: Path) -> Optional[str]:
+    try:
+        return json.loads((target / REPORT_NAME).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remove_stale_temp_folders(raw: Path, folder_name: str) -> None:
+    """Temporary folders of runs that were killed (their process is gone) are removed."""
+    for stale in raw.glob(f".{folder_name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+def _sidecar_files(fmt: DatasetFormat, source: Path) -> List[Path]:
+    return sorted({p for pattern in fmt.sidecar_globs for p in source.glob(pattern) if p.is_file()})
+
+
+def _gzip_file(src: Path, dst: Path) -> None:
+    # Byte-for-byte the same image, compressed; mtime=0 and no name keep reruns identical.
+    with open(src, "rb") as fin, open(dst, "wb") as raw_out, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw_out, mtime=0) as fout:
+        shutil.copyfileobj(fin, fout, length=1 << 22)
+
+
+def _write_zero_image(geometry: Geometry, dst: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.Image([int(s) for s in geometry.shape], sitk.sitkUInt8)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    sitk.WriteImage(image, str(dst), useCompression=True)
+
+
+def _write_channel(source: ImageSource, dst: Path) -> None:
+    """One channel of a 4-D image as a 3-D image with the 3-D part of its geometry (as nnU-Net's split_4d_nifti)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source.path))
+    array = sitk.GetArrayFromImage(image)  # (C, z, y, x)
+    channel = sitk.GetImageFromArray(array[source.channel])
+    channel.SetSpacing(image.GetSpacing()[:3])
+    channel.SetOrigin(image.GetOrigin()[:3])
+    channel.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3].ravel()))
+    sitk.WriteImage(channel, str(dst), useCompression=True)
+
+
+def _write_image(source: Optional[ImageSource], geometry: Geometry, dst: Path, link: bool) -> None:
+    if source is None:
+        _write_zero_image(geometry, dst)
+    elif source.channel is not None:
+        _write_channel(source, dst)
+    elif source.path.name.lower().endswith(".nii.gz"):
+        if link:
+            os.symlink(os.path.abspath(source.path), dst)
+        else:
+            shutil.copyfile(source.path, dst)
+    else:
+        _gzip_file(source.path, dst)
+
+
+def _write_label(fmt: DatasetFormat, case: SourceCase, keep_rc: bool, dst: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(case.seg))
+    labels = to_nnunet_labels(sitk.GetArrayFromImage(image), fmt, keep_rc,
+                              where=f"case {case.case_id}: segmentation {str(case.seg)!r}")
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(dst), useCompression=True)
+
+
+def _write_case(fmt: DatasetFormat, case: SourceCase, geometry: Geometry, folder: Path, link: bool,
+                keep_rc: bool) -> None:
+    images_dir = folder / ("imagesTr" if case.labelled else "imagesTs")
+    for channel, modality in enumerate(MODALITIES):
+        _write_image(case.images[modality], geometry, images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}", link)
+    if case.labelled:
+        _write_label(fmt, case, keep_rc, folder / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
+
+
+def _description(fmt: DatasetFormat, keep_rc: bool) -> str:
+    original = "; ".join(f"{v} {n}" for v, n in sorted(fmt.labels.names.items()))
+    text = (f"{fmt.title} converted by nnunet-missingmod. Channels T1, T1ce, T2, FLAIR. Original labels: {original}. "
+            f"nnU-Net labels: 1 oedema/SNFH, 2 necrotic + non-enhancing core (NCR/NET/NETC), 3 enhancing tumour; "
+            f"regions WT = 1+2+3, TC = 2+3, ET = 3.")
+    if fmt.labels.has_rc:
+        text += (" Resection cavity (RC) kept as label 4, its own region." if keep_rc else
+                 " Resection cavity (RC) voxels are background, as the official scorer excludes RC from WT and TC.")
+    return text
+
+
+def _write_dataset(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], geometries: Dict[str, Geometry],
+                   folder: Path, dataset_name: str, link: bool, keep_rc: bool, report: Dict, progress: bool) -> None:
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from tqdm import tqdm
+
+    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if any(not c.labelled for c in cases) else ()):
+        (folder / sub).mkdir(parents=True)
+    for case in tqdm(cases, desc=f"converting {fmt.key}", disable=not progress):
+        _write_case(fmt, case, geometries[case.case_id], folder, link, keep_rc)
+    for sidecar in _sidecar_files(fmt, source):
+        shutil.copyfile(sidecar, folder / sidecar.name)
+    labels, regions_class_order = dataset_json_labels(fmt.labels, keep_rc)
+    generate_dataset_json(
+        str(folder), channel_names={i: m for i, m in enumerate(MODALITIES)}, labels=labels,
+        num_training_cases=sum(c.labelled for c in cases), file_ending=FILE_ENDING,
+        regions_class_order=regions_class_order, dataset_name=dataset_name,
+        reference=fmt.reference or None, description=_description(fmt, keep_rc),
+        license="see the licence of the source dataset", converted_by="nnunet-missingmod convert",
+        source_format=fmt.key)
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+
+
+@dataclass
+class ConversionResult:
+    dataset_dir: Path
+    num_training: int
+    num_test: int
+    missing_sequences: Dict[str, List[str]]
+    already_done: bool = False
+
+
+def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, name: Optional[str] = None,
+                    link: bool = False, allow_missing: bool = False, keep_rc: bool = False,
+                    progress: bool = True) -> ConversionResult:
+    """Convert ``source_dir`` (layout ``format_key``) to ``$nnUNet_raw/Dataset{ID:03d}_{NAME}``.
+
+    Raises :class:`MissingModError` for any problem with the input or the target; then nothing is written.
+    """
+    fmt = get_format(format_key)
+    source = Path(source_dir).resolve()
+    dataset_name = name or fmt.default_name
+    folder_name = dataset_folder_name(dataset_id, dataset_name)
+    if keep_rc:
+        dataset_json_labels(fmt.labels, keep_rc)  # raises early for formats without RC
+    raw = nnunet_raw_dir()
+    cases = discover_cases(fmt, source)
+    _check_id_not_used_elsewhere(dataset_id, folder_name)
+    options = {"link": link, "allow_missing": allow_missing, "keep_rc": keep_rc}
+    fingerprint = _fingerprint(fmt, source, cases, options)
+    target = raw / folder_name
+    if target.exists():
+        if _existing_fingerprint(target) != fingerprint:
+            raise MissingModError(f"{str(target)!r} already exists with different content (another source, options "
+                                  f"or modified files); remove it or choose another dataset ID")
+        report = json.loads((target / REPORT_NAME).read_text())
+        return ConversionResult(target, report["num_training"], report["num_test"], report["missing_sequences"],
+                                already_done=True)
+    geometries = check_cases(cases, allow_missing, progress)
+    missing = {c.case_id: list(c.missing) for c in cases if c.missing}
+    report = {"format": fmt.key, "source": str(source), "options": options, "fingerprint": fingerprint,
+              "num_training": sum(c.labelled for c in cases), "num_test": sum(not c.labelled for c in cases),
+              "missing_sequences": missing,
+              "note": "missing sequences were written as zero images with the case's geometry"}
+    raw.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_folders(raw, folder_name)
+    temp = raw / f".{folder_name}.tmp-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, report, progress)
+        try:
+            os.rename(temp, target)
+        except OSError:
+            raise MissingModError(f"{str(target)!r} appeared while converting (another run?); "
+                                  f"nothing was changed") from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return ConversionResult(target, report["num_training"], report["num_test"], missing)

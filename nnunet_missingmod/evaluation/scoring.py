@@ -1,0 +1,233 @@
+"""Score prediction folders against a ground-truth folder: one record per case, subset and region.
+
+A *record* is a plain dict with exactly the keys of :data:`RECORD_FIELDS`::
+
+    {"trainer": "nnUNetTrainerMissingMod", "case": "BraTS2021_00000", "subset": "T1ce+FLAIR", "n_modalities": 2,
+     "region": "WT", "dice": 0.91, "hd95": 3.0}
+
+``subset`` is a :data:`~nnunet_missingmod.modalities.SUBSET_NAMES` entry, or ``"all"`` (with ``n_modalities``
+``None``) when the predictions were not made under a known subset. Dice is in [0, 1], HD95 in mm.
+
+Cases are matched by file name. Scoring runs in parallel over cases in a ``spawn`` process pool, which is safe
+even when the parent process has initialised CUDA; workers receive file paths only and import numpy, scipy and
+SimpleITK, not torch.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
+    region_masks
+
+RECORD_FIELDS: Tuple[str, ...] = ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95")
+NO_SUBSET = "all"
+"""Subset name of predictions not made under a known modality subset (plain ``score`` of a folder)."""
+
+LABEL_FILE_ENDINGS: Tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_SPACING_RTOL = 1e-3
+
+Record = Dict[str, Any]
+SubsetLike = Union[None, str, Any]  # None/"all", a subset name, or a modalities.ModalitySubset
+
+
+class PredictionFolder(NamedTuple):
+    """One folder of predicted label maps, made by ``trainer`` with the sequences of ``subset`` available."""
+    trainer: str
+    subset: SubsetLike
+    folder: str
+
+
+class _CaseJob(NamedTuple):
+    case: str
+    gt_path: str
+    pred_path: str
+
+
+def read_label_image(path: str) -> Tuple[np.ndarray, Tuple[float, ...]]:
+    """Read a label image with SimpleITK.
+
+    Returns:
+        ``(labels, spacing)``: an integer array in numpy axis order ``(z, y, x)`` and the voxel spacing in mm in the
+        same order (SimpleITK reports ``(x, y, z)``; we reverse it).
+    """
+    import SimpleITK as sitk
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise MissingModError(f"cannot read label image {path}: {str(e).strip().splitlines()[-1]}") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise MissingModError(f"{path}: a label image must have one component per voxel, "
+                              f"got {image.GetNumberOfComponentsPerPixel()}")
+    labels = sitk.GetArrayFromImage(image)
+    if labels.dtype.kind == "f":
+        labels = np.rint(labels).astype(np.int32)
+    return labels, tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def list_label_files(folder: str, file_ending: Optional[str] = None) -> Dict[str, str]:
+    """Case name -> path of each label image directly in ``folder``.
+
+    ``file_ending`` (e.g. dataset.json's ``".nii.gz"``) restricts the files; by default every ending of
+    :data:`LABEL_FILE_ENDINGS` is accepted. Other files (nnU-Net's ``dataset.json``, ``plans.json``, ...) are
+    ignored.
+    """
+    if not os.path.isdir(folder):
+        raise MissingModError(f"not a folder: {folder}")
+    endings = (file_ending,) if file_ending else LABEL_FILE_ENDINGS
+    cases: Dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        ending = next((e for e in endings if name.endswith(e)), None)
+        if ending is None or name.startswith(".") or not os.path.isfile(path):
+            continue
+        case = name[:-len(ending)]
+        if case in cases:
+            raise MissingModError(f"{folder}: two label files for case {case!r}: "
+                                  f"{os.path.basename(cases[case])} and {name}")
+        cases[case] = path
+    return cases
+
+
+def match_cases(gt_dir: str, pred_dir: str, file_ending: Optional[str] = None) -> List[Tuple[str, str, str]]:
+    """``(case, gt_path, pred_path)`` for every case, matched by file name, sorted by case.
+
+    Raises :class:`MissingModError` if the ground-truth folder is empty or the two folders do not hold the same
+    cases (naming the missing and extra ones).
+    """
+    gt = list_label_files(gt_dir, file_ending)
+    if not gt:
+        raise MissingModError(f"no label images in ground-truth folder {gt_dir}"
+                              + (f" ending in {file_ending}" if file_ending else ""))
+    pred = list_label_files(pred_dir, file_ending)
+    missing = sorted(set(gt) - set(pred))
+    extra = sorted(set(pred) - set(gt))
+    if missing or extra:
+        problems = []
+        if missing:
+            expected = [os.path.basename(gt[case]) for case in missing]
+            problems.append(f"no prediction for {len(missing)} case(s) (missing {_short_list(expected)})")
+        if extra:
+            unexpected = [os.path.basename(pred[case]) for case in extra]
+            problems.append(f"{len(extra)} prediction(s) without ground truth ({_short_list(unexpected)})")
+        raise MissingModError(f"{pred_dir} does not match {gt_dir}: " + "; ".join(problems))
+    return [(case, gt[case], pred[case]) for case in sorted(gt)]
+
+
+def score_label_maps(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], regions: Regions,
+                     hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, Tuple[float, float]]:
+    """Region name -> ``(dice, hd95)`` of one case, from two label maps of the same shape (axis order ``(z, y, x)``,
+    ``spacing`` in the same order, mm)."""
+    if gt.shape != pred.shape:
+        raise MissingModError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
+    gt_masks, pred_masks = region_masks(gt, regions), region_masks(pred, regions)
+    return {name: (dice(pred_masks[name], gt_masks[name]),
+                   hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant))
+            for name in regions}
+
+
+def score_case_files(gt_path: str, pred_path: str, regions: Regions,
+                     hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, Tuple[float, float]]:
+    """:func:`score_label_maps` of two label files, after checking that their shapes and spacings agree; scores
+    in the ground truth's spacing."""
+    gt, gt_spacing = read_label_image(gt_path)
+    pred, pred_spacing = read_label_image(pred_path)
+    if gt.shape != pred.shape:
+        raise MissingModError(f"shape mismatch: prediction {pred_path} is {_xyz(pred.shape)} (x, y, z) but ground "
+                              f"truth {gt_path} is {_xyz(gt.shape)}")
+    if not np.allclose(gt_spacing, pred_spacing, rtol=_SPACING_RTOL, atol=0):
+        raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) but "
+                              f"ground truth {gt_path} has {_xyz(gt_spacing)} mm")
+    return score_label_maps(gt, pred, gt_spacing, regions, hd95_variant)
+
+
+def make_record(trainer: str, case: str, subset: SubsetLike, region: str, dice_value: float,
+                hd95_value: float) -> Record:
+    """One long-format record (keys :data:`RECORD_FIELDS`)."""
+    subset_name, n_modalities = subset_name_and_cardinality(subset)
+    return {"trainer": trainer, "case": case, "subset": subset_name, "n_modalities": n_modalities,
+            "region": region, "dice": float(dice_value), "hd95": float(hd95_value)}
+
+
+def subset_name_and_cardinality(subset: SubsetLike) -> Tuple[str, Optional[int]]:
+    """``("T1ce+FLAIR", 2)`` for a subset (object or any spelling :func:`modalities.parse_subset` accepts);
+    ``("all", None)`` for ``None`` or ``"all"``: no subset applies."""
+    if subset is None or (isinstance(subset, str) and subset.strip().lower() == NO_SUBSET):
+        return NO_SUBSET, None
+    from nnunet_missingmod.modalities import ModalitySubset, parse_subset  # imports torch: only when needed
+    parsed = subset if isinstance(subset, ModalitySubset) else parse_subset(subset)
+    return parsed.name, parsed.cardinality
+
+
+def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], regions: Regions,
+                             hd95_variant: str = DEFAULT_HD95_VARIANT, num_processes: int = 2,
+                             file_ending: Optional[str] = None) -> List[Record]:
+    """Records of every case of every prediction folder, scored in one process pool.
+
+    Args:
+        gt_dir: folder of ground-truth label images (e.g. ``labelsTr``).
+        folders: :class:`PredictionFolder` ``(trainer, subset, folder)`` items; each folder must hold exactly the
+            ground truth's cases.
+        regions: ordered region name -> label values (see :mod:`nnunet_missingmod.evaluation.regions`).
+        hd95_variant: ``"max_directed"`` or ``"pooled"``.
+        num_processes: worker processes; 1 scores in this process.
+        file_ending: restrict to files with this ending (dataset.json's ``file_ending``).
+    Returns:
+        records ordered by folder, case, then region.
+    """
+    if hd95_variant not in HD95_VARIANTS:
+        raise MissingModError(f"unknown HD95 variant {hd95_variant!r}; expected one of {', '.join(HD95_VARIANTS)}")
+    if num_processes < 1:
+        raise MissingModError(f"the number of processes must be at least 1, got {num_processes}")
+    regions = {name: tuple(int(v) for v in values) for name, values in regions.items()}
+    labelled_jobs: List[Tuple[str, Tuple[str, Optional[int]], _CaseJob]] = []
+    for trainer, subset, folder in folders:
+        subset_key = subset_name_and_cardinality(subset)
+        for case, gt_path, pred_path in match_cases(gt_dir, folder, file_ending):
+            labelled_jobs.append((trainer, subset_key, _CaseJob(case, gt_path, pred_path)))
+    scores = _run_jobs([job for _, _, job in labelled_jobs], regions, hd95_variant, num_processes)
+    records = []
+    for (trainer, (subset_name, n_modalities), job), per_region in zip(labelled_jobs, scores):
+        for region, (dice_value, hd95_value) in per_region.items():
+            records.append({"trainer": trainer, "case": job.case, "subset": subset_name,
+                            "n_modalities": n_modalities, "region": region,
+                            "dice": float(dice_value), "hd95": float(hd95_value)})
+    return records
+
+
+def score_prediction_folder(gt_dir: str, pred_dir: str, regions: Regions, trainer: str = "",
+                            subset: SubsetLike = None, hd95_variant: str = DEFAULT_HD95_VARIANT,
+                            num_processes: int = 2, file_ending: Optional[str] = None) -> List[Record]:
+    """Records of one prediction folder (see :func:`score_prediction_folders`)."""
+    return score_prediction_folders(gt_dir, [PredictionFolder(trainer, subset, pred_dir)], regions,
+                                    hd95_variant, num_processes, file_ending)
+
+
+def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], hd95_variant: str,
+              num_processes: int) -> List[Dict[str, Tuple[float, float]]]:
+    arguments = [(job.gt_path, job.pred_path, regions, hd95_variant) for job in jobs]
+    workers = min(num_processes, len(jobs))
+    if workers <= 1:
+        return [_score_job(a) for a in arguments]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_score_job, arguments))
+
+
+def _score_job(arguments: Tuple[str, str, Mapping[str, Tuple[int, ...]], str]) -> Dict[str, Tuple[float, float]]:
+    gt_path, pred_path, regions, hd95_variant = arguments
+    return score_case_files(gt_path, pred_path, regions, hd95_variant)
+
+
+def _short_list(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _xyz(values: Sequence[Any]) -> str:
+    """Numpy-ordered shape/spacing shown in the (x, y, z) order image viewers and SimpleITK use."""
+    return "×".join(f"{v:g}" if isinstance(v, float) else str(v) for v in reversed(tuple(values)))

@@ -1,0 +1,25 @@
+"""Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences."""
+from nnunet_missingmod.training.base import MissingModalityTrainerBase
+
+
+class ModalityDropoutTrainer(MissingModalityTrainerBase):
+    """Stock nnU-Net (network, loss, schedule) with per-sample modality dropout in ``train_step``.
+
+    Each sample draws one of the 15 non-empty subsets uniformly, the full set included, as MST-KDNet's official
+    code draws its student's subset (``random.randint(0, 14)``); the missing channels are zeroed after augmentation,
+    exactly as the predictor zero-fills a missing sequence. Validation during training and the final validation
+    use all sequences, as stock nnU-Net does; ``nnunet-missingmod evaluate`` measures every subset.
+    """
+
+
+class ModalityDropoutTrainer_cardinality(ModalityDropoutTrainer):
+    """Draws the number of kept sequences uniformly in 1..4, then a subset of that size (ShaSpec's sampling):
+    single sequences are drawn 1/4 of the time instead of 4/15."""
+
+    subset_sampling = "cardinality"
+
+
+class ModalityDropoutTrainer_keepFull50(ModalityDropoutTrainer):
+    """Keeps all sequences for half of the samples; the other half draw uniformly among the 14 proper subsets."""
+
+    full_set_probability = 0.5

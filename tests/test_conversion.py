@@ -1,0 +1,315 @@
+"""Dataset conversion of every format, on phantom data written in each source layout (real files, no mocks)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nnunet_missingmod.cli import main
+from nnunet_missingmod.conversion.convert import REPORT_NAME, convert_dataset
+from nnunet_missingmod.conversion.formats import FORMAT_KEYS, NNUNET_LABEL_OF_TISSUE, get_format
+from nnunet_missingmod.conversion.labels import convert_labels_back
+from nnunet_missingmod.conversion.phantom import write_phantom_dataset
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import MODALITIES
+
+REGION_LABELS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+
+
+@pytest.fixture
+def raw(tmp_path, monkeypatch) -> Path:
+    """nnU-Net folders inside tmp_path; returns nnUNet_raw (created, empty)."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name))
+    return tmp_path / "nnUNet_raw"
+
+
+def _array(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _expected_nnunet_labels(case, keep_rc: bool = False) -> np.ndarray:
+    expected = np.zeros(case.label.shape, dtype=np.uint8)
+    for tissue, mask in case.tissues.items():
+        if tissue != "RC" or keep_rc:
+            expected[mask] = NNUNET_LABEL_OF_TISSUE[tissue]
+    return expected
+
+
+def _source_files(root: Path, name: str):
+    return list(root.rglob(name))
+
+
+def _assert_nothing_written(raw: Path):
+    assert list(raw.iterdir()) == []
+
+
+def _phantom(tmp_path: Path, key: str, n: int = 3, **kwargs):
+    source = tmp_path / f"src_{key}"
+    return source, write_phantom_dataset(source, n, key, progress=False, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ every format
+@pytest.mark.parametrize("key", FORMAT_KEYS)
+def test_convert_every_format(tmp_path, raw, key):
+    fmt = get_format(key)
+    source, cases = _phantom(tmp_path, key, n=3, n_unlabelled=1)
+    result = convert_dataset(key, source, 7, progress=False)
+    dataset = raw / f"Dataset007_{fmt.default_name}"
+    assert result.dataset_dir == dataset and result.num_training == 3 and result.num_test == 1
+
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert meta["labels"] == {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
+                              "enhancing tumor": [3]}
+    assert meta["regions_class_order"] == [1, 2, 3]
+    assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz"
+
+    for i, (case_id, case) in enumerate(cases.items()):
+        folder = "imagesTr" if i < 3 else "imagesTs"
+        for channel, modality in enumerate(MODALITIES):  # canonical channel order, whatever the source order
+            np.testing.assert_array_equal(_array(dataset / folder / f"{case_id}_{channel:04d}.nii.gz"),
+                                          case.images[modality])
+        if i >= 3:
+            assert not (dataset / "labelsTr" / f"{case_id}.nii.gz").exists()
+            continue
+        labels = _array(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        np.testing.assert_array_equal(labels, _expected_nnunet_labels(case))
+        for region, nnunet_values in REGION_LABELS.items():  # our regions == the format's official regions
+            official = np.isin(case.label, fmt.labels.region_values(region))
+            np.testing.assert_array_equal(np.isin(labels, nnunet_values), official)
+    for csv_name in fmt.partitioning_csvs:  # FeTS partitioning kept alongside
+        assert (dataset / csv_name).read_bytes() == (source / csv_name).read_bytes()
+
+    # labels-back: the training labels as "predictions" give back the original segmentation
+    out = tmp_path / "submission"
+    written = convert_labels_back(key, dataset / "labelsTr", out, progress=False)
+    assert len(written) == 3
+    for case_id, case in list(cases.items())[:3]:
+        back = _array(out / f"{case_id}.nii.gz")
+        original = case.label.copy()
+        if fmt.labels.has_rc:
+            original[original == fmt.labels.values["RC"]] = 0  # RC is background unless --keep-rc
+        np.testing.assert_array_equal(back, original)
+
+
+def test_brats2018_hgg_and_lgg(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2018", n=6)
+    assert (source / "HGG").is_dir() and (source / "LGG").is_dir()
+    result = convert_dataset("brats2018", source, 18, progress=False)
+    converted = {p.name[:-7] for p in (result.dataset_dir / "labelsTr").iterdir()}
+    assert converted == set(cases)
+
+
+def test_brats2019_nii_files_become_nii_gz(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2019", n=2, extension=".nii")
+    assert _source_files(source, "*_t1.nii")
+    result = convert_dataset("brats2019", source, 19, progress=False)
+    case_id, case = next(iter(cases.items()))
+    np.testing.assert_array_equal(_array(result.dataset_dir / "imagesTr" / f"{case_id}_0003.nii.gz"),
+                                  case.images["FLAIR"])
+    assert all(p.name.endswith(".nii.gz") for p in result.dataset_dir.rglob("*.nii*"))
+
+
+def test_brats2020_case_355_segmentation_name(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2020", n=3, first_index=354)
+    assert (source / "BraTS20_Training_355" / "W39_1998.09.19_Segm.nii").is_file()
+    result = convert_dataset("brats2020", source, 20, progress=False)
+    assert result.num_training == 3
+    np.testing.assert_array_equal(_array(result.dataset_dir / "labelsTr" / "BraTS20_Training_355.nii.gz"),
+                                  _expected_nnunet_labels(cases["BraTS20_Training_355"]))
+
+
+def test_misnamed_segmentation_is_reported_for_other_formats(tmp_path, raw):
+    source, _ = _phantom(tmp_path, "brats2020", n=2, first_index=355)
+    for case_dir in source.iterdir():  # make it look like 2021 data with the same stray file
+        case_dir.rename(source / case_dir.name)
+    with pytest.raises(MissingModError, match="W39_1998.09.19_Segm.nii"):
+        convert_dataset("brats2021", source, 21, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_brats2024_keep_rc(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2024", n=4)
+    assert any((c.label == 4).any() for c in cases.values())
+    result = convert_dataset("brats2024", source, 24, keep_rc=True, progress=False)
+    meta = json.loads((result.dataset_dir / "dataset.json").read_text())
+    assert meta["labels"]["resection cavity"] == [4]
+    assert meta["regions_class_order"] == [1, 2, 3, 4]
+    out = tmp_path / "back"
+    convert_labels_back("brats2024", result.dataset_dir / "labelsTr", out, progress=False)
+    for case_id, case in cases.items():
+        np.testing.assert_array_equal(_array(result.dataset_dir / "labelsTr" / f"{case_id}.nii.gz"),
+                                      _expected_nnunet_labels(case, keep_rc=True))
+        np.testing.assert_array_equal(_array(out / f"{case_id}.nii.gz"), case.label)
+    with pytest.raises(MissingModError, match="keep-rc"):
+        convert_dataset("brats2021", source, 25, keep_rc=True, progress=False)
+
+
+def test_link_symlinks_images_and_writes_labels(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    result = convert_dataset("brats2021", source, 31, link=True, progress=False)
+    case_id = next(iter(cases))
+    image = result.dataset_dir / "imagesTr" / f"{case_id}_0001.nii.gz"
+    assert image.is_symlink() and Path(os.readlink(image)) == (source / case_id / f"{case_id}_t1ce.nii.gz")
+    assert not (result.dataset_dir / "labelsTr" / f"{case_id}.nii.gz").is_symlink()
+
+
+# ------------------------------------------------------------------------------------------------- bad inputs
+def test_missing_sequence_error_and_allow_missing(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    case_id = next(iter(cases))
+    missing = source / case_id / f"{case_id}_t1ce.nii.gz"
+    missing.unlink()
+    with pytest.raises(MissingModError, match=f"case {case_id}: T1ce is missing.*{missing.name}"):
+        convert_dataset("brats2021", source, 41, progress=False)
+    _assert_nothing_written(raw)
+
+    result = convert_dataset("brats2021", source, 41, allow_missing=True, progress=False)
+    zero = nib.load(str(result.dataset_dir / "imagesTr" / f"{case_id}_0001.nii.gz"))
+    present = nib.load(str(result.dataset_dir / "imagesTr" / f"{case_id}_0000.nii.gz"))
+    assert zero.shape == present.shape and not np.asarray(zero.dataobj).any()
+    np.testing.assert_allclose(zero.affine, present.affine, atol=1e-4)
+    report = json.loads((result.dataset_dir / REPORT_NAME).read_text())
+    assert report["missing_sequences"] == {case_id: ["T1ce"]}
+    assert result.missing_sequences == {case_id: ["T1ce"]}
+
+
+def test_mismatched_geometry(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2023", n=2)
+    case_id = list(cases)[1]
+    path = source / case_id / f"{case_id}-t2w.nii.gz"
+    affine = np.diag([5.0, 6.0, 6.0, 1.0])
+    nib.save(nib.Nifti1Image(cases[case_id].images["T2"], affine), str(path))
+    with pytest.raises(MissingModError, match=f"case {case_id}: geometry of T2 file .*{path.name}.*spacing"):
+        convert_dataset("brats2023", source, 42, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_unexpected_label_value(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2021", n=3)
+    case_id = list(cases)[2]
+    seg = source / case_id / f"{case_id}_seg.nii.gz"
+    label = cases[case_id].label.copy()
+    label[0, 0, 0] = 3  # BraTS 2021 has no label 3
+    nib.save(nib.Nifti1Image(label, nib.load(str(seg)).affine), str(seg))
+    with pytest.raises(MissingModError, match=rf"case {case_id}: segmentation .*{seg.name}.* value\(s\) 3"):
+        convert_dataset("brats2021", source, 43, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_empty_source_folder(tmp_path, raw):
+    (tmp_path / "empty").mkdir()
+    for key in ("brats2021", "msd"):
+        with pytest.raises(MissingModError, match="no .* cases found"):
+            convert_dataset(key, tmp_path / "empty", 44, progress=False)
+    with pytest.raises(MissingModError, match="does not exist"):
+        convert_dataset("brats2021", tmp_path / "nowhere", 44, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_existing_target_dataset(tmp_path, raw):
+    source, _ = _phantom(tmp_path, "brats2021", n=2)
+    first = convert_dataset("brats2021", source, 45, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in first.dataset_dir.rglob("*")}
+    again = convert_dataset("brats2021", source, 45, progress=False)  # identical rerun: a no-op
+    assert again.already_done and again.num_training == 2
+    assert {p: p.stat().st_mtime_ns for p in first.dataset_dir.rglob("*")} == before
+
+    other, _ = _phantom(tmp_path, "brats2023", n=1)
+    with pytest.raises(MissingModError, match="already exists with different content"):
+        convert_dataset("brats2021", source, 45, link=True, progress=False)
+    with pytest.raises(MissingModError, match="already used by Dataset045_BraTS2021"):
+        convert_dataset("brats2023", other, 45, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in first.dataset_dir.rglob("*")} == before
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset045_BraTS2021"]
+
+
+def test_nnunet_raw_must_be_set(tmp_path, monkeypatch):
+    source, _ = _phantom(tmp_path, "brats2021", n=1)
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    with pytest.raises(MissingModError, match="nnUNet_raw is not set"):
+        convert_dataset("brats2021", source, 46, progress=False)
+
+
+def test_bad_id_name_and_format(tmp_path, raw):
+    source, _ = _phantom(tmp_path, "brats2021", n=1)
+    with pytest.raises(MissingModError, match="1 to 999"):
+        convert_dataset("brats2021", source, 1000, progress=False)
+    with pytest.raises(MissingModError, match="dataset name"):
+        convert_dataset("brats2021", source, 47, name="a/b", progress=False)
+    with pytest.raises(MissingModError, match="unknown dataset format"):
+        convert_dataset("brats2017", source, 47, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_labels_back_errors(tmp_path, raw):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    with pytest.raises(MissingModError, match="no .nii.gz or .nii predictions"):
+        convert_labels_back("brats2021", preds, tmp_path / "out", progress=False)
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 5, dtype=np.uint8), np.eye(4)), str(preds / "c.nii.gz"))
+    with pytest.raises(MissingModError, match=r"c.nii.gz.* value\(s\) 5"):
+        convert_labels_back("brats2021", preds, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("*"))
+    with pytest.raises(MissingModError, match="must differ"):
+        convert_labels_back("brats2021", preds, preds, progress=False)
+
+
+def test_cli_convert_and_labels_back(tmp_path, raw, capsys):
+    source, cases = _phantom(tmp_path, "msd", n=2)
+    assert main(["convert", "msd", str(source), "8", "--name", "Phantom"]) == 0
+    assert "2 training case(s)" in capsys.readouterr().out
+    assert main(["convert", "msd", str(source), "8", "--name", "Phantom"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    out = tmp_path / "back"
+    assert main(["labels-back", "msd", str(raw / "Dataset008_Phantom" / "labelsTr"), str(out)]) == 0
+    for case_id, case in cases.items():
+        np.testing.assert_array_equal(_array(out / f"{case_id}.nii.gz"), case.label)
+    capsys.readouterr()
+    assert main(["convert", "brats2021", str(tmp_path / "nowhere"), "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nnunet-missingmod convert: error:") and "nowhere" in err and "\n" not in err
+
+
+def test_dataset_conversion_script(tmp_path, raw):
+    source, _ = _phantom(tmp_path, "brats2021", n=1)
+    script = Path(__file__).resolve().parents[1] / "dataset_conversion" / "convert_brats.py"
+    run = subprocess.run([sys.executable, str(script), "brats2021", str(source), "11"], capture_output=True,
+                         text=True, env=os.environ.copy())
+    assert run.returncode == 0, run.stderr
+    assert (raw / "Dataset011_BraTS2021" / "dataset.json").is_file()
+
+
+# --------------------------------------------------------------------------------------- nnU-Net end to end
+@pytest.mark.slow
+def test_converted_dataset_plans_preprocesses_and_trains(tmp_path, raw):
+    source, _ = _phantom(tmp_path, "brats2023", n=5)
+    convert_dataset("brats2023", source, 123, progress=False)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "nnUNet_compile": "f", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("nnUNet_n_proc_DA", None)  # planning must not run with 0 workers
+    plan = subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", "123", "-c", "3d_fullres",
+                           "-np", "1", "--verify_dataset_integrity"], env=env, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / "Dataset123_BraTS2023"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    patch = plans["configurations"]["3d_fullres"]["patch_size"]
+    assert np.prod(patch) <= 40 ** 3, patch
+
+    trainer_dir = subprocess.run([str(bin_dir / "nnunet-missingmod"), "trainer-dir"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    env.update(nnUNet_extTrainer=trainer_dir, nnUNet_n_proc_DA="0")
+    train = subprocess.run([str(bin_dir / "nnUNetv2_train"), "123", "3d_fullres", "0", "-tr",
+                            "ModalityDropoutTrainer_debug", "-device", "cpu"], env=env, capture_output=True,
+                           text=True)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    results = Path(os.environ["nnUNet_results"]) / "Dataset123_BraTS2023"
+    assert list(results.rglob("checkpoint_final.pth"))

@@ -1,0 +1,178 @@
+"""The report: metrics.csv, summary.json, summary.md tables, plots, AURC and paired comparisons."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.metrics import conventions
+from nnunet_missingmod.evaluation.report import read_metrics_csv, write_report
+from nnunet_missingmod.evaluation.scoring import RECORD_FIELDS
+from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
+
+TRAINERS = ("TrainerA", "TrainerB")
+REGIONS = ("WT", "TC", "ET")
+CASES = tuple(f"case_{i:03d}" for i in range(8))
+
+
+def synthetic_records(trainers=TRAINERS, subsets=SUBSETS, seed=0):
+    """Dice rises with the number of sequences; TrainerB is 0.05 better everywhere, plus noise."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for t_index, trainer in enumerate(trainers):
+        for case in CASES:
+            for subset in subsets:
+                for r_index, region in enumerate(REGIONS):
+                    value = 0.4 + 0.1 * subset.cardinality + 0.05 * t_index - 0.05 * r_index
+                    value = float(np.clip(value + rng.normal(0, 0.02), 0, 1))
+                    records.append({"trainer": trainer, "case": case, "subset": subset.name,
+                                    "n_modalities": subset.cardinality, "region": region,
+                                    "dice": value, "hd95": float(20 * (1 - value))})
+    return records
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    records = synthetic_records()
+    summary = write_report(records, str(out), conventions())
+    return out, records, summary
+
+
+def markdown_table(text, title):
+    """Rows (lists of cells) of the first table after the heading line ``title``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#") and title in line)
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    return table
+
+
+def test_outputs_exist_and_no_temporary_files_are_left(report):
+    out, _, _ = report
+    assert sorted(os.listdir(out)) == ["metrics.csv", "robustness.png", "subsets.png", "summary.json", "summary.md"]
+
+
+def test_metrics_csv_is_long_format_with_exact_columns(report):
+    out, records, _ = report
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == RECORD_FIELDS == ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95")
+    assert len(rows) - 1 == len(records) == len(TRAINERS) * len(CASES) * 15 * len(REGIONS)
+    back = read_metrics_csv(str(out / "metrics.csv"))
+    by_key = {(r["trainer"], r["case"], r["subset"], r["region"]): r for r in records}
+    for row in back:
+        original = by_key[(row["trainer"], row["case"], row["subset"], row["region"])]
+        assert row == original  # full float precision round trip
+
+
+@pytest.mark.parametrize("title,metric", [("Dice", "dice"), ("HD95", "hd95")])
+def test_markdown_table_layout(report, title, metric):
+    out, records, _ = report
+    text = (out / "summary.md").read_text()
+    table = markdown_table(text, f"{title} (")
+    assert table[0] == ["region", "trainer", *SUBSET_NAMES, "mean"]
+    body = table[2:]
+    assert [(row[0], row[1]) for row in body] == [(r, t) for r in REGIONS for t in TRAINERS]
+    values = [r[metric] for r in records if r["trainer"] == "TrainerA" and r["region"] == "WT"
+              and r["subset"] == "T1ce+FLAIR"]
+    decimals = 3 if metric == "dice" else 2
+    cell = body[0][2 + SUBSET_NAMES.index("T1ce+FLAIR")]
+    assert cell == f"{np.mean(values):.{decimals}f} ± {np.std(values, ddof=1):.{decimals}f}"
+
+
+def test_conventions_are_written_above_the_tables(report):
+    out, _, _ = report
+    text = (out / "summary.md").read_text()
+    assert text.index("373.13") < text.index("| region | trainer | T1 |")
+    assert "Dice in [0, 1]" in text
+
+
+def test_summary_json_content(report):
+    out, records, summary = report
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["conventions"]["hd95_variant"] == "max_directed"
+    assert on_disk["subsets"] == list(SUBSET_NAMES)
+    assert on_disk["cases"] == list(CASES)
+    cell = on_disk["per_subset"]["TrainerA"]["WT"]["T1"]["dice"]
+    values = [r["dice"] for r in records if (r["trainer"], r["region"], r["subset"]) == ("TrainerA", "WT", "T1")]
+    assert cell["mean"] == pytest.approx(np.mean(values))
+    assert cell["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert cell["n"] == len(CASES)
+
+    subset_means = {s.name: on_disk["per_subset"]["TrainerA"]["WT"][s.name]["dice"]["mean"] for s in SUBSETS}
+    by_k = {k: np.mean([subset_means[s.name] for s in SUBSETS if s.cardinality == k]) for k in (1, 2, 3, 4)}
+    for k in (1, 2, 3, 4):
+        assert on_disk["per_cardinality"]["TrainerA"]["WT"][str(k)]["dice"] == pytest.approx(by_k[k])
+    raw = 0.5 * by_k[1] + by_k[2] + by_k[3] + 0.5 * by_k[4]
+    assert on_disk["aurc"]["TrainerA"]["WT"]["raw"] == pytest.approx(raw)
+    assert on_disk["aurc"]["TrainerA"]["WT"]["normalised"] == pytest.approx(raw / 3)
+    gap = on_disk["gap_to_full_set"]["TrainerA"]["WT"]["T1"]["dice"]
+    assert gap == pytest.approx(subset_means["T1"] - subset_means[FULL_SET.name])
+    assert on_disk["mean_over_subsets"]["TrainerA"]["WT"]["dice"]["mean"] == pytest.approx(
+        np.mean(list(subset_means.values())))
+
+
+def test_wilcoxon_comparison_with_two_trainers(report):
+    out, _, summary = report
+    comparisons = summary["paired_comparisons"]
+    assert {(c["region"], c["metric"]) for c in comparisons} == {(r, m) for r in REGIONS for m in ("dice", "hd95")}
+    wt_dice = next(c for c in comparisons if (c["region"], c["metric"]) == ("WT", "dice"))
+    assert (wt_dice["trainer_a"], wt_dice["trainer_b"]) == TRAINERS
+    assert wt_dice["n_cases"] == len(CASES) and set(wt_dice["per_case_difference"]) == set(CASES)
+    assert wt_dice["mean_difference"] == pytest.approx(-0.05, abs=0.02)
+    # B beats A on all 8 cases: the exact two-sided signed-rank p-value is 2 / 2**8.
+    assert wt_dice["wilcoxon_p"] == pytest.approx(2 / 2 ** 8)
+    assert "Wilcoxon" in (out / "summary.md").read_text()
+
+
+def test_plots_are_nontrivial_images(report):
+    from matplotlib.image import imread
+    out, _, _ = report
+    for name in ("robustness.png", "subsets.png"):
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        image = imread(str(out / name))
+        assert image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_single_trainer_plain_folder_gives_one_all_column(tmp_path):
+    """`score` of a plain folder: subset 'all', no cardinality -> one column, no robustness plot, a note."""
+    records = [{"trainer": "pred", "case": c, "subset": "all", "n_modalities": None, "region": r,
+                "dice": 0.8, "hd95": 2.0} for c in CASES for r in REGIONS]
+    summary = write_report(records, str(tmp_path), conventions())
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "subsets.png", "summary.json", "summary.md"]
+    text = (tmp_path / "summary.md").read_text()
+    assert markdown_table(text, "Dice (")[0] == ["region", "trainer", "all", "mean"]
+    assert "robustness.png not written" in text
+    assert summary["paired_comparisons"] == [] and summary["aurc"]["pred"]["WT"] is None
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert first["subset"] == "all" and first["n_modalities"] == ""
+
+
+def test_aurc_left_empty_when_subsets_are_missing(tmp_path):
+    records = synthetic_records(trainers=("A",), subsets=(SUBSETS[0], SUBSETS[4], SUBSETS[10], FULL_SET))
+    summary = write_report(records, str(tmp_path), conventions(), make_plots=False)
+    assert summary["aurc"]["A"]["WT"] is None
+    assert summary["per_cardinality"]["A"]["WT"]["1"]["complete"] is False
+    assert summary["subsets"] == [SUBSETS[0].name, SUBSETS[4].name, SUBSETS[10].name, FULL_SET.name]
+    assert any("AURC needs all 15 subsets" in n for n in summary["notes"])
+
+
+def test_bad_records_are_rejected(tmp_path):
+    with pytest.raises(MissingModError, match="no records"):
+        write_report([], str(tmp_path), conventions())
+    good = synthetic_records(trainers=("A",), subsets=(FULL_SET,))
+    with pytest.raises(MissingModError, match="lacks hd95"):
+        write_report([{k: v for k, v in good[0].items() if k != "hd95"}], str(tmp_path), conventions())
+    with pytest.raises(MissingModError, match="two records"):
+        write_report(good + good[:1], str(tmp_path), conventions())

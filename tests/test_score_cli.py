@@ -1,0 +1,211 @@
+"""`nnunet-missingmod score` end to end on small NIfTI folders, plus the region sources it accepts."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.regions import (REGION_PRESETS, parse_regions, preset_regions, regions_from_labels,
+                                                  resolve_regions, short_region_name)
+from nnunet_missingmod.evaluation.scoring import read_label_image, score_prediction_folder
+
+SHAPE = (10, 20, 16)            # numpy (z, y, x)
+SITK_SPACING = (1.0, 0.8, 2.5)  # SimpleITK (x, y, z): the slices are 2.5 mm apart
+BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+
+
+def cli_command():
+    script = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
+    return [script] if os.path.exists(script) else [shutil.which("nnunet-missingmod")]
+
+
+def run_cli(*args):
+    """The real console command, in a subprocess."""
+    return subprocess.run(cli_command() + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+
+
+def run_main(capsys, *args):
+    """The same command in this process (faster: no interpreter and torch start-up); returns (exit code, stdout,
+    stderr)."""
+    from nnunet_missingmod.cli import main
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_labels(path, array, spacing=SITK_SPACING):
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+
+
+def make_cases():
+    """Three cases with hand-computable scores (regions WT = {1,2,3}, ET = {3}).
+
+    case_a: a one-slice WT plate, predicted one slice higher -> WT Dice 0, HD95 exactly 2.5 mm (the z spacing);
+            no ET anywhere -> ET Dice 1, HD95 0.
+    case_b: a 4×4×4 ET cube, predicted shifted by one voxel along x -> Dice 2·48/128 = 0.75 for WT and ET.
+    case_c: GT has edema (2), the prediction is empty -> WT Dice 0, HD95 373.13; ET both empty.
+    """
+    gt = {name: np.zeros(SHAPE, np.uint8) for name in ("case_a", "case_b", "case_c")}
+    pred = {name: np.zeros(SHAPE, np.uint8) for name in gt}
+    gt["case_a"][4, 2:18, 2:14] = 1
+    pred["case_a"][5, 2:18, 2:14] = 1
+    gt["case_b"][2:6, 2:6, 2:6] = 3
+    pred["case_b"][2:6, 2:6, 3:7] = 3
+    gt["case_c"][3:6, 5:9, 5:9] = 2
+    return gt, pred
+
+
+EXPECTED = {  # (case, region) -> (dice, hd95)
+    ("case_a", "WT"): (0.0, 2.5), ("case_a", "ET"): (1.0, 0.0),
+    ("case_b", "WT"): (0.75, None), ("case_b", "ET"): (0.75, None),
+    ("case_c", "WT"): (0.0, 373.13), ("case_c", "ET"): (1.0, 0.0),
+}
+
+
+@pytest.fixture
+def folders(tmp_path):
+    gt_dir, pred_dir = tmp_path / "labelsTs", tmp_path / "predictions"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt, pred = make_cases()
+    for name in gt:
+        write_labels(gt_dir / f"{name}.nii.gz", gt[name])
+        write_labels(pred_dir / f"{name}.nii.gz", pred[name])
+    # what nnU-Net leaves in a prediction folder besides the label maps
+    (pred_dir / "dataset.json").write_text("{}")
+    (pred_dir / "plans.json").write_text("{}")
+    return gt_dir, pred_dir
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_read_label_image_reverses_spacing_to_numpy_order(folders):
+    gt_dir, _ = folders
+    labels, spacing = read_label_image(str(gt_dir / "case_a.nii.gz"))
+    assert labels.shape == SHAPE
+    assert spacing == pytest.approx((2.5, 0.8, 1.0))
+
+
+def test_score_with_regions_string(folders, tmp_path):
+    gt_dir, pred_dir = folders
+    out = tmp_path / "out"
+    result = run_cli("score", gt_dir, pred_dir, "--regions", "WT=1,2,3;ET=3", "-o", out, "-np", "1")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == ["metrics.csv", "subsets.png", "summary.json", "summary.md"]
+    rows = read_csv(out / "metrics.csv")
+    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["trainer"] == "predictions" and row["subset"] == "all" and row["n_modalities"] == ""
+        dice_expected, hd95_expected = EXPECTED[(row["case"], row["region"])]
+        assert float(row["dice"]) == pytest.approx(dice_expected)
+        if hd95_expected is not None:
+            assert float(row["hd95"]) == pytest.approx(hd95_expected)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["per_subset"]["predictions"]["WT"]["all"]["dice"]["mean"] == pytest.approx(0.75 / 3)
+    assert summary["one_empty_rule_count"]["predictions"]["WT"] == 1
+    assert "| region | trainer | all | mean |" in (out / "summary.md").read_text()
+    assert "summary.md" in result.stdout
+
+
+def test_score_with_dataset_json_subset_and_two_processes(folders, tmp_path, capsys):
+    gt_dir, pred_dir = folders
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"labels": BRATS_LABELS, "file_ending": ".nii.gz",
+                                        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}}))
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "-djfile", dataset_json, "-o", out, "-np", "2",
+                            "--trainer", "MyTrainer", "--subset", "t1c+t2f", "--hd95-variant", "pooled")
+    assert code == 0, err
+    rows = read_csv(out / "metrics.csv")
+    assert {row["region"] for row in rows} == {"WT", "TC", "ET"}
+    assert {(row["trainer"], row["subset"], row["n_modalities"]) for row in rows} == {("MyTrainer", "T1ce+FLAIR",
+                                                                                        "2")}
+    by_key = {(row["case"], row["region"]): float(row["dice"]) for row in rows}
+    assert by_key[("case_b", "TC")] == pytest.approx(0.75)
+    assert by_key[("case_a", "WT")] == 0.0
+    assert json.loads((out / "summary.json").read_text())["conventions"]["hd95_variant"] == "pooled"
+
+
+def test_parallel_scoring_equals_serial(folders):
+    gt_dir, pred_dir = folders
+    regions = {"WT": (1, 2, 3), "ET": (3,)}
+    serial = score_prediction_folder(str(gt_dir), str(pred_dir), regions, trainer="t", num_processes=1)
+    parallel = score_prediction_folder(str(gt_dir), str(pred_dir), regions, trainer="t", num_processes=2)
+    assert serial == parallel
+
+
+def test_missing_prediction_exits_2_naming_the_file(folders, tmp_path):
+    gt_dir, pred_dir = folders
+    os.remove(pred_dir / "case_b.nii.gz")
+    result = run_cli("score", gt_dir, pred_dir, "--format", "msd", "-o", tmp_path / "out")
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "case_b.nii.gz" in message and "no prediction" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_extra_prediction_exits_2_naming_the_file(folders, tmp_path, capsys):
+    gt_dir, pred_dir = folders
+    write_labels(pred_dir / "case_z.nii.gz", np.zeros(SHAPE))
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--format", "msd", "-o", tmp_path / "out")
+    assert code == 2 and "case_z.nii.gz" in err and "without ground truth" in err
+
+
+def test_shape_mismatch_exits_2_naming_the_file(folders, tmp_path):
+    gt_dir, pred_dir = folders
+    write_labels(pred_dir / "case_c.nii.gz", np.zeros((10, 20, 15)))
+    result = run_cli("score", gt_dir, pred_dir, "--format", "msd", "-o", tmp_path / "out", "-np", "2")
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "shape mismatch" in message and str(pred_dir / "case_c.nii.gz") in message
+
+
+def test_spacing_mismatch_exits_2(folders, tmp_path, capsys):
+    gt_dir, pred_dir = folders
+    write_labels(pred_dir / "case_a.nii.gz", np.zeros(SHAPE), spacing=(1.0, 1.0, 1.0))
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--format", "msd", "-o", tmp_path / "out", "-np", "1")
+    assert code == 2 and "spacing mismatch" in err and "case_a.nii.gz" in err
+
+
+def test_no_regions_exits_2_with_advice(folders, tmp_path, capsys):
+    gt_dir, pred_dir = folders
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "-o", tmp_path / "out")
+    assert code == 2 and "-djfile" in err and "--regions" in err
+
+
+# ------------------------------------------------------------------------------------------------------ regions
+
+def test_regions_from_dataset_json_labels_use_short_names():
+    assert regions_from_labels(BRATS_LABELS) == {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+    plain = {"background": 0, "NETC": 1, "SNFH": 2, "ET": 3, "ignore": 4}
+    assert regions_from_labels(plain) == {"NETC": (1,), "SNFH": (2,), "ET": (3,)}
+    assert short_region_name("Whole_Tumour") == "WT" and short_region_name("edema") == "edema"
+
+
+def test_parse_regions_and_presets():
+    assert parse_regions("WT=1,2,3; TC=2+3 ;ET=3") == {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+    assert preset_regions("BraTS2021") == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    assert preset_regions("brats2023")["TC"] == (1, 3)
+    assert preset_regions("msd")["TC"] == (2, 3)
+    assert set(REGION_PRESETS) == {"brats2021", "brats2023", "brats2024", "fets2024", "msd"}
+    for bad in ("WT", "WT=a", "=1", "WT=0", "WT=1;WT=2", ""):
+        with pytest.raises(MissingModError):
+            parse_regions(bad)
+    with pytest.raises(MissingModError, match="unknown label format"):
+        preset_regions("brats2019")
+    with pytest.raises(MissingModError, match="not both"):
+        resolve_regions(regions_text="WT=1", label_format="msd")

@@ -1,0 +1,84 @@
+"""nnU-Net finds every trainer of this package by name through nnUNet_extTrainer, in both install modes."""
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from nnunet_missingmod.training import trainer_registry
+from nnunet_missingmod.training.base import DEBUG_SUFFIX
+from nnunet_missingmod.training.cli import trainer_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_trainer_dir_cli_prints_an_existing_directory_with_the_shim():
+    out = subprocess.run([str(Path(sys.executable).parent / "nnunet-missingmod"), "trainer-dir"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert os.path.isabs(out) and out == trainer_dir()
+    assert (Path(out) / "nnunet_missingmod_trainers.py").is_file()
+
+
+def test_every_trainer_has_a_debug_sibling_with_the_smoke_budget():
+    registry = trainer_registry()
+    assert "ModalityDropoutTrainer" in registry
+    for name, cls in registry.items():
+        if not name.endswith(DEBUG_SUFFIX):
+            debug = registry[name + DEBUG_SUFFIX]
+            assert issubclass(debug, cls)
+            assert debug.budget == {"num_epochs": 1, "num_iterations_per_epoch": 2,
+                                    "num_val_iterations_per_epoch": 1}
+
+
+def test_nnunet_lookup_resolves_every_trainer_to_our_class(monkeypatch):
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    import nnunetv2
+    monkeypatch.setenv("nnUNet_extTrainer", trainer_dir())
+    builtin_folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    for name, cls in trainer_registry().items():
+        # no clash: nnU-Net searches its own trainers first and would shadow ours
+        assert recursive_find_python_class(builtin_folder, name, "nnunetv2.training.nnUNetTrainer") is None, name
+        found = recursive_find_trainer_class_by_name(name)
+        assert found is cls, name
+        assert found.__module__.startswith("nnunet_missingmod."), name
+        assert pickle.loads(pickle.dumps(found)) is found
+        assert recursive_find_trainer_class_by_name(name) is found
+
+
+def test_lookup_fails_clearly_without_the_environment_variable(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match="ModalityDropoutTrainer"):
+        recursive_find_trainer_class_by_name("ModalityDropoutTrainer")
+
+
+def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
+    """Builds the wheel, installs it into a separate folder (not editable) and resolves the trainers from there."""
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(REPO)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("nnunet_missingmod-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nnunet_missingmod/ext_trainers/nnunet_missingmod_trainers.py" in names
+    assert not any(n.startswith("trainers/") for n in names)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    script = (
+        "import os, pickle, nnunet_missingmod\n"
+        "from nnunet_missingmod.training.cli import trainer_dir\n"
+        "os.environ['nnUNet_extTrainer'] = trainer_dir()\n"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        "cls = find('ModalityDropoutTrainer_debug')\n"
+        "assert pickle.loads(pickle.dumps(cls)) is cls\n"
+        "import sys; print(trainer_dir()); print(sys.modules[cls.__module__].__file__)\n")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    # run outside the checkout so that the source tree is not importable
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shim_dir, module_file = out.stdout.split()[-2:]
+    assert shim_dir == str(target / "nnunet_missingmod" / "ext_trainers")
+    assert module_file.startswith(str(target))
