@@ -55,6 +55,15 @@ def realistic_pair() -> Tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
+def far_false_positive_pair() -> Tuple[np.ndarray, np.ndarray]:
+    """Worst realistic crop: as :func:`realistic_pair`, plus a false-positive blob near the opposite corner of the
+    brain, so the union bounding box spans about the whole brain (~140×170×140 mm)."""
+    pred, ref = realistic_pair()
+    pred |= irregular_blob((18, 40, 200), (4, 5, 4), seed=4, roughness=0.1)
+    pred |= irregular_blob((140, 200, 70), (4, 5, 4), seed=5, roughness=0.1)
+    return pred, ref
+
+
 def hd95_uncropped(pred: np.ndarray, ref: np.ndarray, spacing=SPACING) -> float:
     """Our definition without the crop: full-volume surfaces and EDTs (medpy's approach)."""
     pred_surface, ref_surface = metrics.surface(pred), metrics.surface(ref)
@@ -108,12 +117,17 @@ def bench_hd95(repeats: int) -> None:
     box_shape = tuple(s.stop - s.start for s in box)
     print(f"pair: {SHAPE[2]}×{SHAPE[1]}×{SHAPE[0]} voxels, 1 mm; reference {ref.sum()} voxels, prediction "
           f"{pred.sum()} voxels (incl. a false-positive blob); union bounding box {box_shape} (z, y, x)")
+    far_pred, far_ref = far_false_positive_pair()
+    far_box = tuple(s.stop - s.start for s in metrics.union_bounding_box(far_pred, far_ref))
     ours, ours_value, ours_times = median_time(lambda: hd95(pred, ref, SPACING), repeats)
     pooled, pooled_value, _ = median_time(lambda: hd95(pred, ref, SPACING, "pooled"), repeats)
     full, full_value, _ = median_time(lambda: hd95_uncropped(pred, ref), repeats)
     print(f"{'implementation':48s} {'median s':>9s} {'HD95 mm':>9s} {'vs ours':>8s}")
     print(f"{'ours, max_directed (cropped EDT)':48s} {ours:9.3f} {ours_value:9.3f} {1:8.2f}")
     print(f"{'ours, pooled (cropped EDT)':48s} {pooled:9.3f} {pooled_value:9.3f} {pooled / ours:8.2f}")
+    far, far_value, _ = median_time(lambda: hd95(far_pred, far_ref, SPACING), repeats)
+    print(f"{'ours, far false positives, box ' + 'x'.join(map(str, far_box)):48s} {far:9.3f} {far_value:9.3f} "
+          f"{far / ours:8.2f}")
     print(f"{'ours uncropped (full-volume EDT, medpy-style)':48s} {full:9.3f} {full_value:9.3f} {full / ours:8.2f}")
     try:
         monai_time, monai_value, _ = median_time(lambda: hd95_monai(pred, ref), repeats)

@@ -15,6 +15,7 @@ from nnunet_missingmod.errors import MissingModError
 
 SUBCOMMAND_MODULES = (
     "nnunet_missingmod.training.cli",
+    "nnunet_missingmod.inference.cli",
     "nnunet_missingmod.conversion.cli",
     "nnunet_missingmod.evaluation.cli",
 )

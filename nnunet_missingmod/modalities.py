@@ -18,11 +18,12 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from nnunet_missingmod.errors import MissingModError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the command line starts fast
+    import torch
 
 MODALITIES: Tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
 """Canonical modalities, in canonical channel order (``_0000`` = T1 ... ``_0003`` = FLAIR)."""
@@ -208,6 +209,7 @@ def subset_of_channel_mask(mask: Sequence[bool], channel_modalities: Sequence[st
 
 def subset_channel_masks(channel_modalities: Sequence[str], device=None) -> torch.Tensor:
     """(15, C) bool tensor: row i is :data:`SUBSETS` [i] as a mask over the dataset's channels."""
+    import torch
     return torch.tensor([s.channel_mask(channel_modalities) for s in SUBSETS], dtype=torch.bool, device=device)
 
 
@@ -220,6 +222,7 @@ def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
     modalities with this probability and otherwise draws by ``strategy`` among the 14 proper subsets.
     The empty set is never drawn.
     """
+    import torch
     if strategy not in SAMPLING_STRATEGIES:
         raise MissingModError(f"unknown subset sampling {strategy!r}; expected one of {SAMPLING_STRATEGIES}")
     if full_set_probability is not None and not 0.0 <= full_set_probability <= 1.0:
@@ -244,6 +247,7 @@ def sample_channel_masks(batch_size: int, channel_modalities: Sequence[str], str
                          device=None) -> torch.Tensor:
     """(B, C) bool mask over the dataset's channels, one sampled subset per sample (see
     :func:`sample_subset_indices`)."""
+    import torch
     indices = sample_subset_indices(batch_size, strategy, full_set_probability, generator)
     return subset_channel_masks(channel_modalities)[indices].to(device)
 
@@ -257,6 +261,7 @@ def apply_channel_mask(data: torch.Tensor, mask: torch.Tensor, channel_axis: int
     Returns:
         a new tensor like ``data`` whose missing channels are exactly 0 (also where ``data`` held NaN or Inf).
     """
+    import torch
     mask = torch.as_tensor(mask, dtype=torch.bool, device=data.device)
     expected = tuple(data.shape[:channel_axis + 1])[-mask.ndim:] if mask.ndim <= channel_axis + 1 else None
     if mask.ndim not in (1, 2) or expected is None or tuple(mask.shape) != expected:

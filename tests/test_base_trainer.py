@@ -116,5 +116,5 @@ def test_dataset_without_the_four_sequences_is_rejected(nnunet_root, tiny_prepro
 
 
 def test_base_class_is_not_exported_as_a_trainer():
-    from nnunet_missingmod.training import trainer_registry
+    from nnunet_missingmod.training.base import trainer_registry
     assert MissingModalityTrainerBase.__name__ not in trainer_registry()

@@ -313,3 +313,14 @@ def test_converted_dataset_plans_preprocesses_and_trains(tmp_path, raw):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     results = Path(os.environ["nnUNet_results"]) / "Dataset123_BraTS2023"
     assert list(results.rglob("checkpoint_final.pth"))
+
+
+def test_msd_hidden_files_skipped_and_channel_count_checked(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "msd", n=2)
+    (source / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"macOS resource fork")
+    image = source / "imagesTr" / "BRATS_002.nii.gz"
+    img = nib.load(str(image))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), str(image))
+    with pytest.raises(MissingModError, match="case BRATS_002: .*BRATS_002.nii.gz.* 3 channel"):
+        convert_dataset("msd", source, 51, progress=False)
+    _assert_nothing_written(raw)

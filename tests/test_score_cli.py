@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.evaluation.regions import (REGION_PRESETS, parse_regions, preset_regions, regions_from_labels,
                                                   resolve_regions, short_region_name)
-from nnunet_missingmod.evaluation.scoring import read_label_image, score_prediction_folder
+from nnunet_missingmod.evaluation.scoring import (PredictionFolder, read_label_image, score_prediction_folder,
+                                                  score_prediction_folders)
 
 SHAPE = (10, 20, 16)            # numpy (z, y, x)
 SITK_SPACING = (1.0, 0.8, 2.5)  # SimpleITK (x, y, z): the slices are 2.5 mm apart
@@ -144,6 +145,24 @@ def test_parallel_scoring_equals_serial(folders):
     serial = score_prediction_folder(str(gt_dir), str(pred_dir), regions, trainer="t", num_processes=1)
     parallel = score_prediction_folder(str(gt_dir), str(pred_dir), regions, trainer="t", num_processes=2)
     assert serial == parallel
+
+
+def test_several_folders_in_one_pool_match_single_folder_scoring(folders, tmp_path):
+    """What `evaluate` does: one folder per trainer and subset, scored together (ground truth read once per case)."""
+    gt_dir, pred_dir = folders
+    perfect_dir = tmp_path / "perfect"
+    shutil.copytree(gt_dir, perfect_dir)
+    regions = {"WT": (1, 2, 3), "ET": (3,)}
+    items = [PredictionFolder("A", "T1ce+FLAIR", str(pred_dir)), PredictionFolder("A", "all", str(perfect_dir)),
+             PredictionFolder("B", "T2", str(perfect_dir))]
+    records = score_prediction_folders(str(gt_dir), items, regions, num_processes=2)
+    assert len(records) == 3 * 3 * 2
+    single = score_prediction_folder(str(gt_dir), str(pred_dir), regions, trainer="A", subset="t1c,flair",
+                                     num_processes=1)
+    assert records[:6] == single
+    assert {(r["trainer"], r["subset"], r["n_modalities"]) for r in records} == {
+        ("A", "T1ce+FLAIR", 2), ("A", "all", None), ("B", "T2", 1)}
+    assert all(r["dice"] == 1.0 and r["hd95"] == 0.0 for r in records[6:])
 
 
 def test_missing_prediction_exits_2_naming_the_file(folders, tmp_path):

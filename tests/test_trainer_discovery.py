@@ -1,6 +1,7 @@
 """nnU-Net finds every trainer of this package by name through nnUNet_extTrainer, in both install modes."""
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_missingmod.training import trainer_registry
+from nnunet_missingmod.training.base import trainer_registry
 from nnunet_missingmod.training.base import DEBUG_SUFFIX
 from nnunet_missingmod.training.cli import trainer_dir
 
@@ -58,9 +59,12 @@ def test_lookup_fails_clearly_without_the_environment_variable(monkeypatch):
 
 def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
     """Builds the wheel, installs it into a separate folder (not editable) and resolves the trainers from there."""
-    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, target, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    # build from a copy: an in-tree build would reuse (and could ship stale files from) the checkout's build/
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheel_dir), str(REPO)], check=True, capture_output=True)
+                    str(wheel_dir), str(source)], check=True, capture_output=True)
     wheel = next(wheel_dir.glob("nnunet_missingmod-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "nnunet_missingmod/ext_trainers/nnunet_missingmod_trainers.py" in names

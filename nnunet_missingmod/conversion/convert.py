@@ -224,17 +224,22 @@ def _case_problems(case: SourceCase, allow_missing: bool) -> Tuple[List[str], Op
     if len(case.missing) == len(MODALITIES):
         return problems, None
     reference_name, reference = None, None
-    for name, source in [(m, s.path) for m, s in case.images.items() if s] + [("segmentation", case.seg)]:
-        if source is None:
-            continue
-        geometry = read_geometry(source)
-        if case.images.get(name) and case.images[name].channel is not None and geometry.channels != len(MODALITIES):
-            problems.append(f"case {case.case_id}: {str(source)!r} has {geometry.channels} channel(s); "
-                            f"expected a 4-D image with {len(MODALITIES)}")
+    sources = {}  # path -> role; an MSD 4-D file holds all four sequences and is read once
+    for modality, source in case.images.items():
+        if source is not None:
+            sources.setdefault(source.path, ("image" if source.channel is not None else modality, source.channel))
+    if case.seg is not None:
+        sources[case.seg] = ("segmentation", None)
+    for path, (name, channel) in sources.items():
+        geometry = read_geometry(path)
+        expected_channels = 1 if channel is None else len(MODALITIES)
+        if geometry.channels != expected_channels:
+            problems.append(f"case {case.case_id}: {name} file {str(path)!r} has {geometry.channels} channel(s); "
+                            f"expected {'a 3-D image' if channel is None else f'a 4-D image with {expected_channels}'}")
         if reference is None:
-            reference_name, reference = f"{name} file {str(source)!r}", geometry
+            reference_name, reference = f"{name} file {str(path)!r}", geometry
         elif not geometry.matches(reference):
-            problems.append(f"case {case.case_id}: geometry of {name} file {str(source)!r} ({geometry.describe()}) "
+            problems.append(f"case {case.case_id}: geometry of {name} file {str(path)!r} ({geometry.describe()}) "
                             f"differs from {reference_name} ({reference.describe()})")
     return problems, reference
 

@@ -72,11 +72,11 @@ def _score(args: argparse.Namespace) -> int:
                                       hd95_variant=args.hd95_variant, num_processes=args.num_processes,
                                       file_ending=file_ending_from_args(args))
     summary = write_report(records, args.output, conventions_from_args(args))
-    _print_overview(summary, args.output)
+    print_overview(summary, args.output)
     return 0
 
 
-def _print_overview(summary: dict, out_dir: str) -> None:
+def print_overview(summary: dict, out_dir: str) -> None:
     print(f"scored {len(summary['cases'])} case(s), regions {', '.join(summary['regions'])}; "
           f"Dice in [0, 1], HD95 in mm ({summary['conventions']['hd95_variant']})")
     for trainer in summary["trainers"]:
@@ -105,5 +105,6 @@ def _register_score(subparsers) -> None:
 
 
 def register(subparsers) -> None:
+    from nnunet_missingmod.evaluation.evaluate import register_evaluate
     _register_score(subparsers)
-    # `evaluate` is registered here, next to `score`, sharing add_scoring_arguments().
+    register_evaluate(subparsers, add_scoring_arguments)

@@ -10,7 +10,7 @@ A *record* is a plain dict with exactly the keys of :data:`RECORD_FIELDS`::
 
 Cases are matched by file name. Scoring runs in parallel over cases in a ``spawn`` process pool, which is safe
 even when the parent process has initialised CUDA; workers receive file paths only and import numpy, scipy and
-SimpleITK, not torch.
+SimpleITK, not torch. Each case's ground truth is read once for all of its predictions (trainers × subsets).
 """
 from __future__ import annotations
 
@@ -125,31 +125,51 @@ def score_label_maps(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float],
     ``spacing`` in the same order, mm)."""
     if gt.shape != pred.shape:
         raise MissingModError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    gt_masks, pred_masks = region_masks(gt, regions), region_masks(pred, regions)
-    return {name: (dice(pred_masks[name], gt_masks[name]),
-                   hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant))
-            for name in regions}
+    return _score_against(region_masks(gt, regions), pred, spacing, regions, hd95_variant)
 
 
 def score_case_files(gt_path: str, pred_path: str, regions: Regions,
                      hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, Tuple[float, float]]:
     """:func:`score_label_maps` of two label files, after checking that their shapes and spacings agree; scores
     in the ground truth's spacing."""
+    return _score_case_group(gt_path, [pred_path], regions, hd95_variant)[0]
+
+
+def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
+                      hd95_variant: str) -> List[Dict[str, Tuple[float, float]]]:
+    """Score several predictions of one case (e.g. one per subset), reading the ground truth only once."""
     gt, gt_spacing = read_label_image(gt_path)
-    pred, pred_spacing = read_label_image(pred_path)
-    if gt.shape != pred.shape:
-        raise MissingModError(f"shape mismatch: prediction {pred_path} is {_xyz(pred.shape)} (x, y, z) but ground "
-                              f"truth {gt_path} is {_xyz(gt.shape)}")
-    if not np.allclose(gt_spacing, pred_spacing, rtol=_SPACING_RTOL, atol=0):
-        raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) but "
-                              f"ground truth {gt_path} has {_xyz(gt_spacing)} mm")
-    return score_label_maps(gt, pred, gt_spacing, regions, hd95_variant)
+    gt_masks = region_masks(gt, regions)
+    results = []
+    for pred_path in pred_paths:
+        pred, pred_spacing = read_label_image(pred_path)
+        if gt.shape != pred.shape:
+            raise MissingModError(f"shape mismatch: prediction {pred_path} is {_xyz(pred.shape)} (x, y, z) but "
+                                  f"ground truth {gt_path} is {_xyz(gt.shape)}")
+        if not np.allclose(gt_spacing, pred_spacing, rtol=_SPACING_RTOL, atol=0):
+            raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) "
+                                  f"but ground truth {gt_path} has {_xyz(gt_spacing)} mm")
+        results.append(_score_against(gt_masks, pred, gt_spacing, regions, hd95_variant))
+    return results
+
+
+def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing: Sequence[float],
+                   regions: Regions, hd95_variant: str) -> Dict[str, Tuple[float, float]]:
+    pred_masks = region_masks(pred, regions)
+    return {name: (dice(pred_masks[name], gt_masks[name]),
+                   hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant))
+            for name in regions}
 
 
 def make_record(trainer: str, case: str, subset: SubsetLike, region: str, dice_value: float,
                 hd95_value: float) -> Record:
     """One long-format record (keys :data:`RECORD_FIELDS`)."""
-    subset_name, n_modalities = subset_name_and_cardinality(subset)
+    return _record(trainer, case, subset_name_and_cardinality(subset), region, dice_value, hd95_value)
+
+
+def _record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str, dice_value: float,
+            hd95_value: float) -> Record:
+    subset_name, n_modalities = subset_key
     return {"trainer": trainer, "case": case, "subset": subset_name, "n_modalities": n_modalities,
             "region": region, "dice": float(dice_value), "hd95": float(hd95_value)}
 
@@ -192,11 +212,9 @@ def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], r
             labelled_jobs.append((trainer, subset_key, _CaseJob(case, gt_path, pred_path)))
     scores = _run_jobs([job for _, _, job in labelled_jobs], regions, hd95_variant, num_processes)
     records = []
-    for (trainer, (subset_name, n_modalities), job), per_region in zip(labelled_jobs, scores):
-        for region, (dice_value, hd95_value) in per_region.items():
-            records.append({"trainer": trainer, "case": job.case, "subset": subset_name,
-                            "n_modalities": n_modalities, "region": region,
-                            "dice": float(dice_value), "hd95": float(hd95_value)})
+    for (trainer, subset_key, job), per_region in zip(labelled_jobs, scores):
+        records += [_record(trainer, job.case, subset_key, region, dice_value, hd95_value)
+                    for region, (dice_value, hd95_value) in per_region.items()]
     return records
 
 
@@ -210,17 +228,30 @@ def score_prediction_folder(gt_dir: str, pred_dir: str, regions: Regions, traine
 
 def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], hd95_variant: str,
               num_processes: int) -> List[Dict[str, Tuple[float, float]]]:
-    arguments = [(job.gt_path, job.pred_path, regions, hd95_variant) for job in jobs]
-    workers = min(num_processes, len(jobs))
+    """Scores of each job, in the order of ``jobs``. One task per case: all its predictions (one per trainer and
+    subset) are scored against one reading of its ground truth."""
+    by_case: Dict[str, List[int]] = {}
+    for index, job in enumerate(jobs):
+        by_case.setdefault(job.gt_path, []).append(index)
+    tasks = [(gt_path, [jobs[i].pred_path for i in indices], regions, hd95_variant)
+             for gt_path, indices in by_case.items()]
+    workers = min(num_processes, len(tasks))
     if workers <= 1:
-        return [_score_job(a) for a in arguments]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_score_job, arguments))
+        task_results = [_score_task(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            task_results = list(pool.map(_score_task, tasks))
+    scores: List[Dict[str, Tuple[float, float]]] = [{} for _ in jobs]
+    for indices, results in zip(by_case.values(), task_results):
+        for index, result in zip(indices, results):
+            scores[index] = result
+    return scores
 
 
-def _score_job(arguments: Tuple[str, str, Mapping[str, Tuple[int, ...]], str]) -> Dict[str, Tuple[float, float]]:
-    gt_path, pred_path, regions, hd95_variant = arguments
-    return score_case_files(gt_path, pred_path, regions, hd95_variant)
+def _score_task(task: Tuple[str, List[str], Mapping[str, Tuple[int, ...]], str]
+                ) -> List[Dict[str, Tuple[float, float]]]:
+    gt_path, pred_paths, regions, hd95_variant = task
+    return _score_case_group(gt_path, pred_paths, regions, hd95_variant)
 
 
 def _short_list(names: Sequence[str], limit: int = 5) -> str:

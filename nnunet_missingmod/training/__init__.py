@@ -1,3 +1,2 @@
-"""Trainers of this package. Importing this package defines (and registers) every trainer and its variants."""
-from nnunet_missingmod.training.base import MissingModalityTrainerBase, trainer_registry  # noqa: F401
-from nnunet_missingmod.training import dropout  # noqa: F401
+"""Trainers of this package (``base``: the mechanism; one module per method). Nothing is imported here, so that
+the command line starts fast; :func:`nnunet_missingmod.training.base.trainer_registry` imports them all."""

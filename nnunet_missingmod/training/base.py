@@ -39,12 +39,16 @@ DEBUG_SUFFIX = "_debug"
 DEBUG_BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 CHECKPOINT_CONFIG_KEY = "missingmod_config"
 
+TRAINER_MODULES = ("nnunet_missingmod.training.dropout",)
+"""Modules that define trainers; importing them registers their classes (see ``__init_subclass__``)."""
 _TRAINERS: Dict[str, type] = {}
 
 
 def trainer_registry() -> Dict[str, type]:
     """Every concrete trainer of this package (with its generated ``_debug`` sibling), by class name."""
-    import nnunet_missingmod.training  # noqa: F401  (importing the package defines and registers them all)
+    import importlib
+    for module in TRAINER_MODULES:
+        importlib.import_module(module)
     return dict(_TRAINERS)
 
 

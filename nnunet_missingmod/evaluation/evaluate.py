@@ -1,0 +1,135 @@
+"""``nnunet-missingmod evaluate``: every case under every modality subset, scored on full volumes.
+
+Per model and case the images are read and preprocessed once; each subset then zeroes its absent channels in the
+preprocessed array (as the predictor does for a real missing file) and is predicted with nnU-Net's sliding window and
+exported to the original image space. The predictions are kept under ``OUT/predictions/<trainer>/<subset>/`` and
+scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
+:func:`nnunet_missingmod.evaluation.report.write_report`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence
+
+from tqdm import tqdm
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import ModalitySubset, SUBSETS
+
+
+def predict_all_subsets(predictor, images_dir: str, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
+                        progress: bool = True) -> Dict[str, str]:
+    """Predict every complete case of ``images_dir`` under every subset; returns subset name → prediction folder.
+
+    Every case must have all of the model's sequences (a subset is simulated by zeroing, so the full set is needed).
+    """
+    from nnunet_missingmod.inference.discovery import discover_cases
+    cases = discover_cases(images_dir, predictor.channel_modalities, predictor.dataset_json["file_ending"])
+    incomplete = [f"{c.case_id} (missing {', '.join(m for m in predictor.channel_modalities if m not in c.files)})"
+                  for c in cases if c.error is None and len(c.files) < len(predictor.channel_modalities)]
+    broken = [c.error for c in cases if c.error]
+    if broken or incomplete:
+        raise MissingModError("evaluate needs every sequence of every case: " + "; ".join(broken + incomplete))
+    folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    with tqdm(total=len(cases) * len(subsets), desc=f"{predictor.trainer_name}: case x subset", unit="pred",
+              disable=not progress) as bar:
+        for case in cases:
+            data, properties, mask, load_warnings = predictor.load_case(case)
+            if not all(mask):
+                raise MissingModError(f"case {case.case_id}: {'; '.join(load_warnings)}")
+            preprocessed, properties = predictor.preprocess(data, properties)
+            for subset in subsets:
+                logits = predictor.predict_preprocessed(preprocessed,
+                                                        subset.channel_mask(predictor.channel_modalities))
+                predictor.export(logits, properties, os.path.join(folders[subset.name], case.case_id))
+                bar.update()
+    return folders
+
+
+def unique_trainer_labels(names: Sequence[str]) -> List[str]:
+    """Trainer names for the report; a repeated name gets ``#2``, ``#3`` ... so models never merge."""
+    labels, seen = [], {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return labels
+
+
+def model_folders_from_args(args) -> List[str]:
+    """``-m`` folders, or one folder per ``-tr`` trainer under ``$nnUNet_results`` (with ``-d -c -p``)."""
+    from nnunet_missingmod.inference.cli import resolve_model_folder
+    if args.m:
+        return [resolve_model_folder(_with(args, m=m)) for m in args.m]
+    return [resolve_model_folder(_with(args, m=None, tr=tr)) for tr in args.tr]
+
+
+def _with(args, **changes):
+    import argparse
+    values = dict(vars(args))
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def run_evaluate(args) -> int:
+    from nnunet_missingmod.evaluation.cli import conventions_from_args, print_overview, regions_from_args
+    from nnunet_missingmod.evaluation.report import write_report
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
+    from nnunet_missingmod.inference.cli import make_device, parse_folds
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.modalities import parse_subsets
+
+    for folder in (args.i, args.l):
+        if not os.path.isdir(folder):
+            raise MissingModError(f"not a folder: {folder}")
+    subsets = parse_subsets(args.subsets)
+    model_folders = model_folders_from_args(args)
+    device = make_device(args.device)
+    predictors = []
+    for folder in model_folders:
+        predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
+                                             device=device, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(folder, parse_folds(args.f), checkpoint_name=args.chk)
+        predictors.append(predictor)
+    labels = unique_trainer_labels([p.trainer_name for p in predictors])
+    if args.dataset_json is None and args.regions is None and args.label_format is None:
+        args.dataset_json = os.path.join(model_folders[0], "dataset.json")  # the labels the models were trained on
+    regions = regions_from_args(args)
+
+    prediction_folders = []
+    for label, predictor in zip(labels, predictors):
+        folders = predict_all_subsets(predictor, args.i, os.path.join(args.output, "predictions", label), subsets)
+        prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
+    records = score_prediction_folders(args.l, prediction_folders, regions, hd95_variant=args.hd95_variant,
+                                       num_processes=args.num_processes,
+                                       file_ending=predictors[0].dataset_json["file_ending"])
+    summary = write_report(records, args.output, conventions_from_args(args))
+    print_overview(summary, args.output)
+    return 0
+
+
+def register_evaluate(subparsers, add_scoring_arguments) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="predict every case under every modality subset and score it (Dice, HD95, AURC)",
+        description="For each model, predict every case of IMAGES (nnU-Net raw layout, all sequences present) "
+                    "under every modality subset (default all 15), preprocessing each case once, and score the "
+                    "full volumes in the original image space against LABELS. Writes metrics.csv, summary.json, "
+                    "summary.md, robustness.png, subsets.png and the predictions into OUT.")
+    p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
+    p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
+    p.add_argument("-d", help="dataset name or id (with -c, -tr, -p; or use -m)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
+    p.add_argument("-tr", nargs="+", default=["nnUNetTrainer"], help="one or more trainers to compare")
+    p.add_argument("-c", help="configuration, e.g. 3d_fullres")
+    p.add_argument("-m", nargs="+", help="trained model folders, instead of -d/-c/-tr/-p")
+    p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds. Default: 0 1 2 3 4")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name. Default: checkpoint_final.pth")
+    p.add_argument("--subsets", default=None,
+                   help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size. Default: 0.5")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("-device", default="cuda", help="cuda (default), cpu or mps")
+    add_scoring_arguments(p)
+    p.set_defaults(func=run_evaluate)
+

@@ -1,0 +1,122 @@
+"""Which sequences does each case of an input folder have?
+
+Two layouts are understood:
+
+* nnU-Net raw: ``CASE_0000.nii.gz`` ... in one folder, any of them absent; the model's ``channel_names`` say which
+  modality each channel index is.
+* BraTS: one folder per case (or files side by side) named ``<case>_t1/_t1ce/_t2/_flair`` (2018-2021, FeTS 2022) or
+  ``<case>-t1n/-t1c/-t2w/-t2f`` (2023+), ``.nii`` or ``.nii.gz``; segmentation files are ignored.
+
+A problem with one case (an unknown channel index, two files for one sequence) is recorded on that case, so the
+other cases still run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import ALIASES, canonical_modality
+
+_NIFTI = r"\.nii(?:\.gz)?"
+_BRATS_SUFFIX = re.compile(r"^(?P<case>.+?)[_-](?P<seq>[A-Za-z0-9]+)" + _NIFTI + "$")
+_SEGMENTATION_WORDS = ("seg", "label", "labels", "mask")
+
+
+@dataclass
+class CaseFiles:
+    """One case: the file of each present modality (canonical name → path), and a problem if it has one."""
+    case_id: str
+    files: Dict[str, str] = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+def _raw_layout_pattern(file_ending: str) -> re.Pattern:
+    return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + "$")
+
+
+def _add_file(case: CaseFiles, modality: str, path: Path) -> None:
+    if modality in case.files:
+        case.error = case.error or (f"case {case.case_id}: two files for {modality}: "
+                                    f"{Path(case.files[modality]).name} and {path.name}")
+    else:
+        case.files[modality] = str(path)
+
+
+def _brats_modality(file_name: str) -> Optional[tuple]:
+    match = _BRATS_SUFFIX.match(file_name)
+    if not match or match["seq"].lower() in _SEGMENTATION_WORDS:
+        return None
+    key = match["seq"].lower()
+    return (match["case"], ALIASES[key]) if key in ALIASES else None
+
+
+def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_ending: str = ".nii.gz") \
+        -> List[CaseFiles]:
+    """Cases of ``input_folder`` in either layout, sorted by case id. Raises :class:`MissingModError` if the folder
+    does not exist or holds no recognisable image file."""
+    folder = Path(input_folder)
+    if not folder.is_dir():
+        raise MissingModError(f"input folder {input_folder} does not exist")
+    raw_pattern = _raw_layout_pattern(file_ending)
+    cases: Dict[str, CaseFiles] = {}
+
+    def case_named(case_id: str) -> CaseFiles:
+        return cases.setdefault(case_id, CaseFiles(case_id))
+
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        raw = raw_pattern.match(path.name)
+        if raw:
+            case, channel = case_named(raw["case"]), int(raw["channel"])
+            if channel >= len(channel_modalities):
+                case.error = case.error or (
+                    f"case {case.case_id}: unknown channel index _{channel:04d} in {path.name}; the model has "
+                    f"{len(channel_modalities)} channels ({', '.join(channel_modalities)} = _0000.."
+                    f"_{len(channel_modalities) - 1:04d})")
+            else:
+                _add_file(case, channel_modalities[channel], path)
+            continue
+        brats = _brats_modality(path.name)
+        if brats:
+            _add_file(case_named(brats[0]), brats[1], path)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(p for p in sub.iterdir() if p.is_file()):
+            brats = _brats_modality(path.name)
+            if brats:
+                _add_file(case_named(sub.name), brats[1], path)
+    if not cases:
+        raise MissingModError(
+            f"no input images in {input_folder}: expected nnU-Net raw files (CASE_0000{file_ending} ...) or BraTS "
+            f"files (CASE_t1/_t1ce/_t2/_flair or -t1n/-t1c/-t2w/-t2f .nii.gz, optionally one folder per case)")
+    return [cases[k] for k in sorted(cases)]
+
+
+def cases_from_lists(list_of_lists: Sequence[Sequence[Optional[str]]], channel_modalities: Sequence[str]) \
+        -> List[CaseFiles]:
+    """nnU-Net's list-of-lists input (one file per channel, in channel order), with ``None`` for a missing channel.
+    The case id is the file name of the first present file without its ``_XXXX`` channel suffix and ending."""
+    cases = []
+    for files in list_of_lists:
+        if len(files) != len(channel_modalities):
+            raise MissingModError(f"expected {len(channel_modalities)} entries (one per channel "
+                                  f"{', '.join(channel_modalities)}, None if missing), got {list(files)}")
+        present = {m: str(f) for m, f in zip(channel_modalities, files) if f is not None}
+        if not present:
+            raise MissingModError("a case with no file at all: at least one sequence is needed")
+        first = Path(next(iter(present.values()))).name
+        case_id = re.sub(r"(_\d{4})?" + _NIFTI + "$", "", first)
+        cases.append(CaseFiles(case_id, present))
+    return cases
+
+
+def restrict_to(case: CaseFiles, modalities: Optional[Sequence[str]]) -> Dict[str, str]:
+    """The files of the requested modalities only (``None``: all); returns those left out, modality → path."""
+    if modalities is None:
+        return {}
+    wanted = {canonical_modality(m) for m in modalities}
+    ignored = {m: f for m, f in case.files.items() if m not in wanted}
+    case.files = {m: f for m, f in case.files.items() if m in wanted}
+    return ignored
+

@@ -1,0 +1,297 @@
+"""nnU-Net's predictor, for cases where some MRI sequences are missing.
+
+Per case: read the present sequences (each checked: readable, finite, not constant, same geometry), put them in
+the model's channel order with zero images for the absent ones, run nnU-Net's own preprocessing, then set the absent
+channels to exactly 0 *after* normalisation (as training zeroes them, and correct for every normalisation scheme,
+not only z-score), predict with nnU-Net's sliding window and export with nnU-Net's exporter. With all sequences
+present this is exactly what ``nnUNetv2_predict`` computes.
+
+A network that wants the mask itself exposes ``set_modality_mask(mask: (C,) bool tensor)`` on the module that
+``build_network_architecture`` returns; the predictor calls it before each case.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from tqdm import tqdm
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.io_checks import check_nifti_data
+from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
+from nnunet_missingmod.modalities import (
+    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset)
+
+MODALITY_MASK_HOOK = "set_modality_mask"
+SIDECAR_SUFFIX = ".modalities.json"
+
+# What a clinician should know when a sequence is absent (enhancement is visible only on T1ce; oedema mostly on
+# FLAIR and T2).
+MISSING_SEQUENCE_WARNINGS = {
+    "T1ce": "no T1ce: enhancing tumour and tumour core are unreliable",
+    "FLAIR": "no FLAIR: oedema and whole-tumour extent are less reliable",
+}
+
+
+def ensure_trainer_lookup() -> None:
+    """Make nnU-Net's trainer lookup find this package's trainers (keeps a user's own nnUNet_extTrainer dirs)."""
+    from nnunet_missingmod.training.cli import trainer_dir
+    ours = trainer_dir()
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if ours not in current:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [ours])
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case; also the content of its ``CASE.modalities.json`` sidecar."""
+    case: str
+    present: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    subset: Optional[str] = None
+    files: Dict[str, str] = field(default_factory=dict)
+    ignored_files: Dict[str, str] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    output: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary_line(self) -> str:
+        if not self.ok:
+            return f"{self.case}: FAILED: {self.error}"
+        missing = ", ".join(self.missing) if self.missing else "none"
+        note = f" ({'; '.join(self.warnings)})" if self.warnings else ""
+        return f"{self.case}: {self.subset} (missing: {missing}){note}"
+
+
+def _geometry(props: dict) -> Dict[str, np.ndarray]:
+    """Spacing plus every numeric geometry entry the reader keeps (SimpleITK: origin, direction; nibabel: affine)."""
+    geometry = {"spacing": np.asarray(props["spacing"], dtype=float)}
+    for key, value in props.items():
+        if key.endswith("_stuff") and isinstance(value, dict):
+            for name, entry in value.items():
+                try:
+                    geometry[name] = np.asarray(entry, dtype=float)
+                except (TypeError, ValueError):
+                    pass
+    return geometry
+
+
+class MissingModalityPredictor(nnUNetPredictor):
+    """:class:`nnUNetPredictor` that accepts any non-empty subset of the sequences per case.
+
+    Entry points as nnU-Net's (``initialize_from_trained_model_folder``, ``predict_from_files``,
+    ``predict_single_npy_array``), plus ``predict_case`` for one :class:`CaseFiles` and ``channel_mask`` arguments.
+    """
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Union[Tuple[Union[int, str]], None],
+                                             checkpoint_name: str = 'checkpoint_final.pth'):
+        ensure_trainer_lookup()
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self._after_initialization()
+
+    def manual_initialization(self, *args, **kwargs):
+        super().manual_initialization(*args, **kwargs)
+        self._after_initialization()
+
+    def _after_initialization(self) -> None:
+        self.channel_modalities = modalities_from_channel_names(self.dataset_json["channel_names"])
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunet_missingmod.training.base import MissingModalityTrainerBase
+        trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
+        self.trained_for_missing_modalities = issubclass(trainer_class, MissingModalityTrainerBase)
+        self.preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+
+    # ------------------------------------------------------------------ loading
+    def load_case(self, case: CaseFiles) -> Tuple[np.ndarray, dict, Tuple[bool, ...], List[str]]:
+        """Read a case's present files into the model's channel order.
+
+        Returns ``(data (C, *shape) float32 with zero images for absent channels, properties, channel mask,
+        warnings)``. Raises :class:`MissingModError` naming the case and file for unreadable files, NaN/Inf voxels,
+        mismatched geometry, or no usable sequence. A constant volume is treated as missing, with a warning.
+        """
+        if case.error:
+            raise MissingModError(case.error)
+        reader = self.plans_manager.image_reader_writer_class()
+        images, warnings_, reference = {}, [], None
+        for modality, path in sorted(case.files.items(), key=lambda kv: self.channel_modalities.index(kv[0])):
+            name = Path(path).name
+            check_nifti_data(path, f"case {case.case_id}")
+            try:
+                image, props = reader.read_images([path])
+            except Exception as e:  # nnU-Net's readers raise anything from RuntimeError to AssertionError
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise MissingModError(f"case {case.case_id}: cannot read {path}: {reason}") from None
+            n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+            if n_bad:
+                raise MissingModError(f"case {case.case_id}: {name} has {n_bad} NaN/Inf voxels")
+            if image.size and image.min() == image.max():
+                warnings_.append(f"{modality} ({name}) is constant ({image.flat[0]:g}): treated as missing")
+                continue
+            if reference is None:
+                reference = (name, image.shape, props, _geometry(props))
+            else:
+                self._check_same_geometry(case.case_id, reference, name, image.shape, _geometry(props))
+            images[modality] = image[0]
+        if not images:
+            raise MissingModError(f"case {case.case_id}: no usable sequence (need at least one of "
+                                  f"{', '.join(self.channel_modalities)})")
+        shape = reference[1][1:]
+        data = np.zeros((len(self.channel_modalities), *shape), dtype=np.float32)
+        for channel, modality in enumerate(self.channel_modalities):
+            if modality in images:
+                data[channel] = images[modality]
+        mask = tuple(m in images for m in self.channel_modalities)
+        return data, reference[2], mask, warnings_
+
+    @staticmethod
+    def _check_same_geometry(case_id, reference, name, shape, geometry) -> None:
+        ref_name, ref_shape, _, ref_geometry = reference
+        if tuple(shape) != tuple(ref_shape):
+            raise MissingModError(f"case {case_id}: {name} has shape {tuple(shape[1:])} but {ref_name} has "
+                                  f"{tuple(ref_shape[1:])}")
+        for key, ref_value in ref_geometry.items():
+            value = geometry.get(key)
+            if value is None or value.shape != ref_value.shape or not np.allclose(value, ref_value, rtol=1e-4,
+                                                                                 atol=1e-4):
+                raise MissingModError(f"case {case_id}: {name} has {key} {None if value is None else value.tolist()}"
+                                      f" but {ref_name} has {ref_value.tolist()}")
+
+    # ------------------------------------------------------------------ predicting
+    def preprocess(self, data: np.ndarray, properties: dict) -> Tuple[torch.Tensor, dict]:
+        """nnU-Net's preprocessing of a (C, *shape) case, as ``nnUNetv2_predict`` runs it."""
+        data, _, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
+                                                             self.configuration_manager, self.dataset_json)
+        return torch.from_numpy(data), properties
+
+    def predict_preprocessed(self, data: torch.Tensor, channel_mask: Sequence[bool]) -> torch.Tensor:
+        """Logits for a preprocessed case with the absent channels zeroed after normalisation."""
+        mask = torch.as_tensor(channel_mask, dtype=torch.bool)
+        data = apply_channel_mask(data, mask, channel_axis=0) if not mask.all() else data
+        network = self.network
+        if hasattr(network, MODALITY_MASK_HOOK):
+            getattr(network, MODALITY_MASK_HOOK)(mask.to(self.device))
+        return self.predict_logits_from_preprocessed_data(data).cpu()
+
+    def export(self, logits: torch.Tensor, properties: dict, output_file_truncated: str,
+               save_probabilities: bool = False) -> str:
+        """nnU-Net's export, written under a temporary name and renamed, so a failure leaves no partial file."""
+        folder, name = os.path.split(output_file_truncated)
+        temporary = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+        ending = self.dataset_json["file_ending"]
+        extra = [".npz", ".pkl"] if save_probabilities else []
+        try:
+            export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                          self.dataset_json, temporary, save_probabilities)
+            for suffix in extra + [ending]:
+                os.replace(temporary + suffix, output_file_truncated + suffix)
+        finally:
+            for suffix in extra + [ending]:
+                if os.path.exists(temporary + suffix):
+                    os.remove(temporary + suffix)
+        return output_file_truncated + ending
+
+    def predict_case(self, case: CaseFiles, output_folder: str, modalities: Optional[Sequence[str]] = None,
+                     save_probabilities: bool = False) -> CaseResult:
+        """Predict one case and write ``CASE<ending>`` and ``CASE.modalities.json``; never raises for bad input:
+        the error is in the returned result (and no output file is written for that case)."""
+        result = CaseResult(case.case_id)
+        result.ignored_files = restrict_to(case, modalities)
+        try:
+            data, properties, mask, load_warnings = self.load_case(case)
+            subset = ModalitySubset.from_modalities(m for m, keep in zip(self.channel_modalities, mask) if keep)
+            result.present, result.missing, result.subset = list(subset.modalities), list(subset.missing), subset.name
+            result.files = {m: f for m, f in case.files.items() if m in subset.modalities}
+            result.warnings = load_warnings + [MISSING_SEQUENCE_WARNINGS[m] for m in subset.missing
+                                               if m in MISSING_SEQUENCE_WARNINGS]
+            if not subset.is_full and not self.trained_for_missing_modalities:
+                result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
+                                       f"trained for missing sequences")
+            preprocessed, properties = self.preprocess(data, properties)
+            logits = self.predict_preprocessed(preprocessed, mask)
+            result.output = self.export(logits, properties, os.path.join(output_folder, case.case_id),
+                                        save_probabilities)
+        except MissingModError as e:
+            result.error = str(e)
+        self._write_sidecar(result, output_folder)
+        return result
+
+    def _write_sidecar(self, result: CaseResult, output_folder: str) -> None:
+        content = asdict(result)
+        content["trained_for_missing_modalities"] = self.trained_for_missing_modalities
+        content["trainer"] = self.trainer_name
+        path = os.path.join(output_folder, result.case + SIDECAR_SUFFIX)
+        temporary = os.path.join(output_folder, f".tmp-{os.getpid()}-{result.case}{SIDECAR_SUFFIX}")
+        with open(temporary, "w") as f:
+            json.dump(content, f, indent=2)
+        os.replace(temporary, path)
+
+    def predict_from_files(self, list_of_lists_or_source_folder: Union[str, List[List[Optional[str]]]],
+                           output_folder_or_list_of_truncated_output_files: str,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = 1, num_processes_segmentation_export: int = 1,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0,
+                           modalities: Optional[Sequence[str]] = None) -> List[CaseResult]:
+        """Predict a folder (nnU-Net raw or BraTS layout, sequences may be absent) or nnU-Net's list of lists with
+        ``None`` for absent channels. ``modalities`` restricts every case to those sequences.
+
+        Cases are processed one after the other in this process (the ``num_processes_*`` arguments are accepted
+        for compatibility); ``overwrite=False`` skips cases whose segmentation and sidecar exist.
+        """
+        if folder_with_segs_from_prev_stage is not None or self.configuration_manager.previous_stage_name:
+            raise MissingModError("cascaded configurations are not supported by the missing-modality predictor")
+        output_folder = output_folder_or_list_of_truncated_output_files
+        if not isinstance(output_folder, str):
+            raise MissingModError("the missing-modality predictor takes an output folder")
+        if modalities is not None:
+            parse_subset(list(modalities))  # fail early on an unknown or empty list
+        if isinstance(list_of_lists_or_source_folder, str):
+            cases = discover_cases(list_of_lists_or_source_folder, self.channel_modalities,
+                                   self.dataset_json["file_ending"])
+        else:
+            cases = cases_from_lists(list_of_lists_or_source_folder, self.channel_modalities)
+        cases = cases[part_id::num_parts]
+        os.makedirs(output_folder, exist_ok=True)
+        ending = self.dataset_json["file_ending"]
+        if not overwrite:
+            cases = [c for c in cases if not (os.path.isfile(os.path.join(output_folder, c.case_id + ending)) and
+                                              os.path.isfile(os.path.join(output_folder, c.case_id + SIDECAR_SUFFIX)))]
+        results = []
+        for case in tqdm(cases, desc="cases", unit="case", disable=not self.allow_tqdm):
+            result = self.predict_case(case, output_folder, modalities, save_probabilities)
+            tqdm.write(result.summary_line())
+            results.append(result)
+        return results
+
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
+                                 segmentation_previous_stage: np.ndarray = None,
+                                 output_file_truncated: str = None,
+                                 save_or_return_probabilities: bool = False,
+                                 channel_mask: Optional[Sequence[bool]] = None):
+        """As nnU-Net's, with ``channel_mask`` (C,) bool: absent channels are zeroed after normalisation."""
+        if channel_mask is None:
+            return super().predict_single_npy_array(input_image, image_properties, segmentation_previous_stage,
+                                                    output_file_truncated, save_or_return_probabilities)
+        if segmentation_previous_stage is not None:
+            raise MissingModError("cascaded configurations are not supported by the missing-modality predictor")
+        data, properties = self.preprocess(np.asarray(input_image, dtype=np.float32), image_properties)
+        logits = self.predict_preprocessed(data, channel_mask)
+        if output_file_truncated is not None:
+            self.export(logits, properties, output_file_truncated, save_or_return_probabilities)
+            return None
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
+            return_probabilities=save_or_return_probabilities)
+

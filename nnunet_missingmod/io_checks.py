@@ -1,0 +1,29 @@
+"""Checks of image files that nnU-Net's readers do not make."""
+from __future__ import annotations
+
+import numpy as np
+
+from nnunet_missingmod.errors import MissingModError
+
+NIFTI_ENDINGS = (".nii", ".nii.gz")
+
+
+def check_nifti_data(path: str, what: str = "") -> None:
+    """Raise :class:`MissingModError` if a NIfTI file is truncated or holds NaN/Inf voxels.
+
+    SimpleITK (nnU-Net's default reader) reads a truncated ``.nii.gz`` without complaint and returns NaN voxels as
+    0, so both are checked on the stored data with nibabel. Other formats are left to the reader.
+    """
+    if not str(path).endswith(NIFTI_ENDINGS):
+        return
+    import nibabel as nib
+    prefix = f"{what}: " if what else ""
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise MissingModError(f"{prefix}cannot read {path} (truncated or corrupt?): {reason}") from None
+    if np.issubdtype(data.dtype, np.floating):
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if n_bad:
+            raise MissingModError(f"{prefix}{path} has {n_bad} NaN/Inf voxels")

@@ -1,0 +1,55 @@
+"""`nnunet-missingmod evaluate` end to end on the _debug model and the tiny dataset."""
+import csv
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import DATASET_ID, nnunet_env, run_command
+from nnunet_missingmod.modalities import SUBSET_NAMES
+
+
+def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
+    out = tmp_path / "eval"
+    result = run_command(["nnunet-missingmod", "evaluate", "-i", tiny_preprocessed / "imagesTr",
+                          "-l", tiny_preprocessed / "labelsTr", "-d", DATASET_ID, "-c", "3d_fullres", "-f", "0",
+                          "-tr", "ModalityDropoutTrainer_debug", "ModalityDropoutTrainer_debug",
+                          "-device", "cpu", "--disable_tta", "-np", "1", "-o", out], nnunet_env(nnunet_root))
+    assert "wrote" in result.stdout
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95"]
+    # two trainers (the same model twice, labelled apart) x 6 cases x 15 subsets x 3 regions
+    assert len(rows) == 2 * 6 * 15 * 3
+    assert {r["subset"] for r in rows} == set(SUBSET_NAMES)
+    assert {r["trainer"] for r in rows} == {"ModalityDropoutTrainer_debug", "ModalityDropoutTrainer_debug#2"}
+    assert {r["region"] for r in rows} == {"WT", "TC", "ET"}
+    # each subset's prediction exists in the original geometry, and was made with the right channels zeroed:
+    # the full-set prediction equals the stock predictor's
+    stock = tmp_path / "stock"
+    run_command(["nnUNetv2_predict", "-i", tiny_preprocessed / "imagesTr", "-o", stock, "-d", DATASET_ID,
+                 "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug", "-device", "cpu",
+                 "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env(nnunet_root))
+    full = out / "predictions" / "ModalityDropoutTrainer_debug" / "T1+T1ce+T2+FLAIR"
+    for seg in stock.glob("*.nii.gz"):
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(full / seg.name))))
+    summary = json.loads((out / "summary.json").read_text())
+    assert "aurc" in json.dumps(summary).lower()
+    table = (out / "summary.md").read_text()
+    assert " | ".join(SUBSET_NAMES) in table
+    assert (out / "robustness.png").stat().st_size > 10000 and (out / "subsets.png").stat().st_size > 10000
+    # identical models: the paired comparison finds no difference
+    assert "wilcoxon" in table.lower()
+
+
+def test_evaluate_rejects_incomplete_cases(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
+    import shutil
+    images = tmp_path / "images"
+    shutil.copytree(tiny_preprocessed / "imagesTr", images)
+    (images / "tiny_002_0003.nii.gz").unlink()
+    result = run_command(["nnunet-missingmod", "evaluate", "-i", images, "-l", tiny_preprocessed / "labelsTr",
+                          "-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug",
+                          "-device", "cpu", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
+    assert result.returncode == 2
+    assert "tiny_002 (missing FLAIR)" in result.stderr
