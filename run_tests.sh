@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv (see scripts/setup_venv.sh), then runs the whole suite on the CPU.
+# Extra arguments go to pytest, e.g. ./run_tests.sh -m "not slow" or ./run_tests.sh tests/test_modalities.py
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup_venv.sh
+exec "$VENV/bin/pytest" -ra "$@"
