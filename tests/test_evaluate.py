@@ -47,9 +47,9 @@ def test_evaluate_rejects_incomplete_cases(nnunet_root, tiny_preprocessed, train
     import shutil
     images = tmp_path / "images"
     shutil.copytree(tiny_preprocessed / "imagesTr", images)
-    (images / "tiny_002_0003.nii.gz").unlink()
+    (images / "BraTS2021_00002_0003.nii.gz").unlink()
     result = run_command(["nnunet-missingmod", "evaluate", "-i", images, "-l", tiny_preprocessed / "labelsTr",
                           "-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug",
                           "-device", "cpu", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
     assert result.returncode == 2
-    assert "tiny_002 (missing FLAIR)" in result.stderr
+    assert "BraTS2021_00002 (missing FLAIR)" in result.stderr

@@ -57,7 +57,7 @@ def test_complete_cases_match_stock_nnunet_predict_voxel_for_voxel(nnunet_root, 
 def test_missing_file_equals_stock_prediction_on_a_zero_filled_channel(nnunet_root, tiny_preprocessed,
                                                                         trained_dropout_model, tmp_path):
     """Z-score maps a zero image to exactly 0: stock nnU-Net on a zero-filled T1ce is our reference."""
-    images, case = tiny_preprocessed / "imagesTr", "tiny_001"
+    images, case = tiny_preprocessed / "imagesTr", "BraTS2021_00001"
     ours_in, stock_in = tmp_path / "in_missing", tmp_path / "in_zero"
     _copy_case(images, case, ours_in, ("T1", "T2", "FLAIR"))
     _copy_case(images, case, stock_in)
@@ -85,16 +85,16 @@ def test_brats_layouts_with_absent_sequences(nnunet_root, tiny_preprocessed, tra
     source = tmp_path / "in"
     if layout == "brats2021_folders":
         names = {"T1": "t1", "T1ce": "t1ce", "T2": "t2", "FLAIR": "flair"}
-        _copy_case(images, "tiny_000", source / "BraTS2021_00000", ("T1ce", "FLAIR"),
+        _copy_case(images, "BraTS2021_00000", source / "BraTS2021_00000", ("T1ce", "FLAIR"),
                    rename=lambda m: f"BraTS2021_00000_{names[m]}.nii.gz")
-        _copy_case(images, "tiny_002", source / "BraTS2021_00002", ("T2",),
+        _copy_case(images, "BraTS2021_00002", source / "BraTS2021_00002", ("T2",),
                    rename=lambda m: f"BraTS2021_00002_{names[m]}.nii.gz")
-        shutil.copy(tiny_preprocessed / "labelsTr" / "tiny_000.nii.gz", source / "BraTS2021_00000" /
+        shutil.copy(tiny_preprocessed / "labelsTr" / "BraTS2021_00000.nii.gz", source / "BraTS2021_00000" /
                     "BraTS2021_00000_seg.nii.gz")  # ignored, not taken for a sequence
         expected = {"BraTS2021_00000": ("T1ce+FLAIR", ["T1", "T2"]), "BraTS2021_00002": ("T2", ["T1", "T1ce", "FLAIR"])}
     else:
         names = {"T1": "t1n", "T1ce": "t1c", "T2": "t2w", "FLAIR": "t2f"}
-        _copy_case(images, "tiny_003", source, ("T1", "T1ce", "T2"),
+        _copy_case(images, "BraTS2021_00003", source, ("T1", "T1ce", "T2"),
                    rename=lambda m: f"BraTS-GLI-00003-000-{names[m]}.nii.gz")
         expected = {"BraTS-GLI-00003-000": ("T1+T1ce+T2", ["FLAIR"])}
     out = tmp_path / "out"
@@ -108,17 +108,17 @@ def test_brats_layouts_with_absent_sequences(nnunet_root, tiny_preprocessed, tra
 def test_modalities_flag_uses_only_the_named_sequences(nnunet_root, tiny_preprocessed, trained_dropout_model,
                                                        tmp_path):
     source = tmp_path / "in"
-    _copy_case(tiny_preprocessed / "imagesTr", "tiny_004", source)
+    _copy_case(tiny_preprocessed / "imagesTr", "BraTS2021_00004", source)
     _cli(nnunet_root, "-i", source, "-o", tmp_path / "restricted", *_model_args(), "--modalities", "t1c,t2f")
-    sidecar = _sidecar(tmp_path / "restricted", "tiny_004")
+    sidecar = _sidecar(tmp_path / "restricted", "BraTS2021_00004")
     assert sidecar["subset"] == "T1ce+FLAIR"
     assert sorted(sidecar["ignored_files"]) == ["T1", "T2"]
     # the same as physically removing T1 and T2
     removed = tmp_path / "in_removed"
-    _copy_case(tiny_preprocessed / "imagesTr", "tiny_004", removed, ("T1ce", "FLAIR"))
+    _copy_case(tiny_preprocessed / "imagesTr", "BraTS2021_00004", removed, ("T1ce", "FLAIR"))
     _cli(nnunet_root, "-i", removed, "-o", tmp_path / "removed", *_model_args())
-    assert np.array_equal(_seg(tmp_path / "restricted" / "tiny_004.nii.gz"),
-                          _seg(tmp_path / "removed" / "tiny_004.nii.gz"))
+    assert np.array_equal(_seg(tmp_path / "restricted" / "BraTS2021_00004.nii.gz"),
+                          _seg(tmp_path / "removed" / "BraTS2021_00004.nii.gz"))
     bad = _cli(nnunet_root, "-i", source, "-o", tmp_path / "bad", *_model_args(), "--modalities", "T1,DWI",
                expect_ok=False)
     assert bad.returncode == 2 and "unknown modality 'DWI'" in bad.stderr
@@ -137,24 +137,24 @@ def test_bad_inputs_fail_alone_with_one_clear_message(nnunet_root, tiny_preproce
                                                       tmp_path):
     images = tiny_preprocessed / "imagesTr"
     src = tmp_path / "in"
-    _copy_case(images, "tiny_000", src)  # a good case: still predicted
-    ref = images / "tiny_001_0000.nii.gz"
-    array = sitk.GetArrayFromImage(sitk.ReadImage(str(ref)))
-    _copy_case(images, "tiny_001", src, ("T1",), rename=lambda m: "shape_0000.nii.gz")
+    _copy_case(images, "BraTS2021_00000", src)  # a good case: still predicted
+    ref = images / "BraTS2021_00001_0000.nii.gz"
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(ref))).astype(np.float32)
+    _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "shape_0000.nii.gz")
     _write_like(ref, src / "shape_0002.nii.gz", array=array[:-2])
-    _copy_case(images, "tiny_001", src, ("T1",), rename=lambda m: "spacing_0000.nii.gz")
+    _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "spacing_0000.nii.gz")
     _write_like(ref, src / "spacing_0001.nii.gz", spacing=(2.0, 1.0, 1.0))
-    _copy_case(images, "tiny_001", src, ("T1",), rename=lambda m: "origin_0000.nii.gz")
+    _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "origin_0000.nii.gz")
     _write_like(ref, src / "origin_0003.nii.gz", origin=(5.0, 0.0, 0.0))
     nan = array.copy()
     nan[3, 3, 3] = np.nan
     _write_like(ref, src / "nan_0000.nii.gz", array=nan)
-    data = (images / "tiny_001_0001.nii.gz").read_bytes()
+    data = (images / "BraTS2021_00001_0001.nii.gz").read_bytes()
     (src / "truncated_0001.nii.gz").write_bytes(data[: len(data) // 2])
     _write_like(ref, src / "allzero_0000.nii.gz", array=np.zeros_like(array))
-    _copy_case(images, "tiny_001", src, ("T1",), rename=lambda m: "extra_0000.nii.gz")
+    _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "extra_0000.nii.gz")
     shutil.copy(ref, src / "extra_0004.nii.gz")
-    _copy_case(images, "tiny_002", src, ("T2", "FLAIR"), rename=lambda m: f"constant{RAW_SUFFIX[m]}.nii.gz")
+    _copy_case(images, "BraTS2021_00002", src, ("T2", "FLAIR"), rename=lambda m: f"constant{RAW_SUFFIX[m]}.nii.gz")
     _write_like(ref, src / "constant_0001.nii.gz", array=np.full_like(array, 7.0))
 
     out = tmp_path / "out"
@@ -177,7 +177,7 @@ def test_bad_inputs_fail_alone_with_one_clear_message(nnunet_root, tiny_preproce
     assert "truncated_0001.nii.gz" in _sidecar(out, "truncated")["error"]
     assert "7 failed" in result.stdout
     # the good case and the constant-T1ce case (treated as missing, with a warning) were predicted
-    assert (out / "tiny_000.nii.gz").is_file()
+    assert (out / "BraTS2021_00000.nii.gz").is_file()
     constant = _sidecar(out, "constant")
     assert constant["missing"] == ["T1", "T1ce"] and constant["error"] is None
     assert any("constant" in w and "treated as missing" in w for w in constant["warnings"])
@@ -200,10 +200,10 @@ def test_model_without_modality_dropout_is_allowed_with_a_warning(nnunet_root, t
     checkpoint["trainer_name"] = "nnUNetTrainer"
     torch.save(checkpoint, checkpoint_file)
     source = tmp_path / "in"
-    _copy_case(tiny_preprocessed / "imagesTr", "tiny_005", source, ("T1", "FLAIR"))
+    _copy_case(tiny_preprocessed / "imagesTr", "BraTS2021_00005", source, ("T1", "FLAIR"))
     result = _cli(nnunet_root, "-i", source, "-o", tmp_path / "out", "-m", model, "-f", "0")
     assert "was not trained with modality dropout" in result.stdout
-    sidecar = _sidecar(tmp_path / "out", "tiny_005")
+    sidecar = _sidecar(tmp_path / "out", "BraTS2021_00005")
     assert sidecar["trained_for_missing_modalities"] is False
     assert any("not trained for missing sequences" in w for w in sidecar["warnings"])
 
@@ -213,10 +213,10 @@ def test_python_api_takes_a_mask_per_case(nnunet_root, tiny_preprocessed, traine
     predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(trained_dropout_model), (0,))
     images = tiny_preprocessed / "imagesTr"
-    files = [str(images / f"tiny_001{RAW_SUFFIX[m]}.nii.gz") for m in ("T1", "T1ce", "T2", "FLAIR")]
+    files = [str(images / f"BraTS2021_00001{RAW_SUFFIX[m]}.nii.gz") for m in ("T1", "T1ce", "T2", "FLAIR")]
     results = predictor.predict_from_files([[files[0], None, files[2], None]], str(tmp_path / "api"))
     assert results[0].ok and results[0].subset == "T1+T2"
-    from_files = _seg(tmp_path / "api" / "tiny_001.nii.gz")
+    from_files = _seg(tmp_path / "api" / "BraTS2021_00001.nii.gz")
 
     seen_masks = []
     predictor.network.set_modality_mask = lambda mask: seen_masks.append(mask.tolist())
@@ -225,3 +225,31 @@ def test_python_api_takes_a_mask_per_case(nnunet_root, tiny_preprocessed, traine
     seg = predictor.predict_single_npy_array(data, props, channel_mask=[True, False, True, False])
     assert seen_masks == [[True, False, True, False]]
     assert np.array_equal(seg, from_files)
+
+
+def test_absent_channels_are_zero_after_any_normalisation(nnunet_root, tiny_preprocessed, trained_dropout_model,
+                                                          tmp_path):
+    """CT normalisation maps a zero image to a non-zero value; the network must still see exactly 0."""
+    from nnunet_missingmod.inference.discovery import CaseFiles
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    model = tmp_path / "ct_model"
+    shutil.copytree(trained_dropout_model, model)
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["normalization_schemes"][1] = "CTNormalization"
+    (model / "plans.json").write_text(json.dumps(plans))
+    predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), (0,))
+    images, case_id = tiny_preprocessed / "imagesTr", "BraTS2021_00003"
+    files = {m: str(images / f"{case_id}{RAW_SUFFIX[m]}.nii.gz") for m in ("T1", "T2", "FLAIR")}
+
+    data, properties, mask, _ = predictor.load_case(CaseFiles(case_id, dict(files)))
+    assert mask == (True, False, True, True)
+    preprocessed, _ = predictor.preprocess(data, properties)
+    assert (preprocessed[1] != 0).all()  # nnU-Net's CT normalisation of the zero-filled T1ce
+
+    network_inputs = []
+    predictor.network.register_forward_pre_hook(lambda module, args: network_inputs.append(args[0].clone()))
+    result = predictor.predict_case(CaseFiles(case_id, dict(files)), str(tmp_path / "out"))
+    assert result.ok and result.missing == ["T1ce"]
+    assert network_inputs and all((x[:, 1] == 0).all() for x in network_inputs)
+    assert any((x[:, 0] != 0).any() for x in network_inputs)

@@ -110,6 +110,7 @@ def run_evaluate(args) -> int:
 
 
 def register_evaluate(subparsers, add_scoring_arguments) -> None:
+    from nnunet_missingmod.inference.cli import add_model_arguments, add_prediction_arguments
     p = subparsers.add_parser(
         "evaluate", help="predict every case under every modality subset and score it (Dice, HD95, AURC)",
         description="For each model, predict every case of IMAGES (nnU-Net raw layout, all sequences present) "
@@ -118,18 +119,10 @@ def register_evaluate(subparsers, add_scoring_arguments) -> None:
                     "summary.md, robustness.png, subsets.png and the predictions into OUT.")
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
-    p.add_argument("-d", help="dataset name or id (with -c, -tr, -p; or use -m)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
-    p.add_argument("-tr", nargs="+", default=["nnUNetTrainer"], help="one or more trainers to compare")
-    p.add_argument("-c", help="configuration, e.g. 3d_fullres")
-    p.add_argument("-m", nargs="+", help="trained model folders, instead of -d/-c/-tr/-p")
-    p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds. Default: 0 1 2 3 4")
-    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name. Default: checkpoint_final.pth")
+    add_model_arguments(p, several=True)
     p.add_argument("--subsets", default=None,
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size. Default: 0.5")
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
-    p.add_argument("-device", default="cuda", help="cuda (default), cpu or mps")
+    add_prediction_arguments(p)
     add_scoring_arguments(p)
     p.set_defaults(func=run_evaluate)
 

@@ -11,13 +11,17 @@ def _default_from_env(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def add_model_arguments(parser, require_dataset: bool = True) -> None:
-    """The model-selecting flags of nnUNetv2_predict (``-d -p -tr -c -f -chk``) plus ``-m MODEL_FOLDER``."""
+def add_model_arguments(parser, several: bool = False) -> None:
+    """The model-selecting flags of nnUNetv2_predict (``-d -p -tr -c -f -chk``) plus ``-m MODEL_FOLDER``;
+    ``several``: ``-tr`` and ``-m`` take one or more values (to compare models)."""
+    many = {"nargs": "+"} if several else {}
     parser.add_argument("-d", help="dataset name or id (with -c, -tr, -p; or use -m)")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
-    parser.add_argument("-tr", default="nnUNetTrainer", help="trainer class. Default: nnUNetTrainer")
+    parser.add_argument("-tr", default=["nnUNetTrainer"] if several else "nnUNetTrainer", **many,
+                        help="trainer class" + ("es to compare" if several else "") + ". Default: nnUNetTrainer")
     parser.add_argument("-c", help="configuration, e.g. 3d_fullres")
-    parser.add_argument("-m", help="trained model folder (as nnUNetv2_predict_from_modelfolder), instead of -d/-c/-tr/-p")
+    parser.add_argument("-m", **many, help="trained model folder" + ("s" if several else "") +
+                        " (as nnUNetv2_predict_from_modelfolder), instead of -d/-c/-tr/-p")
     parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
                         help="folds to ensemble. Default: 0 1 2 3 4")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name. Default: checkpoint_final.pth")
@@ -59,6 +63,13 @@ def make_device(name: str):
     return torch.device(name)
 
 
+def add_prediction_arguments(parser) -> None:
+    """Sliding-window and device flags of nnUNetv2_predict."""
+    parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size. Default: 0.5")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("-device", default="cuda", help="cuda (default), cpu or mps")
+
+
 def _predict(args) -> int:
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     if args.part_id >= args.num_parts:
@@ -96,8 +107,7 @@ def register(subparsers) -> None:
     add_model_arguments(p)
     p.add_argument("--modalities", help="use only these sequences, e.g. T1ce,FLAIR (aliases such as t1c,t2f work), "
                                         "even when others exist")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size. Default: 0.5")
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    add_prediction_arguments(p)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz and CASE.pkl")
     p.add_argument("--continue_prediction", action="store_true",
@@ -108,7 +118,6 @@ def register(subparsers) -> None:
                    help="accepted for compatibility with nnUNetv2_predict; cases are exported one at a time")
     p.add_argument("-num_parts", type=int, default=1, help="number of parallel calls splitting the cases")
     p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0 .. num_parts-1)")
-    p.add_argument("-device", default="cuda", help="cuda (default), cpu or mps")
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true", help="do not keep everything on the GPU")
     p.set_defaults(func=_predict)

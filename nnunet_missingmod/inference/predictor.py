@@ -97,7 +97,7 @@ class MissingModalityPredictor(nnUNetPredictor):
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Union[Tuple[Union[int, str]], None],
                                              checkpoint_name: str = 'checkpoint_final.pth'):
-        ensure_trainer_lookup()
+        ensure_trainer_lookup()  # nnU-Net resolves the checkpoint's trainer by name
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self._after_initialization()
 
@@ -107,6 +107,7 @@ class MissingModalityPredictor(nnUNetPredictor):
 
     def _after_initialization(self) -> None:
         self.channel_modalities = modalities_from_channel_names(self.dataset_json["channel_names"])
+        ensure_trainer_lookup()
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunet_missingmod.training.base import MissingModalityTrainerBase
         trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
@@ -206,6 +207,7 @@ class MissingModalityPredictor(nnUNetPredictor):
                      save_probabilities: bool = False) -> CaseResult:
         """Predict one case and write ``CASE<ending>`` and ``CASE.modalities.json``; never raises for bad input:
         the error is in the returned result (and no output file is written for that case)."""
+        os.makedirs(output_folder, exist_ok=True)
         result = CaseResult(case.case_id)
         result.ignored_files = restrict_to(case, modalities)
         try:
