@@ -95,6 +95,8 @@ def main() -> None:
                                     "dropout": lambda: ours.train_step(batches[1])}, args.repeats)
 
         images = root / "nnUNet_raw" / "Dataset950_Bench" / "imagesTr"
+        stock.set_deep_supervision_enabled(False)  # as for inference
+        stock.network.eval()
         predictors = {}
         for name, cls in (("stock", nnUNetPredictor), ("ours", MissingModalityPredictor)):
             predictor = cls(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
@@ -103,6 +105,7 @@ def main() -> None:
                                             "ModalityDropoutTrainer", None)
             predictors[name] = predictor
         out = root / "pred"
+        (out / "stock").mkdir(parents=True)
         predict = _median_alternating({
             "stock": lambda: predictors["stock"].predict_from_files_sequential(str(images), str(out / "stock")),
             "ours": lambda: predictors["ours"].predict_from_files(str(images), str(out / "ours"))},

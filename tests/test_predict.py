@@ -48,6 +48,8 @@ def test_complete_cases_match_stock_nnunet_predict_voxel_for_voxel(nnunet_root, 
     result = run_command(["nnunet-missingmod", "predict", "-i", images, "-o", ours, *_model_args(), "-device", "cpu"],
                          env)
     assert "6 of 6 cases predicted" in result.stdout
+    assert json.loads((ours / "dataset.json").read_text()) == json.loads((stock / "dataset.json").read_text())
+    assert (ours / "plans.json").is_file()
     for seg_file in sorted(stock.glob("*.nii.gz")):
         assert np.array_equal(_seg(seg_file), _seg(ours / seg_file.name)), seg_file.name
         sidecar = _sidecar(ours, seg_file.name[:-7])

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
@@ -265,6 +266,9 @@ class MissingModalityPredictor(nnUNetPredictor):
             cases = cases_from_lists(list_of_lists_or_source_folder, self.channel_modalities)
         cases = cases[part_id::num_parts]
         os.makedirs(output_folder, exist_ok=True)
+        # as nnUNetv2_predict does: nnUNetv2_apply_postprocessing and ensembling read them from the output folder
+        save_json(self.dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
+        save_json(self.plans_manager.plans, os.path.join(output_folder, "plans.json"), sort_keys=False)
         ending = self.dataset_json["file_ending"]
         if not overwrite:
             cases = [c for c in cases if not (os.path.isfile(os.path.join(output_folder, c.case_id + ending)) and
