@@ -6,10 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh
 OUT=$(mkdir -p "${1:-demo_output}" && cd "${1:-demo_output}" && pwd)
+MARKER="$OUT/.nnunet-missingmod-demo"
+if [ -n "$(ls -A "$OUT")" ] && [ ! -f "$MARKER" ]; then
+    echo "run_demo.sh: $OUT is not empty and was not made by this demo; choose another folder" >&2
+    exit 2
+fi
+find "$OUT" -mindepth 1 -maxdepth 1 ! -name "$(basename "$MARKER")" -exec rm -rf {} +  # a rerun starts afresh
+touch "$MARKER"
 TRAINER=${TRAINER:-ModalityDropoutTrainer_debug}
 export nnUNet_raw="$OUT/nnUNet_raw" nnUNet_preprocessed="$OUT/nnUNet_preprocessed" nnUNet_results="$OUT/nnUNet_results"
 export nnUNet_extTrainer=$(nnunet-missingmod trainer-dir) nnUNet_compile=f nnUNet_def_n_proc=2
-rm -rf "$OUT"/*
 
 echo "== 1. phantom data on ICBM152 anatomy (BraTS 2021 layout), converted to nnU-Net raw"
 nnunet-missingmod phantom "$OUT/source_train" -n 10 --layout brats2021 --spacing 6 --seed 0

@@ -8,6 +8,12 @@ from nnunet_missingmod.errors import MissingModError
 NIFTI_ENDINGS = (".nii", ".nii.gz")
 
 
+def error_reason(error: BaseException) -> str:
+    """The last line of an exception's message (ITK's are long), or its type if it has none."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
 def check_nifti_data(path: str, what: str = "") -> None:
     """Raise :class:`MissingModError` if a NIfTI file is truncated or holds NaN/Inf voxels.
 
@@ -21,8 +27,7 @@ def check_nifti_data(path: str, what: str = "") -> None:
     try:
         data = np.asanyarray(nib.load(str(path)).dataobj)
     except Exception as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise MissingModError(f"{prefix}cannot read {path} (truncated or corrupt?): {reason}") from None
+        raise MissingModError(f"{prefix}cannot read {path} (truncated or corrupt?): {error_reason(e)}") from None
     if np.issubdtype(data.dtype, np.floating):
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if n_bad:

@@ -67,6 +67,13 @@ def test_sampling_strategy_comes_from_the_class(nnunet_root, tiny_preprocessed):
     assert masks.device == trainer.device
 
 
+def test_full_set_probability_comes_from_the_class(nnunet_root, tiny_preprocessed):
+    from nnunet_missingmod.training.dropout import ModalityDropoutTrainer_keepFull50
+    trainer = make_trainer(nnunet_root, ModalityDropoutTrainer_keepFull50)
+    masks = trainer.sample_channel_masks(20000)
+    assert abs(masks.all(dim=1).double().mean().item() - 0.5) < 0.015  # uniform sampling would give 1/15
+
+
 def test_extra_terms_are_logged_and_checkpoint_extras_round_trip(nnunet_root, tiny_preprocessed, tmp_path):
     trainer = make_trainer(nnunet_root, _TwoTermTrainer)
     outputs = [trainer.train_step(make_batch(trainer, seed=s)) for s in range(2)]

@@ -193,6 +193,42 @@ def test_mismatched_geometry(tmp_path, raw):
     _assert_nothing_written(raw)
 
 
+@pytest.mark.parametrize("damage", ["truncated segmentation", "truncated image", "nan image"])
+def test_truncated_or_nan_source_files(tmp_path, raw, damage):
+    """SimpleITK reads a truncated .nii.gz and NaN voxels without complaint; the converter must not."""
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    case_id = list(cases)[0]
+    if damage == "nan image":
+        path = source / case_id / f"{case_id}_flair.nii.gz"
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj).astype(np.float32)
+        data[3, 3, 3] = np.nan
+        nib.save(nib.Nifti1Image(data, image.affine), str(path))
+        message = f"case {case_id}: .*{path.name} has 1 NaN/Inf voxels"
+    else:
+        path = source / case_id / f"{case_id}_{'seg' if 'segmentation' in damage else 't1'}.nii.gz"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        message = f"case {case_id}: cannot read .*{path.name} \\(truncated or corrupt\\?\\)"
+    with pytest.raises(MissingModError, match=message):
+        convert_dataset("brats2021", source, 42, progress=False)
+    _assert_nothing_written(raw)
+
+
+@pytest.mark.parametrize("key, link", [("brats2021", False), ("brats2023", True), ("msd", False)])
+def test_source_is_never_modified(tmp_path, raw, key, link):
+    import hashlib
+    source, _ = _phantom(tmp_path, key, n=2)
+
+    def snapshot():
+        return {str(p.relative_to(source)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+                for p in sorted(source.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    convert_dataset(key, source, 42, link=link, progress=False)
+    convert_dataset(key, source, 42, link=link, progress=False)  # idempotent rerun
+    assert snapshot() == before
+
+
 def test_unexpected_label_value(tmp_path, raw):
     source, cases = _phantom(tmp_path, "brats2021", n=3)
     case_id = list(cases)[2]

@@ -1,6 +1,7 @@
 """`nnunet-missingmod evaluate` end to end on the _debug model and the tiny dataset."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,17 +35,31 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
     for seg in stock.glob("*.nii.gz"):
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
                               sitk.GetArrayFromImage(sitk.ReadImage(str(full / seg.name))))
-    summary = json.loads((out / "summary.json").read_text())
-    assert "aurc" in json.dumps(summary).lower()
+    # a subset's prediction equals `predict` on a folder that holds only those sequences
+    only = tmp_path / "only_t1ce_flair"
+    only.mkdir()
+    for case_file in (tiny_preprocessed / "imagesTr").glob("*_000[13].nii.gz"):
+        shutil.copy(case_file, only / case_file.name)
+    run_command(["nnunet-missingmod", "predict", "-i", only, "-o", tmp_path / "pred_only", "-d", DATASET_ID,
+                 "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug", "-device", "cpu",
+                 "--disable_tta"], nnunet_env(nnunet_root))
+    subset_folder = out / "predictions" / "ModalityDropoutTrainer_debug" / "T1ce+FLAIR"
+    for seg in (tmp_path / "pred_only").glob("*.nii.gz"):
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(subset_folder / seg.name))))
+
     table = (out / "summary.md").read_text()
-    assert " | ".join(SUBSET_NAMES) in table
+    assert "| region | trainer | " + " | ".join(SUBSET_NAMES) + " | mean |" in table
     assert (out / "robustness.png").stat().st_size > 10000 and (out / "subsets.png").stat().st_size > 10000
-    # identical models: the paired comparison finds no difference
-    assert "wilcoxon" in table.lower()
+    # the same model under two names: every paired difference is exactly 0 and no test can be run on them
+    comparisons = json.loads((out / "summary.json").read_text())["paired_comparisons"]
+    assert len(comparisons) == 3 * 2  # regions x metrics
+    for comparison in comparisons:
+        assert comparison["n_cases"] == 6 and comparison["mean_difference"] == 0
+        assert comparison["wilcoxon_p"] is None
 
 
 def test_evaluate_rejects_incomplete_cases(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
-    import shutil
     images = tmp_path / "images"
     shutil.copytree(tiny_preprocessed / "imagesTr", images)
     (images / "BraTS2021_00002_0003.nii.gz").unlink()
@@ -53,3 +68,14 @@ def test_evaluate_rejects_incomplete_cases(nnunet_root, tiny_preprocessed, train
                           "-device", "cpu", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
     assert result.returncode == 2
     assert "BraTS2021_00002 (missing FLAIR)" in result.stderr
+
+
+def test_evaluate_checks_labels_before_predicting(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
+    labels = tmp_path / "labels"
+    shutil.copytree(tiny_preprocessed / "labelsTr", labels)
+    (labels / "BraTS2021_00004.nii.gz").unlink()
+    result = run_command(["nnunet-missingmod", "evaluate", "-i", tiny_preprocessed / "imagesTr", "-l", labels,
+                          "-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug",
+                          "-device", "cpu", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
+    assert result.returncode == 2 and "no label image" in result.stderr and "BraTS2021_00004" in result.stderr
+    assert not (tmp_path / "out" / "predictions").exists()  # nothing was predicted

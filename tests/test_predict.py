@@ -126,12 +126,12 @@ def test_modalities_flag_uses_only_the_named_sequences(nnunet_root, tiny_preproc
     assert bad.returncode == 2 and "unknown modality 'DWI'" in bad.stderr
 
 
-def _write_like(reference: Path, target: Path, array=None, spacing=None, origin=None):
+def _write_like(reference: Path, target: Path, array=None, spacing=None, origin=None, direction=None):
     image = sitk.ReadImage(str(reference))
     new = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) if array is None else array)
     new.SetSpacing(spacing or image.GetSpacing())
     new.SetOrigin(origin or image.GetOrigin())
-    new.SetDirection(image.GetDirection())
+    new.SetDirection(direction or image.GetDirection())
     sitk.WriteImage(new, str(target))
 
 
@@ -148,6 +148,8 @@ def test_bad_inputs_fail_alone_with_one_clear_message(nnunet_root, tiny_preproce
     _write_like(ref, src / "spacing_0001.nii.gz", spacing=(2.0, 1.0, 1.0))
     _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "origin_0000.nii.gz")
     _write_like(ref, src / "origin_0003.nii.gz", origin=(5.0, 0.0, 0.0))
+    _copy_case(images, "BraTS2021_00001", src, ("T1",), rename=lambda m: "direction_0000.nii.gz")
+    _write_like(ref, src / "direction_0002.nii.gz", direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     nan = array.copy()
     nan[3, 3, 3] = np.nan
     _write_like(ref, src / "nan_0000.nii.gz", array=nan)
@@ -160,12 +162,15 @@ def test_bad_inputs_fail_alone_with_one_clear_message(nnunet_root, tiny_preproce
     _write_like(ref, src / "constant_0001.nii.gz", array=np.full_like(array, 7.0))
 
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "nan.nii.gz").write_bytes(b"segmentation of an earlier run")
     result = _cli(nnunet_root, "-i", src, "-o", out, *_model_args(), expect_ok=False)
     assert result.returncode == 1
     expected_errors = {
         "shape": "shape_0002.nii.gz has shape",
         "spacing": "spacing_0001.nii.gz has spacing",
         "origin": "origin_0003.nii.gz has origin",
+        "direction": "direction_0002.nii.gz has direction",
         "nan": "nan_0000.nii.gz has 1 NaN/Inf voxels",  # SimpleITK would have read it as 0
         "truncated": "cannot read",
         "allzero": "no usable sequence",
@@ -177,7 +182,7 @@ def test_bad_inputs_fail_alone_with_one_clear_message(nnunet_root, tiny_preproce
         assert f"{case}: FAILED" in result.stdout
         assert not list(out.glob(f"{case}.nii*")), case  # no output for a failed case
     assert "truncated_0001.nii.gz" in _sidecar(out, "truncated")["error"]
-    assert "7 failed" in result.stdout
+    assert "8 failed" in result.stdout
     # the good case and the constant-T1ce case (treated as missing, with a warning) were predicted
     assert (out / "BraTS2021_00000.nii.gz").is_file()
     constant = _sidecar(out, "constant")
@@ -255,3 +260,17 @@ def test_absent_channels_are_zero_after_any_normalisation(nnunet_root, tiny_prep
     assert result.ok and result.missing == ["T1ce"]
     assert network_inputs and all((x[:, 1] == 0).all() for x in network_inputs)
     assert any((x[:, 0] != 0).any() for x in network_inputs)
+
+
+def test_bad_model_folder_or_fold_is_one_clear_error(nnunet_root, tiny_preprocessed, trained_dropout_model,
+                                                     tmp_path):
+    source = tmp_path / "in"
+    _copy_case(tiny_preprocessed / "imagesTr", "BraTS2021_00000", source)
+    (tmp_path / "not_a_model").mkdir()
+    result = _cli(nnunet_root, "-i", source, "-o", tmp_path / "out", "-m", tmp_path / "not_a_model",
+                  expect_ok=False)
+    assert result.returncode == 2 and "has no plans.json" in result.stderr and "Traceback" not in result.stderr
+    result = _cli(nnunet_root, "-i", source, "-o", tmp_path / "out", "-d", DATASET_ID, "-c", "3d_fullres",
+                  "-tr", "ModalityDropoutTrainer_debug", expect_ok=False)  # default folds 0-4, only 0 trained
+    assert result.returncode == 2 and "no checkpoint_final.pth for fold(s) 1, 2, 3, 4" in result.stderr
+    assert "(folds with one: fold_0)" in result.stderr

@@ -200,6 +200,19 @@ def test_spacing_mismatch_exits_2(folders, tmp_path, capsys):
     assert code == 2 and "spacing mismatch" in err and "case_a.nii.gz" in err
 
 
+@pytest.mark.parametrize("change", ["origin", "direction"])
+def test_shifted_or_flipped_prediction_exits_2(folders, tmp_path, capsys, change):
+    gt_dir, pred_dir = folders
+    image = sitk.ReadImage(str(pred_dir / "case_b.nii.gz"))
+    if change == "origin":
+        image.SetOrigin((5.0, 0.0, 0.0))
+    else:
+        image.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(image, str(pred_dir / "case_b.nii.gz"))
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--format", "msd", "-o", tmp_path / "out", "-np", "1")
+    assert code == 2 and f"{change} mismatch" in err and "case_b.nii.gz" in err
+
+
 def test_no_regions_exits_2_with_advice(folders, tmp_path, capsys):
     gt_dir, pred_dir = folders
     code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "-o", tmp_path / "out")
@@ -220,11 +233,14 @@ def test_parse_regions_and_presets():
     assert preset_regions("BraTS2021") == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
     assert preset_regions("brats2023")["TC"] == (1, 3)
     assert preset_regions("msd")["TC"] == (2, 3)
-    assert set(REGION_PRESETS) == {"brats2021", "brats2023", "brats2024", "fets2024", "msd"}
+    from nnunet_missingmod.conversion.formats import FORMAT_KEYS
+    assert set(REGION_PRESETS) == set(FORMAT_KEYS)  # every FORMAT of convert/labels-back
+    assert preset_regions("brats2018") == preset_regions("fets2022") == preset_regions("brats2021")
+    assert preset_regions("brats2024") == preset_regions("brats2023")  # RC (4) in no region
     for bad in ("WT", "WT=a", "=1", "WT=0", "WT=1;WT=2", ""):
         with pytest.raises(MissingModError):
             parse_regions(bad)
     with pytest.raises(MissingModError, match="unknown label format"):
-        preset_regions("brats2019")
+        preset_regions("brats2017")
     with pytest.raises(MissingModError, match="not both"):
         resolve_regions(regions_text="WT=1", label_format="msd")

@@ -57,12 +57,50 @@ def test_lookup_fails_clearly_without_the_environment_variable(monkeypatch):
         recursive_find_trainer_class_by_name("ModalityDropoutTrainer")
 
 
+def _copy_of_repository(destination: Path) -> Path:
+    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info",
+                                                                     "__pycache__", ".pytest_cache", "demo_output"))
+    return destination
+
+
+def test_editable_install_maps_the_shim_to_the_checkout(tmp_path):
+    """`pip install -e .`: setuptools' editable wheel maps nnunet_missingmod.ext_trainers to the checkout's
+    trainers/ folder, and nnU-Net finds the trainers there."""
+    source, wheel_dir, target = _copy_of_repository(tmp_path / "checkout"), tmp_path / "wheel", tmp_path / "site"
+    build = ("from setuptools import build_meta; import sys; "
+             "print(build_meta.build_editable(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", build, str(wheel_dir)], cwd=source, check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    finder_file = next(target.glob("__editable___*_finder.py"))  # what the install's .pth imports at start-up
+    script = (
+        "import importlib.util, os, pickle, sys\n"
+        f"spec = importlib.util.spec_from_file_location('editable_finder_under_test', {str(finder_file)!r})\n"
+        "finder = importlib.util.module_from_spec(spec); spec.loader.exec_module(finder)\n"
+        "# this interpreter has its own install of the package too: put the finder under test first, as in a venv\n"
+        "# where the package is installed only editable\n"
+        "n = len(sys.meta_path); finder.install(); sys.meta_path.insert(0, sys.meta_path.pop(n))\n"
+        "import nnunet_missingmod.ext_trainers as shims  # the mapping itself, not the source-checkout fallback\n"
+        "from nnunet_missingmod.training.cli import trainer_dir\n"
+        "assert list(shims.__path__)[0] == trainer_dir()\n"
+        "os.environ['nnUNet_extTrainer'] = trainer_dir()\n"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        "cls = find('ModalityDropoutTrainer_debug')\n"
+        "assert pickle.loads(pickle.dumps(cls)) is cls\n"
+        "print(trainer_dir()); print(sys.modules[cls.__module__].__file__)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shim_dir, module_file = out.stdout.split()[-2:]
+    assert shim_dir == str(source / "trainers")
+    assert module_file == str(source / "nnunet_missingmod" / "training" / "dropout.py")
+
+
 def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
     """Builds the wheel, installs it into a separate folder (not editable) and resolves the trainers from there."""
-    wheel_dir, target, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     # build from a copy: an in-tree build would reuse (and could ship stale files from) the checkout's build/
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info",
-                                                                "__pycache__", ".pytest_cache"))
+    source = _copy_of_repository(tmp_path / "source")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheel_dir), str(source)], check=True, capture_output=True)
     wheel = next(wheel_dir.glob("nnunet_missingmod-*.whl"))

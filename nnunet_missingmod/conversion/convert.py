@@ -24,8 +24,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_missingmod.conversion.formats import DatasetFormat, dataset_json_labels, get_format
-from nnunet_missingmod.conversion.labels import NIFTI_ENDINGS, to_nnunet_labels
+from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.io_checks import NIFTI_ENDINGS, check_nifti_data, error_reason
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"
@@ -202,7 +203,7 @@ def read_geometry(path: Path) -> Geometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise MissingModError(f"cannot read image header of {str(path)!r}: {str(e).strip().splitlines()[-1]}") from None
+        raise MissingModError(f"cannot read image header of {str(path)!r}: {error_reason(e)}") from None
     size, dim = reader.GetSize(), reader.GetDimension()
     if dim not in (3, 4):
         raise MissingModError(f"{str(path)!r} is {dim}-D; expected a 3-D image")
@@ -231,6 +232,11 @@ def _case_problems(case: SourceCase, allow_missing: bool) -> Tuple[List[str], Op
     if case.seg is not None:
         sources[case.seg] = ("segmentation", None)
     for path, (name, channel) in sources.items():
+        try:  # header checks cannot see a truncated file or NaN voxels, and SimpleITK reads both silently
+            check_nifti_data(str(path), f"case {case.case_id}")
+        except MissingModError as e:
+            problems.append(str(e))
+            continue
         geometry = read_geometry(path)
         expected_channels = 1 if channel is None else len(MODALITIES)
         if geometry.channels != expected_channels:

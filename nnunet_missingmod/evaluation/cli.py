@@ -25,7 +25,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--regions", default=None, metavar="SPEC",
                        help="regions of plain label maps, e.g. 'WT=1,2,3;TC=2,3;ET=3' (overrides dataset.json)")
     group.add_argument("--format", dest="label_format", choices=sorted(REGION_PRESETS), default=None,
-                       help="BraTS label convention of the label maps: brats2021 (WT=1,2,4 TC=1,4 ET=4), "
+                       help="BraTS label convention of the label maps (the FORMAT of convert/labels-back): "
+                            "brats2018-2021/fets2022 (WT=1,2,4 TC=1,4 ET=4), "
                             "brats2023/brats2024/fets2024 (WT=1,2,3 TC=1,3 ET=3), msd (WT=1,2,3 TC=2,3 ET=3); "
                             "overrides dataset.json")
     parser.add_argument("--hd95-variant", choices=HD95_VARIANTS, default=DEFAULT_HD95_VARIANT,

@@ -9,7 +9,8 @@ scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+import shutil
+from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -17,22 +18,34 @@ from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import ModalitySubset, SUBSETS
 
 
-def predict_all_subsets(predictor, images_dir: str, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
-                        progress: bool = True) -> Dict[str, str]:
-    """Predict every complete case of ``images_dir`` under every subset; returns subset name → prediction folder.
-
-    Every case must have all of the model's sequences (a subset is simulated by zeroing, so the full set is needed).
-    """
+def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None) -> list:
+    """The cases of ``images_dir``, checked before any prediction: every case has all of the model's sequences (a
+    subset is simulated by zeroing, so the full set is needed) and, with ``labels_dir``, a label image."""
+    from nnunet_missingmod.evaluation.scoring import list_label_files
     from nnunet_missingmod.inference.discovery import discover_cases
-    cases = discover_cases(images_dir, predictor.channel_modalities, predictor.dataset_json["file_ending"])
+    ending = predictor.dataset_json["file_ending"]
+    cases = discover_cases(images_dir, predictor.channel_modalities, ending)
     incomplete = [f"{c.case_id} (missing {', '.join(m for m in predictor.channel_modalities if m not in c.files)})"
                   for c in cases if c.error is None and len(c.files) < len(predictor.channel_modalities)]
     broken = [c.error for c in cases if c.error]
     if broken or incomplete:
         raise MissingModError("evaluate needs every sequence of every case: " + "; ".join(broken + incomplete))
+    if labels_dir is not None:
+        labels = list_label_files(labels_dir, ending)
+        unlabelled = [c.case_id for c in cases if c.case_id not in labels]
+        if unlabelled:
+            raise MissingModError(f"no label image in {labels_dir} for case(s) {', '.join(unlabelled)}")
+    return cases
+
+
+def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
+                        progress: bool = True) -> Dict[str, str]:
+    """Predict every case under every subset into ``out_root/<subset>/`` (emptied first, so no prediction of an
+    earlier run is scored); returns subset name → prediction folder."""
     folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
     for folder in folders.values():
-        os.makedirs(folder, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
     with tqdm(total=len(cases) * len(subsets), desc=f"{predictor.trainer_name}: case x subset", unit="pred",
               disable=not progress) as bar:
         for case in cases:
@@ -76,15 +89,19 @@ def run_evaluate(args) -> int:
     from nnunet_missingmod.evaluation.cli import conventions_from_args, print_overview, regions_from_args
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
-    from nnunet_missingmod.inference.cli import make_device, parse_folds
+    from nnunet_missingmod.inference.cli import check_model_folder, make_device, parse_folds
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     from nnunet_missingmod.modalities import parse_subsets
 
     for folder in (args.i, args.l):
         if not os.path.isdir(folder):
             raise MissingModError(f"not a folder: {folder}")
+    if args.num_processes < 1:
+        raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
     subsets = parse_subsets(args.subsets)
     model_folders = model_folders_from_args(args)
+    for folder in model_folders:
+        check_model_folder(folder, parse_folds(args.f), args.chk)
     device = make_device(args.device)
     predictors = []
     for folder in model_folders:
@@ -97,9 +114,11 @@ def run_evaluate(args) -> int:
         args.dataset_json = os.path.join(model_folders[0], "dataset.json")  # the labels the models were trained on
     regions = regions_from_args(args)
 
+    cases = [complete_cases(predictor, args.i, args.l) for predictor in predictors]
     prediction_folders = []
-    for label, predictor in zip(labels, predictors):
-        folders = predict_all_subsets(predictor, args.i, os.path.join(args.output, "predictions", label), subsets)
+    for label, predictor, model_cases in zip(labels, predictors, cases):
+        folders = predict_all_subsets(predictor, model_cases, os.path.join(args.output, "predictions", label),
+                                      subsets)
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
     records = score_prediction_folders(args.l, prediction_folders, regions, hd95_variant=args.hd95_variant,
                                        num_processes=args.num_processes,

@@ -20,16 +20,15 @@ from nnunet_missingmod.errors import MissingModError
 
 RegionDict = Dict[str, Tuple[int, ...]]
 
-REGION_PRESETS: Mapping[str, RegionDict] = {
-    # BraTS 2018-2021 and FeTS 2022: 1 NCR/NET, 2 ED, 4 ET.
-    "brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-    # BraTS 2023 GLI onwards: 1 NETC, 2 SNFH, 3 ET (2024's RC = 4 is in no region, as in the official scorer).
-    "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    "brats2024": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    "fets2024": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    # MSD Task01 and nnU-Net's BraTS converters (Dataset137 etc.): 1 edema, 2 non-enhancing, 3 enhancing.
-    "msd": {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
-}
+def _presets_from_formats() -> Dict[str, RegionDict]:
+    """WT/TC/ET in each format's original label values, from the conversion format table (the one place that knows
+    the label conventions): e.g. brats2021 WT=(1, 2, 4), TC=(1, 4), ET=(4,); brats2024's RC is in no region."""
+    from nnunet_missingmod.conversion.formats import FORMATS
+    return {key: {region: fmt.labels.region_values(region) for region in ("WT", "TC", "ET")}
+            for key, fmt in FORMATS.items()}
+
+
+REGION_PRESETS: Mapping[str, RegionDict] = _presets_from_formats()
 
 _SHORT_NAMES = {"wholetumor": "WT", "wholetumour": "WT", "wt": "WT",
                 "tumorcore": "TC", "tumourcore": "TC", "tc": "TC",

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.io_checks import error_reason
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
     region_masks
 
@@ -31,6 +32,7 @@ NO_SUBSET = "all"
 
 LABEL_FILE_ENDINGS: Tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 _SPACING_RTOL = 1e-3
+_POSITION_ATOL = 1e-3  # mm for the origin, cosine for the direction
 
 Record = Dict[str, Any]
 SubsetLike = Union[None, str, Any]  # None/"all", a subset name, or a modalities.ModalitySubset
@@ -60,7 +62,7 @@ def read_label_image(path: str) -> Tuple[np.ndarray, Tuple[float, ...]]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise MissingModError(f"cannot read label image {path}: {str(e).strip().splitlines()[-1]}") from None
+        raise MissingModError(f"cannot read label image {path}: {error_reason(e)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise MissingModError(f"{path}: a label image must have one component per voxel, "
                               f"got {image.GetNumberOfComponentsPerPixel()}")
@@ -149,8 +151,28 @@ def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
         if not np.allclose(gt_spacing, pred_spacing, rtol=_SPACING_RTOL, atol=0):
             raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) "
                                   f"but ground truth {gt_path} has {_xyz(gt_spacing)} mm")
+        _check_same_position(gt_path, pred_path)
         results.append(_score_against(gt_masks, pred, gt_spacing, regions, hd95_variant))
     return results
+
+
+def _check_same_position(gt_path: str, pred_path: str) -> None:
+    """Origin and direction from the headers: a prediction shifted or flipped against the ground truth is an error,
+    not a low score."""
+    import SimpleITK as sitk
+    headers = []
+    for path in (gt_path, pred_path):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        headers.append((np.asarray(reader.GetOrigin()), np.asarray(reader.GetDirection())))
+    (gt_origin, gt_direction), (pred_origin, pred_direction) = headers
+    if not np.allclose(gt_origin, pred_origin, atol=_POSITION_ATOL):
+        raise MissingModError(f"origin mismatch: prediction {pred_path} has {_xyz(pred_origin[::-1])} mm (x, y, z) "
+                              f"but ground truth {gt_path} has {_xyz(gt_origin[::-1])} mm")
+    if not np.allclose(gt_direction, pred_direction, atol=_POSITION_ATOL):
+        raise MissingModError(f"direction mismatch: prediction {pred_path} has direction {pred_direction.tolist()} "
+                              f"but ground truth {gt_path} has {gt_direction.tolist()}")
 
 
 def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing: Sequence[float],

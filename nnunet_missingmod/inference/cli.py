@@ -48,6 +48,19 @@ def resolve_model_folder(args) -> str:
     return folder
 
 
+def check_model_folder(folder: str, folds, checkpoint_name: str) -> None:
+    """One clear error, before any work, if the model folder lacks its plans, dataset.json or a fold's checkpoint."""
+    for name in ("plans.json", "dataset.json"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise MissingModError(f"model folder {folder} has no {name}: not a trained nnU-Net model folder")
+    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint_name))]
+    if missing:
+        available = sorted(d.name for d in os.scandir(folder) if d.is_dir() and d.name.startswith("fold_")
+                           and os.path.isfile(os.path.join(d.path, checkpoint_name)))
+        raise MissingModError(f"model folder {folder}: no {checkpoint_name} for fold(s) {', '.join(map(str, missing))}"
+                              f" (folds with one: {', '.join(available) or 'none'}); choose folds with -f")
+
+
 def parse_folds(folds):
     return [f if f == "all" else int(f) for f in folds]
 
@@ -72,10 +85,12 @@ def add_prediction_arguments(parser) -> None:
 
 def _predict(args) -> int:
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.modalities import parse_subset
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
-    modalities = [m for m in args.modalities.replace("+", ",").split(",") if m.strip()] if args.modalities else None
+    modalities = parse_subset(args.modalities).modalities if args.modalities else None
     model_folder = resolve_model_folder(args)
+    check_model_folder(model_folder, parse_folds(args.f), args.chk)
     predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
                                          use_mirroring=not args.disable_tta,
                                          perform_everything_on_device=not args.not_on_device,
@@ -105,7 +120,7 @@ def register(subparsers) -> None:
     p.add_argument("-i", required=True, help="input folder")
     p.add_argument("-o", required=True, help="output folder (created if needed)")
     add_model_arguments(p)
-    p.add_argument("--modalities", help="use only these sequences, e.g. T1ce,FLAIR (aliases such as t1c,t2f work), "
+    p.add_argument("--modalities", help="use only these sequences, e.g. T1ce,FLAIR or t1c+t2f (any alias), "
                                         "even when others exist")
     add_prediction_arguments(p)
     p.add_argument("--verbose", action="store_true")

@@ -25,7 +25,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import check_nifti_data
+from nnunet_missingmod.io_checks import check_nifti_data, error_reason
 from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
 from nnunet_missingmod.modalities import (
     ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset)
@@ -133,8 +133,7 @@ class MissingModalityPredictor(nnUNetPredictor):
             try:
                 image, props = reader.read_images([path])
             except Exception as e:  # nnU-Net's readers raise anything from RuntimeError to AssertionError
-                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise MissingModError(f"case {case.case_id}: cannot read {path}: {reason}") from None
+                raise MissingModError(f"case {case.case_id}: cannot read {path}: {error_reason(e)}") from None
             n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
             if n_bad:
                 raise MissingModError(f"case {case.case_id}: {name} has {n_bad} NaN/Inf voxels")
@@ -227,8 +226,17 @@ class MissingModalityPredictor(nnUNetPredictor):
                                         save_probabilities)
         except MissingModError as e:
             result.error = str(e)
+        except Exception as e:  # anything else (e.g. out of memory) also fails this case alone
+            result.error = f"case {case.case_id}: {type(e).__name__}: {error_reason(e)}"
+        if result.error:
+            self._remove_outputs(os.path.join(output_folder, case.case_id))  # no stale result of an earlier run
         self._write_sidecar(result, output_folder)
         return result
+
+    def _remove_outputs(self, output_file_truncated: str) -> None:
+        for suffix in (self.dataset_json["file_ending"], ".npz", ".pkl"):
+            if os.path.isfile(output_file_truncated + suffix):
+                os.remove(output_file_truncated + suffix)
 
     def _write_sidecar(self, result: CaseResult, output_folder: str) -> None:
         content = asdict(result)
