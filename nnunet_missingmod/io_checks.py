@@ -6,6 +6,9 @@ import numpy as np
 from nnunet_missingmod.errors import MissingModError
 
 NIFTI_ENDINGS = (".nii", ".nii.gz")
+GEOMETRY_ATOL = 1e-3
+"""Tolerance in mm (spacing, origin) and in direction cosines when files must share one geometry: the same in the
+converter, the predictor and the scorer, so that what converts also predicts and scores."""
 
 
 def error_reason(error: BaseException) -> str:

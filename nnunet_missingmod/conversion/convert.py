@@ -26,13 +26,12 @@ import numpy as np
 from nnunet_missingmod.conversion.formats import DatasetFormat, dataset_json_labels, get_format
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import NIFTI_ENDINGS, check_nifti_data, error_reason
+from nnunet_missingmod.io_checks import GEOMETRY_ATOL, NIFTI_ENDINGS, check_nifti_data, error_reason
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"
 REPORT_NAME = "conversion_report.json"
 MAX_LISTED_PROBLEMS = 20
-_GEOMETRY_ATOL = 1e-3  # mm (spacing, origin) and direction cosines
 
 
 # ---------------------------------------------------------------------------------------------------- discovery
@@ -185,9 +184,9 @@ class Geometry:
 
     def matches(self, other: "Geometry") -> bool:
         return (self.shape == other.shape
-                and np.allclose(self.spacing, other.spacing, rtol=0, atol=_GEOMETRY_ATOL)
-                and np.allclose(self.origin, other.origin, rtol=0, atol=_GEOMETRY_ATOL)
-                and np.allclose(self.direction, other.direction, rtol=0, atol=_GEOMETRY_ATOL))
+                and np.allclose(self.spacing, other.spacing, rtol=0, atol=GEOMETRY_ATOL)
+                and np.allclose(self.origin, other.origin, rtol=0, atol=GEOMETRY_ATOL)
+                and np.allclose(self.direction, other.direction, rtol=0, atol=GEOMETRY_ATOL))
 
     def describe(self) -> str:
         return (f"shape {self.shape}, spacing {tuple(round(s, 4) for s in self.spacing)}, "

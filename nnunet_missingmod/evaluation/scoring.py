@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import error_reason
+from nnunet_missingmod.io_checks import GEOMETRY_ATOL, error_reason
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
     region_masks
 
@@ -31,8 +31,6 @@ NO_SUBSET = "all"
 """Subset name of predictions not made under a known modality subset (plain ``score`` of a folder)."""
 
 LABEL_FILE_ENDINGS: Tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-_SPACING_RTOL = 1e-3
-_POSITION_ATOL = 1e-3  # mm for the origin, cosine for the direction
 
 Record = Dict[str, Any]
 SubsetLike = Union[None, str, Any]  # None/"all", a subset name, or a modalities.ModalitySubset
@@ -148,7 +146,7 @@ def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
         if gt.shape != pred.shape:
             raise MissingModError(f"shape mismatch: prediction {pred_path} is {_xyz(pred.shape)} (x, y, z) but "
                                   f"ground truth {gt_path} is {_xyz(gt.shape)}")
-        if not np.allclose(gt_spacing, pred_spacing, rtol=_SPACING_RTOL, atol=0):
+        if not np.allclose(gt_spacing, pred_spacing, rtol=0, atol=GEOMETRY_ATOL):
             raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) "
                                   f"but ground truth {gt_path} has {_xyz(gt_spacing)} mm")
         _check_same_position(gt_path, pred_path)
@@ -167,10 +165,10 @@ def _check_same_position(gt_path: str, pred_path: str) -> None:
         reader.ReadImageInformation()
         headers.append((np.asarray(reader.GetOrigin()), np.asarray(reader.GetDirection())))
     (gt_origin, gt_direction), (pred_origin, pred_direction) = headers
-    if not np.allclose(gt_origin, pred_origin, atol=_POSITION_ATOL):
+    if not np.allclose(gt_origin, pred_origin, atol=GEOMETRY_ATOL):
         raise MissingModError(f"origin mismatch: prediction {pred_path} has {_xyz(pred_origin[::-1])} mm (x, y, z) "
                               f"but ground truth {gt_path} has {_xyz(gt_origin[::-1])} mm")
-    if not np.allclose(gt_direction, pred_direction, atol=_POSITION_ATOL):
+    if not np.allclose(gt_direction, pred_direction, atol=GEOMETRY_ATOL):
         raise MissingModError(f"direction mismatch: prediction {pred_path} has direction {pred_direction.tolist()} "
                               f"but ground truth {gt_path} has {gt_direction.tolist()}")
 
@@ -201,7 +199,7 @@ def subset_name_and_cardinality(subset: SubsetLike) -> Tuple[str, Optional[int]]
     ``("all", None)`` for ``None`` or ``"all"``: no subset applies."""
     if subset is None or (isinstance(subset, str) and subset.strip().lower() == NO_SUBSET):
         return NO_SUBSET, None
-    from nnunet_missingmod.modalities import ModalitySubset, parse_subset  # imports torch: only when needed
+    from nnunet_missingmod.modalities import ModalitySubset, parse_subset
     parsed = subset if isinstance(subset, ModalitySubset) else parse_subset(subset)
     return parsed.name, parsed.cardinality
 

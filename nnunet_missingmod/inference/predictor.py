@@ -25,7 +25,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import check_nifti_data, error_reason
+from nnunet_missingmod.io_checks import GEOMETRY_ATOL, check_nifti_data, error_reason
 from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
 from nnunet_missingmod.modalities import (
     ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset)
@@ -76,7 +76,8 @@ class CaseResult:
 
 
 def _geometry(props: dict) -> Dict[str, np.ndarray]:
-    """Spacing plus every numeric geometry entry the reader keeps (SimpleITK: origin, direction; nibabel: affine)."""
+    """Spacing plus every numeric geometry entry the reader keeps (SimpleITK: spacing, origin and direction in
+    (x, y, z) order, replacing nnU-Net's (z, y, x) spacing; nibabel: the affine)."""
     geometry = {"spacing": np.asarray(props["spacing"], dtype=float)}
     for key, value in props.items():
         if key.endswith("_stuff") and isinstance(value, dict):
@@ -160,12 +161,12 @@ class MissingModalityPredictor(nnUNetPredictor):
     def _check_same_geometry(case_id, reference, name, shape, geometry) -> None:
         ref_name, ref_shape, _, ref_geometry = reference
         if tuple(shape) != tuple(ref_shape):
-            raise MissingModError(f"case {case_id}: {name} has shape {tuple(shape[1:])} but {ref_name} has "
-                                  f"{tuple(ref_shape[1:])}")
+            raise MissingModError(f"case {case_id}: {name} has shape {tuple(shape[1:])[::-1]} (x, y, z) but "
+                                  f"{ref_name} has {tuple(ref_shape[1:])[::-1]}")
         for key, ref_value in ref_geometry.items():
             value = geometry.get(key)
-            if value is None or value.shape != ref_value.shape or not np.allclose(value, ref_value, rtol=1e-4,
-                                                                                 atol=1e-4):
+            if value is None or value.shape != ref_value.shape or not np.allclose(value, ref_value, rtol=0,
+                                                                                 atol=GEOMETRY_ATOL):
                 raise MissingModError(f"case {case_id}: {name} has {key} {None if value is None else value.tolist()}"
                                       f" but {ref_name} has {ref_value.tolist()}")
 
