@@ -1,5 +1,9 @@
-"""Checks of image files that nnU-Net's readers do not make."""
+"""Checks of image files that nnU-Net's readers do not make, and writing a file so that no half-written one is
+left behind."""
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 
@@ -35,3 +39,31 @@ def check_nifti_data(path: str, what: str = "") -> None:
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if n_bad:
             raise MissingModError(f"{prefix}{path} has {n_bad} NaN/Inf voxels")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        make_readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def make_readable(path: str) -> None:
+    """mkstemp creates files as 0600; give the file the permissions of an ordinary new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.io_checks import atomic_write_text, make_readable, remove_quietly
 from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, ONE_EMPTY_HD95, aurc
 from nnunet_missingmod.evaluation.scoring import NO_SUBSET, RECORD_FIELDS, Record
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
@@ -471,42 +472,14 @@ def plot_subset_heatmap(summary: Mapping[str, Any], path: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------- files
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        _make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
 def _atomic_savefig(figure: Any, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
     try:
         figure.savefig(tmp, format="png", dpi=120)
-        _make_readable(tmp)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
-
-
-def _make_readable(path: str) -> None:
-    """mkstemp creates files as 0600; give the report the permissions of an ordinary new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass

@@ -25,7 +25,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import GEOMETRY_ATOL, check_nifti_data, error_reason
+from nnunet_missingmod.io_checks import GEOMETRY_ATOL, atomic_write_text, check_nifti_data, error_reason
 from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
 from nnunet_missingmod.modalities import (
     ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset)
@@ -243,11 +243,7 @@ class MissingModalityPredictor(nnUNetPredictor):
         content = asdict(result)
         content["trained_for_missing_modalities"] = self.trained_for_missing_modalities
         content["trainer"] = self.trainer_name
-        path = os.path.join(output_folder, result.case + SIDECAR_SUFFIX)
-        temporary = os.path.join(output_folder, f".tmp-{os.getpid()}-{result.case}{SIDECAR_SUFFIX}")
-        with open(temporary, "w") as f:
-            json.dump(content, f, indent=2)
-        os.replace(temporary, path)
+        atomic_write_text(os.path.join(output_folder, result.case + SIDECAR_SUFFIX), json.dumps(content, indent=2))
 
     def predict_from_files(self, list_of_lists_or_source_folder: Union[str, List[List[Optional[str]]]],
                            output_folder_or_list_of_truncated_output_files: str,
