@@ -213,14 +213,12 @@ def subset_channel_masks(channel_modalities: Sequence[str], device=None) -> torc
     return torch.tensor([s.channel_mask(channel_modalities) for s in SUBSETS], dtype=torch.bool, device=device)
 
 
-def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
-                          full_set_probability: Optional[float] = None,
-                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw one subset per sample: (B,) long tensor of indices into :data:`SUBSETS` (on CPU).
+def subset_distribution(strategy: SubsetSampling = "uniform",
+                        full_set_probability: Optional[float] = None) -> torch.Tensor:
+    """(15,) float64 probabilities over :data:`SUBSETS` (sums to 1; the empty set is not a candidate).
 
-    ``strategy``: see :data:`SAMPLING_STRATEGIES`. ``full_set_probability``: if given, each sample keeps all
-    modalities with this probability and otherwise draws by ``strategy`` among the 14 proper subsets.
-    The empty set is never drawn.
+    ``strategy``: see :data:`SAMPLING_STRATEGIES`. ``full_set_probability``: if given, the full set gets this
+    probability and the 14 proper subsets share the rest by ``strategy``.
     """
     import torch
     if strategy not in SAMPLING_STRATEGIES:
@@ -228,18 +226,42 @@ def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
     if full_set_probability is not None and not 0.0 <= full_set_probability <= 1.0:
         raise MissingModError(f"full_set_probability must lie in [0, 1], got {full_set_probability}")
     n_candidates = len(SUBSETS) if full_set_probability is None else len(SUBSETS) - 1
+    sizes = torch.tensor([s.cardinality for s in SUBSETS[:n_candidates]])
     if strategy == "uniform":
         weights = torch.ones(n_candidates, dtype=torch.float64)
     else:
-        sizes = torch.tensor([s.cardinality for s in SUBSETS[:n_candidates]])
-        n_sizes = int(sizes.max())
-        counts = torch.bincount(sizes)[sizes].double()
-        weights = 1.0 / (n_sizes * counts)
-    indices = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-    if full_set_probability is not None:
-        keep_all = torch.rand(batch_size, generator=generator, dtype=torch.float64) < full_set_probability
-        indices = torch.where(keep_all, torch.full_like(indices, len(SUBSETS) - 1), indices)
-    return indices
+        weights = 1.0 / torch.bincount(sizes)[sizes].double()  # each cardinality equally likely
+    weights = weights / weights.sum()
+    if full_set_probability is None:
+        return weights
+    return torch.cat([weights * (1.0 - full_set_probability),
+                      torch.tensor([full_set_probability], dtype=torch.float64)])
+
+
+def check_subset_weights(weights: torch.Tensor) -> torch.Tensor:
+    """``weights`` as (15,) float64 after checking it is a usable distribution over :data:`SUBSETS`."""
+    import torch
+    weights = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+    if weights.shape != (len(SUBSETS),) or not torch.isfinite(weights).all() or (weights < 0).any() \
+            or weights.sum() <= 0:
+        raise MissingModError(f"subset weights must be {len(SUBSETS)} finite non-negative numbers with a positive "
+                              f"sum (one per subset in SUBSETS order), got {weights.tolist()}")
+    return weights
+
+
+def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
+                          full_set_probability: Optional[float] = None,
+                          generator: Optional[torch.Generator] = None,
+                          weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Draw one subset per sample: (B,) long tensor of indices into :data:`SUBSETS` (on CPU).
+
+    The distribution is ``weights`` ((15,), need not be normalised) when given, else
+    :func:`subset_distribution` ``(strategy, full_set_probability)``. The empty set is never drawn.
+    """
+    import torch
+    if weights is None:
+        weights = subset_distribution(strategy, full_set_probability)
+    return torch.multinomial(check_subset_weights(weights), batch_size, replacement=True, generator=generator)
 
 
 def sample_channel_masks(batch_size: int, channel_modalities: Sequence[str], strategy: SubsetSampling = "uniform",

@@ -34,7 +34,7 @@ def write_tiny_dataset(work_dir: Path, dataset_id: int = DATASET_ID, name: str =
 
 def nnunet_env(root: Path, n_proc_da: str = "0") -> dict:
     """Environment for nnU-Net's commands: the three roots under ``root``, our trainers, CPU-friendly settings."""
-    from nnunet_missingmod.training.cli import trainer_dir
+    from nnunet_missingmod.training.registry import trainer_dir
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f",

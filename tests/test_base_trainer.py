@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.modalities import sample_channel_masks
-from nnunet_missingmod.training.base import MissingModalityTrainerBase
+from nnunet_missingmod.modalities import SUBSETS, sample_subset_indices, subset_channel_masks
+from nnunet_missingmod.training.base import (
+    CHECKPOINT_EXTRA_KEY, MissingModalityTrainerBase, _define_budget_variant, unwrap_network)
 from nnunet_missingmod.training.dropout import ModalityDropoutTrainer, ModalityDropoutTrainer_cardinality
-from trainer_helpers import make_batch, make_trainer
+from trainer_helpers import TeacherDiscriminatorTrainer, make_batch, make_trainer, module_parameters
 
 
 class _SeededDropoutTrainer(ModalityDropoutTrainer):
@@ -15,27 +16,26 @@ class _SeededDropoutTrainer(ModalityDropoutTrainer):
 
 
 class _TwoTermTrainer(ModalityDropoutTrainer):
-    """A trainer with an extra logged term and extra checkpoint state, as a teacher/student trainer has."""
+    """A trainer with an extra logged term that is ~1e-9, as distillation terms are."""
     loss_terms = ("kd",)
 
-    def initialize(self):
-        super().initialize()
-        self.teacher_steps = 0
+    def compute_loss_terms(self, batch):
+        result = super().compute_loss_terms(batch)
+        result.terms["kd"] = torch.tensor(1e-9, dtype=torch.float32)
+        return result
 
-    def compute_loss_terms(self, data, channel_mask, target):
-        terms = super().compute_loss_terms(data, channel_mask, target)
-        terms["kd"] = torch.tensor(1e-9, dtype=torch.float32)
-        return terms
 
-    def after_optimizer_step(self, data, channel_mask, target):
-        self.teacher_steps += 1
-        return {}
+class _CurriculumTrainer(ModalityDropoutTrainer):
+    """Full set only in epoch 0, single sequences only afterwards: a curriculum is an override of subset_weights."""
+    subset_seed = 5
 
-    def extra_checkpoint_state(self):
-        return {"teacher_steps": self.teacher_steps}
-
-    def load_extra_checkpoint_state(self, checkpoint):
-        self.teacher_steps = checkpoint["teacher_steps"]
+    def subset_weights(self, epoch):
+        weights = torch.zeros(len(SUBSETS), dtype=torch.float64)
+        if epoch == 0:
+            weights[-1] = 1
+        else:
+            weights[:4] = 1
+        return weights
 
 
 def test_train_step_feeds_the_network_exactly_the_sampled_masks(nnunet_root, tiny_preprocessed):
@@ -45,7 +45,8 @@ def test_train_step_feeds_the_network_exactly_the_sampled_masks(nnunet_root, tin
     batch = make_batch(trainer, batch_size=8)
     before = [p.detach().clone() for p in trainer.network.parameters()]
     out = trainer.train_step(batch)
-    expected = sample_channel_masks(8, trainer.channel_modalities, generator=torch.Generator().manual_seed(123))
+    expected = subset_channel_masks(trainer.channel_modalities)[
+        sample_subset_indices(8, "uniform", generator=torch.Generator().manual_seed(123))]
     assert len(seen) == 1
     net_input = seen[0]
     for b in range(8):
@@ -74,28 +75,128 @@ def test_full_set_probability_comes_from_the_class(nnunet_root, tiny_preprocesse
     assert abs(masks.all(dim=1).double().mean().item() - 0.5) < 0.015  # uniform sampling would give 1/15
 
 
-def test_extra_terms_are_logged_and_checkpoint_extras_round_trip(nnunet_root, tiny_preprocessed, tmp_path):
+def test_tiny_terms_are_logged_in_float32(nnunet_root, tiny_preprocessed):
     trainer = make_trainer(nnunet_root, _TwoTermTrainer)
     outputs = [trainer.train_step(make_batch(trainer, seed=s)) for s in range(2)]
     assert outputs[0]["kd"] == pytest.approx(1e-9, rel=1e-6)  # kept in float32, not rounded away
     trainer.logger.log("val_losses", 0.0, 0)
     trainer.on_train_epoch_end(outputs)
     assert trainer.logger.get_value("train_kd", step=-1) == pytest.approx(1e-9, rel=1e-6)
-    assert trainer.teacher_steps == 2
+
+
+def test_curriculum_is_a_subset_weights_override_and_recorded(nnunet_root, tiny_preprocessed, tmp_path):
+    trainer = make_trainer(nnunet_root, _CurriculumTrainer)
+    trainer.num_epochs = 3
+    assert trainer.sample_channel_masks(64).all()  # epoch 0: full set only
+    trainer.current_epoch = 1
+    assert (trainer.sample_channel_masks(64).sum(1) == 1).all()  # later: single sequences only
+    trainer.save_checkpoint(str(tmp_path / "c.pth"))
+    config = torch.load(tmp_path / "c.pth", weights_only=False)["missingmod_config"]
+    assert config["trained_subsets"] == ["T1", "T1ce", "T2", "FLAIR", "T1+T1ce+T2+FLAIR"]
+    dropout = make_trainer(nnunet_root, ModalityDropoutTrainer)
+    assert dropout.trainable_subsets() == [s.name for s in SUBSETS]
+
+
+def test_subset_indices_reach_the_loss_hook_with_matching_masks(nnunet_root, tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, _SeededDropoutTrainer)
+    seen = []
+    original = trainer.compute_loss_terms
+    trainer.compute_loss_terms = lambda batch: seen.append(batch) or original(batch)
+    trainer.train_step(make_batch(trainer, batch_size=6))
+    batch = seen[0]
+    assert batch.subset_indices.shape == (6,)
+    assert torch.equal(batch.channel_mask, subset_channel_masks(trainer.channel_modalities)[batch.subset_indices])
+    assert torch.equal(batch.masked_data[~batch.channel_mask], torch.zeros_like(batch.masked_data[~batch.channel_mask]))
+
+
+def test_extra_modules_are_built_before_the_optimisers_and_switched_with_the_network(nnunet_root, tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
+    teacher, discriminator = trainer.extra_modules["teacher"], trainer.extra_modules["discriminator"]
+    main_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.network.parameters()} <= main_params
+    assert {id(p) for p in teacher.parameters()} <= main_params  # the jointly trained teacher shares the optimiser
+    assert not {id(p) for p in discriminator.parameters()} & main_params
+    assert isinstance(trainer.extra_optimizers["discriminator"], torch.optim.Adam)
+    trainer.on_validation_epoch_start()
+    assert not teacher.training and not discriminator.training
+    trainer.on_train_epoch_start()
+    assert teacher.training and discriminator.training and trainer.network.training
+    trainer.set_deep_supervision_enabled(False)
+    assert unwrap_network(teacher).decoder.deep_supervision is False
+    trainer.set_deep_supervision_enabled(True)
+    assert unwrap_network(teacher).decoder.deep_supervision is True
+
+
+def test_extra_module_step_runs_after_the_main_step_and_logs_its_terms(nnunet_root, tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
+    before = {name: module_parameters(m) for name, m in trainer.extra_modules.items()}
+    out = trainer.train_step(make_batch(trainer))
+    assert set(out) == {"loss", "kd", "adv", "disc"}
+    for name, module in trainer.extra_modules.items():
+        assert not torch.equal(before[name], module_parameters(module)), name
+    # the generator's adversarial term left no gradient in the discriminator (frozen_parameters)
+    trainer.extra_optimizers["discriminator"].zero_grad(set_to_none=True)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.compute_loss_terms(_batch_for(trainer)).loss.backward()
+    assert all(p.grad is None for p in trainer.extra_modules["discriminator"].parameters())
+    assert all(p.requires_grad for p in trainer.extra_modules["discriminator"].parameters())
+
+
+def _batch_for(trainer):
+    from nnunet_missingmod.training.base import MaskedBatch
+    raw = make_batch(trainer)
+    indices = trainer.sample_subset_indices(2)
+    return MaskedBatch(raw["data"], trainer.subset_masks[indices], indices, raw["target"])
+
+
+def test_resume_restores_every_module_and_optimiser_bit_for_bit(nnunet_root, tiny_preprocessed, tmp_path,
+                                                                monkeypatch):
+    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
+    for seed in range(2):
+        trainer.train_step(make_batch(trainer, seed=seed))
     path = str(tmp_path / "ckpt.pth")
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
-    assert checkpoint["teacher_steps"] == 2
-    assert checkpoint["trainer_name"] == "_TwoTermTrainer"
-    assert checkpoint["missingmod_config"]["subset_sampling"] == "uniform"
-    assert set(checkpoint["network_weights"]) == set(trainer.network.state_dict())
+    assert not isinstance(checkpoint["optimizer_state"], str)  # the method's own state cannot overwrite it
+    assert checkpoint[CHECKPOINT_EXTRA_KEY]["method"]["note"] == "method state"
+    assert set(checkpoint[CHECKPOINT_EXTRA_KEY]["modules"]) == {"teacher", "discriminator"}
 
-    restored = make_trainer(nnunet_root, _TwoTermTrainer)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    restored = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
     restored.load_checkpoint(path)
-    assert restored.teacher_steps == 2
-    assert restored.logger.get_value("train_kd", step=None) == trainer.logger.get_value("train_kd", step=None)
-    for a, b in zip(restored.network.parameters(), trainer.network.parameters()):
-        assert torch.equal(a, b)
+    assert len(loads) == 1  # the file is read once
+    assert restored.restored_method_state["note"] == "method state"
+    for name in ("teacher", "discriminator"):
+        assert torch.equal(module_parameters(trainer.extra_modules[name]),
+                           module_parameters(restored.extra_modules[name])), name
+    # continuing from the checkpoint is bit-exact: same next step on both trainers gives identical weights
+    batch = make_batch(trainer, seed=5)
+    trainer.train_step(batch)
+    restored.train_step(batch)
+    for name in ("network", "teacher", "discriminator"):
+        a = trainer.network if name == "network" else trainer.extra_modules[name]
+        b = restored.network if name == "network" else restored.extra_modules[name]
+        assert torch.equal(module_parameters(a), module_parameters(b)), name
+
+
+def test_checkpoint_of_another_trainer_without_extras_is_refused(nnunet_root, tiny_preprocessed, tmp_path):
+    dropout = make_trainer(nnunet_root, ModalityDropoutTrainer)
+    path = str(tmp_path / "dropout.pth")
+    dropout.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint[CHECKPOINT_EXTRA_KEY]
+    torch.save(checkpoint, path)
+    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
+    with pytest.raises(RuntimeError, match="missingmod_extra"):
+        trainer.load_checkpoint(path)
+
+
+def test_unknown_budget_attribute_fails_loudly(nnunet_root, tiny_preprocessed):
+    variant = _define_budget_variant(_SeededDropoutTrainer, "_typo", {"num_epoch": 1})
+    with pytest.raises(AttributeError, match="num_epoch"):
+        make_trainer(nnunet_root, variant)
 
 
 def test_progress_plot_gets_a_panel_for_loss_terms(nnunet_root, tiny_preprocessed):
@@ -123,5 +224,5 @@ def test_dataset_without_the_four_sequences_is_rejected(nnunet_root, tiny_prepro
 
 
 def test_base_class_is_not_exported_as_a_trainer():
-    from nnunet_missingmod.training.base import trainer_registry
+    from nnunet_missingmod.training.registry import trainer_registry
     assert MissingModalityTrainerBase.__name__ not in trainer_registry()

@@ -1,4 +1,5 @@
-"""DDP readiness: one train_step under torch.distributed (gloo, 2 CPU processes) with the network DDP-wrapped."""
+"""DDP readiness: one train_step under torch.distributed (gloo, 2 CPU processes) with every module the base owns
+wrapped by the base's own ``wrap_modules_for_ddp`` (what ``initialize()`` calls on GPUs)."""
 import os
 import socket
 
@@ -17,34 +18,38 @@ def _free_port() -> int:
 def _worker(rank, world_size, port, nnunet_root, result_dir):
     import sys
     sys.path.insert(0, os.path.dirname(__file__))
-    from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
-    from trainer_helpers import make_batch, make_trainer
+    from trainer_helpers import TeacherDiscriminatorTrainer, make_batch, make_trainer, module_parameters
     torch.manual_seed(0)  # identical initial weights; DDP also broadcasts rank 0's at wrap time
     torch.set_num_threads(1)
-    # nnU-Net forces cuda once a process group exists, so the trainer is built first and wrapped by hand, as
-    # nnUNetTrainer.initialize does on GPUs (SyncBatchNorm conversion is a no-op for the InstanceNorm U-Net).
-    trainer = make_trainer(nnunet_root, ModalityDropoutTrainer)
+    # nnU-Net forces cuda once a process group exists, so the trainer is built first; then the base class wraps
+    # every module with the same method initialize() uses under DDP.
+    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
     trainer.subset_generator.manual_seed(1000 + rank)  # ranks draw different subsets
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     trainer.is_ddp, trainer.local_rank = True, rank
-    trainer.network = DDP(trainer.network)
-    trainer.loss = trainer._build_loss()  # as initialize() does after wrapping: DDP-aware Dice, no zero DS weight
+    trainer.wrap_modules_for_ddp()
+    modules = {"network": trainer.network, **trainer.extra_modules}
+    wrapped = {name: isinstance(m, DDP) for name, m in modules.items()}
     batch = make_batch(trainer, batch_size=2, seed=rank)  # different data per rank
     masks = trainer.sample_channel_masks(2)
     trainer.subset_generator.manual_seed(1000 + rank)
-    before = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+    before = {name: module_parameters(m) for name, m in modules.items()}
     trainer.train_step(batch)
-    after = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
-    torch.save({"before": before, "after": after, "masks": masks}, os.path.join(result_dir, f"rank{rank}.pt"))
+    after = {name: module_parameters(m) for name, m in modules.items()}
+    torch.save({"before": before, "after": after, "masks": masks, "wrapped": wrapped},
+               os.path.join(result_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_one_ddp_train_step_keeps_ranks_in_sync(nnunet_root, tiny_preprocessed, tmp_path):
+def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preprocessed, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), nnunet_root, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert torch.equal(r0["before"], r1["before"])
-    assert not torch.equal(r0["before"], r0["after"])  # the step changed the weights
-    assert torch.equal(r0["after"], r1["after"])  # gradients were averaged: identical weights on both ranks
+    assert set(r0["after"]) == {"network", "teacher", "discriminator"}
+    assert all(r0["wrapped"].values())  # every trainable module was DDP-wrapped by the base class
+    for name in r0["after"]:
+        assert torch.equal(r0["before"][name], r1["before"][name]), name
+        assert not torch.equal(r0["before"][name], r0["after"][name]), name  # the step changed the weights
+        assert torch.equal(r0["after"][name], r1["after"][name]), name  # averaged gradients: identical on ranks
     assert not torch.equal(r0["masks"], r1["masks"])  # while each rank trained on its own subsets

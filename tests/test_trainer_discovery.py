@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_missingmod.training.base import trainer_registry
+from nnunet_missingmod.training.registry import trainer_registry
 from nnunet_missingmod.training.base import DEBUG_SUFFIX
-from nnunet_missingmod.training.cli import trainer_dir
+from nnunet_missingmod.training.registry import trainer_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_editable_install_maps_the_shim_to_the_checkout(tmp_path):
         "# where the package is installed only editable\n"
         "n = len(sys.meta_path); finder.install(); sys.meta_path.insert(0, sys.meta_path.pop(n))\n"
         "import nnunet_missingmod.ext_trainers as shims  # the mapping itself, not the source-checkout fallback\n"
-        "from nnunet_missingmod.training.cli import trainer_dir\n"
+        "from nnunet_missingmod.training.registry import trainer_dir\n"
         "assert list(shims.__path__)[0] == trainer_dir()\n"
         "os.environ['nnUNet_extTrainer'] = trainer_dir()\n"
         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
@@ -111,7 +111,7 @@ def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
                    check=True, capture_output=True)
     script = (
         "import os, pickle, nnunet_missingmod\n"
-        "from nnunet_missingmod.training.cli import trainer_dir\n"
+        "from nnunet_missingmod.training.registry import trainer_dir\n"
         "os.environ['nnUNet_extTrainer'] = trainer_dir()\n"
         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
         "cls = find('ModalityDropoutTrainer_debug')\n"
@@ -124,3 +124,26 @@ def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
     shim_dir, module_file = out.stdout.split()[-2:]
     assert shim_dir == str(target / "nnunet_missingmod" / "ext_trainers")
     assert module_file.startswith(str(target))
+
+
+def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnunet_root, tiny_preprocessed,
+                                                                             tmp_path):
+    """What nnU-Net's predictor does with a checkpoint: ``trainer_class.build_network_architecture(...,
+    enable_deep_supervision=False)`` then a strict ``load_state_dict(checkpoint['network_weights'])``."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from trainer_helpers import make_trainer
+    for name, cls in sorted(trainer_registry().items()):
+        if name.endswith(DEBUG_SUFFIX):
+            continue  # same network as its parent
+        trainer = make_trainer(nnunet_root, cls)
+        path = str(tmp_path / f"{name}.pth")
+        trainer.save_checkpoint(path)
+        checkpoint = torch.load(path, weights_only=False)
+        plans_manager = PlansManager(trainer.plans_manager.plans)
+        inference_network = cls.build_network_architecture(
+            plans_manager, plans_manager.get_configuration("3d_fullres"), trainer.num_input_channels,
+            trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+        inference_network.load_state_dict(checkpoint["network_weights"], strict=True)
+        assert checkpoint["trainer_name"] == name
+        del trainer

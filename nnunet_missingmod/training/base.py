@@ -1,16 +1,22 @@
 """The base trainer that owns the missing-modality mechanism; method trainers are thin subclasses.
 
-What it owns (and subclasses only configure through class attributes or override in one hook):
+What it owns (subclasses configure it through class attributes and a few hooks):
 
 * the dataset's channel → modality mapping (from ``dataset.json``, through :mod:`nnunet_missingmod.modalities`);
-* one subset per sample, drawn on the device in ``train_step`` after augmentation, so a missing channel is exactly
-  0 in normalised space, as the predictor zero-fills it;
-* ``compute_loss_terms``: the one hook a method overrides (a teacher/student trainer runs its teacher on ``data`` and
-  its student on the masked data there); every extra term it returns is logged per epoch and plotted;
-* the optimiser step (AMP, gradient clipping) around that hook, and ``after_optimizer_step`` for a second player
-  such as a discriminator;
-* checkpoint extras: ``extra_checkpoint_state`` / ``load_extra_checkpoint_state``; ``network_weights`` is always the
-  network that inference needs, so stock ``nnUNetv2_predict`` keeps working;
+* one subset per sample, drawn on the device in ``train_step`` after augmentation from
+  :meth:`~MissingModalityTrainerBase.subset_weights` (a curriculum is an override of that method), so a missing
+  channel is exactly 0 in normalised space, as the predictor zero-fills it;
+* **extra modules** (a teacher, a discriminator) declared by :meth:`~MissingModalityTrainerBase.build_extra_modules`
+  and treated as nnU-Net treats ``self.network``: built in ``initialize()`` before the optimisers, compiled when
+  nnU-Net compiles, DDP-wrapped under DDP, ``train()``/``eval()`` with the epochs, deep supervision toggled, saved
+  and restored. A module either joins the main optimiser (a jointly trained teacher), or has its own optimiser,
+  LR schedule and grad scaler (a discriminator), or is frozen (a pre-trained teacher);
+* the training step: ``compute_loss_terms`` (the method's losses, under autocast), the main optimiser step (AMP,
+  gradient clipping), then one step per extra module with its own optimiser (``extra_module_loss``), which receives
+  what the main step computed (``StepResult.context``, e.g. the fused maps a discriminator judges);
+* logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted;
+* checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
+  everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
 * training budgets: every concrete subclass ``X`` gets a sibling ``X_debug`` (1 epoch, 2 training iterations,
   1 validation iteration), generated here, so no variant is written by hand.
 
@@ -18,47 +24,118 @@ The ``__init__`` signature must stay exactly nnU-Net's: it records its arguments
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Dict, Iterable, List, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import distributed as dist
+from torch import nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_missingmod import __version__
 from nnunet_missingmod.modalities import (
-    SUBSETS, apply_channel_mask, modalities_from_channel_names, sample_channel_masks)
+    SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names, sample_subset_indices,
+    subset_channel_masks, subset_distribution)
 from nnunet_missingmod.training.logging import LossTermLocalLogger, loss_term_key
+from nnunet_missingmod.training.registry import register_trainer
 
 DEBUG_SUFFIX = "_debug"
 DEBUG_BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 CHECKPOINT_CONFIG_KEY = "missingmod_config"
-
-TRAINER_MODULES = ("nnunet_missingmod.training.dropout",)
-"""Modules that define trainers; importing them registers their classes (see ``__init_subclass__``)."""
-_TRAINERS: Dict[str, type] = {}
-
-
-def trainer_registry() -> Dict[str, type]:
-    """Every concrete trainer of this package (with its generated ``_debug`` sibling), by class name."""
-    import importlib
-    for module in TRAINER_MODULES:
-        importlib.import_module(module)
-    return dict(_TRAINERS)
+CHECKPOINT_EXTRA_KEY = "missingmod_extra"
+"""All training state of ours beyond nnU-Net's keys: extra modules, their optimisers and scalers, the subset
+sampler's generator, and the method's own state (``extra_checkpoint_state``)."""
 
 
-def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+def unwrap_network(network: nn.Module) -> nn.Module:
     """The plain module behind DDP and ``torch.compile`` wrappers."""
-    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+    if isinstance(network, DDP):
         network = network.module
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
     return network
+
+
+@contextlib.contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Use ``module`` without accumulating gradients into its parameters (gradients still flow to its input), e.g.
+    the discriminator inside the generator's adversarial loss. Yields the plain module: a forward through the DDP
+    wrapper would expect gradients for parameters that get none."""
+    plain = unwrap_network(module)
+    flags = [p.requires_grad for p in plain.parameters()]
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module if isinstance(module, OptimizedModule) else plain
+    finally:
+        for p, flag in zip(plain.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+@dataclass
+class ExtraModule:
+    """A module the base trainer owns beside ``self.network`` (see :meth:`MissingModalityTrainerBase.build_extra_modules`).
+
+    * ``optimizer``: ``None`` → its parameters join the main optimiser (nnU-Net's SGD and poly schedule; e.g. the
+      jointly trained MST-KDNet teacher); a factory ``params -> torch.optim.Optimizer`` → its own optimiser, its
+      own grad scaler on CUDA, stepped after the main step with the loss of ``extra_module_loss``.
+    * ``lr_scheduler``: optional factory ``optimizer -> scheduler`` for an own optimiser; stepped each epoch with
+      ``scheduler.step(epoch)`` like nnU-Net's.
+    * ``trainable``: ``False`` → frozen: always in eval mode, no gradients, no optimiser, not DDP-wrapped.
+    * ``deep_supervision``: toggled together with the network's (the module has ``decoder.deep_supervision``).
+    """
+
+    module: nn.Module
+    optimizer: Optional[Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]] = None
+    lr_scheduler: Optional[Callable[[torch.optim.Optimizer], Any]] = None
+    trainable: bool = True
+    deep_supervision: bool = False
+
+    @property
+    def joins_main_optimizer(self) -> bool:
+        return self.trainable and self.optimizer is None
+
+
+@dataclass
+class MaskedBatch:
+    """One augmented training batch and the subsets drawn for it.
+
+    * ``data``: (B, C, *patch) normalised, all channels present (a teacher's input);
+    * ``channel_mask``: (B, C) bool, ``True`` = the sample keeps that channel;
+    * ``subset_indices``: (B,) long, each sample's subset as an index into :data:`~nnunet_missingmod.modalities.SUBSETS`;
+    * ``target``: nnU-Net's target (a list over deep-supervision scales, or a tensor).
+    """
+
+    data: torch.Tensor
+    channel_mask: torch.Tensor
+    subset_indices: torch.Tensor
+    target: Union[torch.Tensor, List[torch.Tensor]]
+
+    @property
+    def masked_data(self) -> torch.Tensor:
+        """(B, C, *patch): ``data`` with each sample's missing channels zeroed (a student's input)."""
+        return apply_channel_mask(self.data, self.channel_mask)
+
+
+@dataclass
+class StepResult:
+    """What a loss hook returns: ``loss`` to back-propagate, ``terms`` to log (names listed in ``loss_terms``),
+    ``context`` handed to the next hook (e.g. detached fused maps for the discriminator)."""
+
+    loss: torch.Tensor
+    terms: Dict[str, torch.Tensor] = field(default_factory=dict)
+    context: Dict[str, Any] = field(default_factory=dict)
 
 
 class MissingModalityTrainerBase(nnUNetTrainer):
@@ -72,8 +149,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
       sample keeps all sequences; the others then draw among the 14 proper subsets.
     * ``subset_seed``: ``None`` (a fresh seed per process, so DDP ranks draw different subsets) or an int for
       reproducible draws (rank r uses ``subset_seed + r``).
-    * ``loss_terms``: names of the extra terms ``compute_loss_terms`` returns (logged as ``train_<term>``).
-    * ``budget``: overrides of nnU-Net's epoch and iteration counts (used by the generated ``_debug`` variants).
+    * ``loss_terms``: names of the terms the hooks return in ``StepResult.terms`` (logged as ``train_<term>``).
+    * ``budget``: overrides of nnU-Net's epoch and iteration counts (used by the generated ``_debug`` variants);
+      an attribute nnU-Net does not have fails loudly.
     """
 
     subset_sampling: str = "uniform"
@@ -87,6 +165,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.channel_modalities = modalities_from_channel_names(dataset_json["channel_names"])
         for attribute, value in (self.budget or {}).items():
+            if not hasattr(self, attribute):  # a renamed nnU-Net attribute must not silently train 1000 epochs
+                raise AttributeError(f"{type(self).__name__}.budget sets {attribute!r}, which nnUNetTrainer does "
+                                     f"not have (budget: {self.budget})")
             setattr(self, attribute, value)
         self.logger.local_logger = LossTermLocalLogger(self.loss_terms)
         self.subset_generator = torch.Generator()
@@ -94,71 +175,217 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             self.subset_generator.seed()
         else:
             self.subset_generator.manual_seed(self.subset_seed + self.local_rank)
+        self.subset_masks = subset_channel_masks(self.channel_modalities, device=self.device)
+        self.extra_specs: Dict[str, ExtraModule] = {}
+        self.extra_modules: Dict[str, nn.Module] = {}
+        self.extra_optimizers: Dict[str, torch.optim.Optimizer] = {}
+        self.extra_lr_schedulers: Dict[str, Any] = {}
+        self.extra_grad_scalers: Dict[str, Any] = {}
+        self._iteration_in_epoch = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__module__.startswith("nnunet_missingmod."):  # not subclasses written by users or tests
-            _TRAINERS[cls.__name__] = cls
+            register_trainer(cls)
         if not cls.__name__.endswith(DEBUG_SUFFIX):
             _define_budget_variant(cls, DEBUG_SUFFIX, DEBUG_BUDGET)
 
-    # ------------------------------------------------------------------ masks
+    # ------------------------------------------------------------------ subsets
+    def subset_weights(self, epoch: int) -> torch.Tensor:
+        """(15,) weights over :data:`~nnunet_missingmod.modalities.SUBSETS` for ``epoch`` (need not sum to 1).
+        Override for a curriculum; the default follows ``subset_sampling`` and ``full_set_probability``."""
+        return subset_distribution(self.subset_sampling, self.full_set_probability)
+
+    def sample_subset_indices(self, batch_size: int) -> torch.Tensor:
+        """(B,) long on the trainer's device: each sample's subset, drawn from ``subset_weights(current_epoch)``."""
+        weights = self.subset_weights(self.current_epoch)
+        return sample_subset_indices(batch_size, weights=weights, generator=self.subset_generator).to(self.device)
+
     def sample_channel_masks(self, batch_size: int) -> torch.Tensor:
         """(B, C) bool on the trainer's device: which channels each sample keeps."""
-        return sample_channel_masks(batch_size, self.channel_modalities, self.subset_sampling,
-                                    self.full_set_probability, self.subset_generator, self.device)
+        return self.subset_masks[self.sample_subset_indices(batch_size)]
+
+    def trainable_subsets(self) -> List[str]:
+        """Names of the subsets the sampler can draw in some epoch of this training run."""
+        drawable = torch.zeros(len(SUBSETS), dtype=torch.bool)
+        for epoch in range(self.num_epochs):
+            drawable |= check_subset_weights(self.subset_weights(epoch)) > 0
+        return [s.name for s, ok in zip(SUBSETS, drawable.tolist()) if ok]
+
+    # ------------------------------------------------------------------ extra modules
+    def build_extra_modules(self) -> Dict[str, ExtraModule]:
+        """Modules beside ``self.network`` (e.g. ``{"teacher": ExtraModule(...), "discriminator": ...}``).
+
+        Called once in ``initialize()`` after the network is built (``self.num_input_channels``,
+        ``self.plans_manager``, ``self.configuration_manager`` and ``self.label_manager`` are set) and before the
+        optimisers; build on ``self.device``'s CPU side freely, the base moves them to the device.
+        """
+        return {}
+
+    def jointly_optimised_parameters(self) -> List[nn.Parameter]:
+        """What the main optimiser updates and ``train_step`` clips: the network and the extra modules that join it."""
+        params = list(self.network.parameters())
+        for name, spec in self.extra_specs.items():
+            if spec.joins_main_optimizer:
+                params += list(self.extra_modules[name].parameters())
+        return params
+
+    def initialize(self):
+        # Copied from nnunetv2 2.8.1 nnUNetTrainer.initialize, which builds, compiles, configures the optimiser of and
+        # DDP-wraps self.network in one method, leaving no place for the extra modules. Added: the extra modules get
+        # the same treatment in the same order; the DDP wrap is one method (wrap_modules_for_ddp) that tests call on
+        # the CPU. The old build_network_architecture signature (deprecated in 2.8.1) is not supported.
+        if self.was_initialized:
+            raise RuntimeError("You have called self.initialize even though the trainer was already initialized. "
+                               "That should not happen.")
+        self._set_batch_size_and_oversample()
+        self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                               self.dataset_json)
+        self.network = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
+        self.extra_specs = dict(self.build_extra_modules())
+        self.extra_modules = {}
+        for name, spec in self.extra_specs.items():
+            module = spec.module.to(self.device)
+            if not spec.trainable:
+                module.requires_grad_(False)
+                module.eval()
+            self.extra_modules[name] = module
+        if self._do_i_compile():
+            self.print_to_log_file('Using torch.compile...')
+            self.network = torch.compile(self.network)
+            self.extra_modules = {name: torch.compile(m) for name, m in self.extra_modules.items()}
+
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self._configure_extra_optimizers()
+        if self.is_ddp:
+            self.wrap_modules_for_ddp()
+        self.loss = self._build_loss()
+        self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.was_initialized = True
+        self.logger.update_config({"hparas": {
+            "initial_lr": self.initial_lr, "weight_decay": self.weight_decay,
+            "oversample_foreground_percent": self.oversample_foreground_percent,
+            "probabilistic_oversampling": self.probabilistic_oversampling,
+            "num_iterations_per_epoch": self.num_iterations_per_epoch,
+            "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch, "num_epochs": self.num_epochs,
+            "enable_deep_supervision": self.enable_deep_supervision,
+            "batch_size": self.configuration_manager.batch_size}})
+
+    def configure_optimizers(self):
+        # nnunetv2 2.8.1 nnUNetTrainer.configure_optimizers (SGD, Nesterov 0.99, poly), over the network and the
+        # extra modules that join the main optimiser.
+        optimizer = torch.optim.SGD(self.jointly_optimised_parameters(), self.initial_lr,
+                                    weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _configure_extra_optimizers(self) -> None:
+        from torch.amp import GradScaler
+        for name, spec in self.extra_specs.items():
+            if not spec.trainable or spec.optimizer is None:
+                continue
+            optimizer = spec.optimizer(self.extra_modules[name].parameters())
+            self.extra_optimizers[name] = optimizer
+            if spec.lr_scheduler is not None:
+                self.extra_lr_schedulers[name] = spec.lr_scheduler(optimizer)
+            self.extra_grad_scalers[name] = GradScaler("cuda") if self.device.type == 'cuda' else None
+
+    def wrap_modules_for_ddp(self) -> None:
+        """DDP-wrap the network and every trainable extra module (as nnunetv2 2.8.1 wraps the network), and rebuild
+        the loss, which depends on ``is_ddp``. ``initialize()`` calls it under DDP; tests call it on the CPU."""
+        device_ids = [self.local_rank] if self.device.type == 'cuda' else None
+
+        def wrap(module):
+            return DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=device_ids)
+        self.network = wrap(self.network)
+        for name, spec in self.extra_specs.items():
+            if spec.trainable:
+                self.extra_modules[name] = wrap(self.extra_modules[name])
+        self.loss = self._build_loss()
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        super().set_deep_supervision_enabled(enabled)
+        for name, spec in self.extra_specs.items():
+            if spec.deep_supervision:
+                unwrap_network(self.extra_modules[name]).decoder.deep_supervision = enabled
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration_in_epoch = 0
+        for name, spec in self.extra_specs.items():
+            self.extra_modules[name].train(spec.trainable)
+        for scheduler in self.extra_lr_schedulers.values():
+            scheduler.step(self.current_epoch)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        for module in self.extra_modules.values():
+            module.eval()
 
     # ------------------------------------------------------------------ the training step
-    def compute_loss_terms(self, data: torch.Tensor, channel_mask: torch.Tensor, target) -> Dict[str, torch.Tensor]:
-        """The hook a method overrides. Runs under autocast on CUDA.
+    def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
+        """The hook a method overrides. Runs under autocast on CUDA; compute small terms in float32.
 
-        Args:
-            data: (B, C, *patch) augmented, normalised batch with all channels.
-            channel_mask: (B, C) bool, ``True`` = the sample keeps that channel.
-            target: nnU-Net's target (a list over deep-supervision scales, or a tensor).
-        Returns:
-            ``{"loss": total to back-propagate, <term>: tensor for each name in loss_terms}``.
+        The default is modality dropout: the network on the masked batch, nnU-Net's loss.
         """
-        output = self.network(apply_channel_mask(data, channel_mask))
-        return {"loss": self.loss(output, target)}
+        return StepResult(loss=self.loss(self.network(batch.masked_data), batch.target))
 
-    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
-        """Parameters whose gradient norm is clipped before the optimiser step (those the optimiser updates)."""
-        return self.network.parameters()
-
-    def after_optimizer_step(self, data: torch.Tensor, channel_mask: torch.Tensor, target) -> Dict[str, torch.Tensor]:
-        """Hook for a second player (e.g. a discriminator update) after the main step; returns extra terms to log."""
-        return {}
+    def extra_module_loss(self, name: str, batch: MaskedBatch, context: Dict[str, Any]) -> StepResult:
+        """Loss of an extra module that has its own optimiser (e.g. the discriminator), computed after the main
+        step under autocast. ``context`` is ``StepResult.context`` of :meth:`compute_loss_terms`."""
+        raise NotImplementedError(f"{type(self).__name__} declares extra module {name!r} with its own optimiser "
+                                  f"but does not override extra_module_loss")
 
     def train_step(self, batch: dict) -> dict:
         # Same order of operations as nnunetv2 2.8.1 nnUNetTrainer.train_step, with the forward and loss delegated
-        # to compute_loss_terms and the mask drawn on the device.
+        # to compute_loss_terms, the subsets drawn on the device, and the extra modules' own steps afterwards.
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
-        channel_mask = self.sample_channel_masks(data.shape[0])
+        subset_indices = self.sample_subset_indices(data.shape[0])
+        masked = MaskedBatch(data, self.subset_masks[subset_indices], subset_indices, target)
 
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            terms = self.compute_loss_terms(data, channel_mask, target)
-        loss = terms["loss"]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+            result = self.compute_loss_terms(masked)
+        self._backward_and_step(result.loss, self.optimizer, self.grad_scaler, self.jointly_optimised_parameters())
+        logged = {"loss": result.loss, **result.terms}
+        for name, optimizer in self.extra_optimizers.items():
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                extra = self.extra_module_loss(name, masked, result.context)
+            self._backward_and_step(extra.loss, optimizer, self.extra_grad_scalers[name], None)
+            logged.update(extra.terms)
+        self._iteration_in_epoch += 1
+        return {name: value.detach().float().cpu().numpy() for name, value in logged.items()}
+
+    @staticmethod
+    def _backward_and_step(loss, optimizer, grad_scaler, clipped_parameters) -> None:
+        """Backward, optional clipping at nnU-Net's norm 12, step; through the grad scaler on CUDA."""
+        if grad_scaler is not None:
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(optimizer)
+            if clipped_parameters is not None:
+                torch.nn.utils.clip_grad_norm_(clipped_parameters, 12)
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
-            self.optimizer.step()
-        terms.update(self.after_optimizer_step(data, channel_mask, target))
-        return {name: value.detach().float().cpu().numpy() for name, value in terms.items()}
+            if clipped_parameters is not None:
+                torch.nn.utils.clip_grad_norm_(clipped_parameters, 12)
+            optimizer.step()
 
     def autocast(self):
         """Autocast on CUDA only, as nnU-Net does (slow on CPU, unsupported on MPS)."""
         return torch.autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
+    def training_progress(self) -> float:
+        """Fraction of the planned iterations done before the current one, in [0, 1) (for ramp-ups expressed
+        relative to the training length). Counts iterations that ran in this process; resume restores the epoch."""
+        done = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        return min(done / max(self.num_epochs * self.num_iterations_per_epoch, 1), 1.0)
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -179,25 +406,38 @@ class MissingModalityTrainerBase(nnUNetTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def extra_checkpoint_state(self) -> dict:
-        """Training-only state saved beside nnU-Net's keys; names start with their concern (``teacher_``, ...)."""
+        """The method's own training-only state (beyond its extra modules, which the base saves)."""
         return {}
 
-    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+    def load_extra_checkpoint_state(self, state: dict) -> None:
         """Restore what :meth:`extra_checkpoint_state` saved."""
 
     def missingmod_config(self) -> dict:
-        """How this model was trained for missing sequences; the predictor reads it."""
+        """How this model was trained for missing sequences. Written into every checkpoint for people and tools
+        that inspect it; inference does not depend on it (the predictor reads only ``trainer_name`` and
+        ``network_weights``, as nnU-Net does)."""
         return {
             "package_version": __version__,
+            "trainer": type(self).__name__,
             "channel_modalities": list(self.channel_modalities),
             "subset_sampling": self.subset_sampling,
             "full_set_probability": self.full_set_probability,
-            "trained_subsets": [s.name for s in SUBSETS],
+            "trained_subsets": self.trainable_subsets(),
+            "extra_modules": sorted(self.extra_specs),
+        }
+
+    def _extra_state(self) -> dict:
+        return {
+            "modules": {name: unwrap_network(m).state_dict() for name, m in self.extra_modules.items()},
+            "optimizers": {name: o.state_dict() for name, o in self.extra_optimizers.items()},
+            "grad_scalers": {name: s.state_dict() for name, s in self.extra_grad_scalers.items() if s is not None},
+            "subset_generator": self.subset_generator.get_state(),
+            "method": self.extra_checkpoint_state(),
         }
 
     def save_checkpoint(self, filename: str) -> None:
         # Copied from nnunetv2 2.8.1 nnUNetTrainer.save_checkpoint (it builds and saves the dict in one go, so
-        # there is no hook for extra keys); added: the missingmod config and extra_checkpoint_state().
+        # there is no hook for extra keys); added: the missingmod config and our extra state under one key.
         if self.local_rank == 0:
             if not self.disable_checkpointing:
                 checkpoint = {
@@ -211,20 +451,60 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                     'trainer_name': self.__class__.__name__,
                     'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
                     CHECKPOINT_CONFIG_KEY: self.missingmod_config(),
+                    CHECKPOINT_EXTRA_KEY: self._extra_state(),
                 }
-                checkpoint.update(self.extra_checkpoint_state())
                 torch.save(checkpoint, filename)
             else:
                 self.print_to_log_file('No checkpoint written, checkpointing is disabled')
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        if not isinstance(filename_or_checkpoint, str):
-            # nnunetv2 2.8.1 raises UnboundLocalError for a dict (fixed upstream later); nnU-Net itself always
-            # passes a path, so we only support that.
-            raise TypeError("load_checkpoint takes the path of a checkpoint file")
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        self.load_extra_checkpoint_state(checkpoint)
+        # Copied from nnunetv2 2.8.1 nnUNetTrainer.load_checkpoint (which raises UnboundLocalError for a dict and
+        # would make us read the file twice); added: the extra state, read from the same loaded dict.
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        extra = self._checked_extra_state(checkpoint, filename_or_checkpoint)  # before anything is changed
+        network = unwrap_network(self.network)
+        network_keys = network.state_dict().keys()
+        weights = {k[7:] if k not in network_keys and k.startswith('module.') else k: v
+                   for k, v in checkpoint['network_weights'].items()}
+        self.my_init_kwargs = checkpoint['init_args']
+        self.current_epoch = checkpoint['current_epoch']
+        self.logger.load_checkpoint(checkpoint['logging'])
+        self._best_ema = checkpoint['_best_ema']
+        self.inference_allowed_mirroring_axes = checkpoint.get('inference_allowed_mirroring_axes',
+                                                               self.inference_allowed_mirroring_axes)
+        network.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint['optimizer_state'])
+        if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
+            self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
+        if extra is not None:
+            self._load_extra_state(extra)
+
+    def _checked_extra_state(self, checkpoint: dict, source) -> Optional[dict]:
+        where = source if isinstance(source, str) else "the checkpoint"
+        extra = checkpoint.get(CHECKPOINT_EXTRA_KEY)
+        if extra is None:
+            if self.extra_modules:
+                raise RuntimeError(f"{where} has no {CHECKPOINT_EXTRA_KEY!r}: it was not written by "
+                                   f"{type(self).__name__}, whose modules {sorted(self.extra_modules)} it must restore")
+            return None
+        missing = set(self.extra_modules) - set(extra["modules"])
+        if missing:
+            raise RuntimeError(f"{where} lacks the state of extra modules {sorted(missing)}")
+        return extra
+
+    def _load_extra_state(self, extra: dict) -> None:
+        for name, module in self.extra_modules.items():
+            unwrap_network(module).load_state_dict(extra["modules"][name])
+        for name, optimizer in self.extra_optimizers.items():
+            optimizer.load_state_dict(extra["optimizers"][name])
+        for name, scaler in self.extra_grad_scalers.items():
+            if scaler is not None and name in extra["grad_scalers"]:
+                scaler.load_state_dict(extra["grad_scalers"][name])
+        self.subset_generator.set_state(extra["subset_generator"])
+        self.load_extra_checkpoint_state(extra["method"])
 
 
 def _define_budget_variant(cls: type, suffix: str, budget: Dict[str, int]) -> type:

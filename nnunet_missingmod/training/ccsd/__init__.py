@@ -1,0 +1,1 @@
+"""CCSD: shared-specific network with hierarchical and decremental self-distillation."""

@@ -1,0 +1,1 @@
+"""MST-KDNet (Li et al.): teacher/student network and its distillation losses."""
