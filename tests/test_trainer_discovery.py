@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_missingmod.training.registry import trainer_registry
-from nnunet_missingmod.training.base import DEBUG_SUFFIX
+from nnunet_missingmod.training.base import BUDGET_VARIANTS, DEBUG_SUFFIX
 from nnunet_missingmod.training.registry import trainer_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +27,14 @@ def test_every_trainer_has_a_debug_sibling_with_the_smoke_budget():
     registry = trainer_registry()
     assert "ModalityDropoutTrainer" in registry
     for name, cls in registry.items():
-        if not name.endswith(DEBUG_SUFFIX):
+        if cls.budget is None:
             debug = registry[name + DEBUG_SUFFIX]
             assert issubclass(debug, cls)
             assert debug.budget == {"num_epochs": 1, "num_iterations_per_epoch": 2,
                                     "num_val_iterations_per_epoch": 1}
+            for suffix, budget in BUDGET_VARIANTS.items():
+                assert registry[name + suffix].budget == budget
+                assert name + DEBUG_SUFFIX + suffix not in registry
 
 
 def test_nnunet_lookup_resolves_every_trainer_to_our_class(monkeypatch):
@@ -134,8 +137,8 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from trainer_helpers import make_trainer
     for name, cls in sorted(trainer_registry().items()):
-        if name.endswith(DEBUG_SUFFIX):
-            continue  # same network as its parent
+        if cls.budget is not None:
+            continue  # a budget variant has its parent's network
         trainer = make_trainer(nnunet_root, cls)
         path = str(tmp_path / f"{name}.pth")
         trainer.save_checkpoint(path)

@@ -17,8 +17,9 @@ What it owns (subclasses configure it through class attributes and a few hooks):
 * logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted;
 * checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
   everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
-* training budgets: every concrete subclass ``X`` gets a sibling ``X_debug`` (1 epoch, 2 training iterations,
-  1 validation iteration), generated here, so no variant is written by hand.
+* training budgets: every concrete subclass ``X`` gets siblings ``X_debug`` (1 epoch, 2 training iterations,
+  1 validation iteration) and ``X_demoSmall``/``_demoMedium``/``_demoLarge`` (300/1000/3000 iterations, the
+  demo's equal-iteration budgets), generated here (:data:`BUDGET_VARIANTS`), so no variant is written by hand.
 
 The ``__init__`` signature must stay exactly nnU-Net's: it records its arguments by introspection.
 """
@@ -52,6 +53,15 @@ from nnunet_missingmod.training.registry import register_trainer
 
 DEBUG_SUFFIX = "_debug"
 DEBUG_BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+BUDGET_VARIANTS: Dict[str, Dict[str, int]] = {
+    DEBUG_SUFFIX: DEBUG_BUDGET,
+    # equal-iteration budgets of the demo and the robustness benchmark (50 iterations per epoch so that the
+    # progress plot has points; 5 validation iterations: the demo's validation cases are tiny)
+    "_demoSmall": {"num_epochs": 6, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
+    "_demoMedium": {"num_epochs": 20, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
+    "_demoLarge": {"num_epochs": 60, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
+}
+"""Suffix -> nnU-Net budget. Every concrete trainer ``X`` gets a sibling ``X<suffix>`` for each entry."""
 CHECKPOINT_CONFIG_KEY = "missingmod_config"
 CHECKPOINT_EXTRA_KEY = "missingmod_extra"
 """All training state of ours beyond nnU-Net's keys: extra modules, their optimisers and scalers, the subset
@@ -187,8 +197,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         super().__init_subclass__(**kwargs)
         if cls.__module__.startswith("nnunet_missingmod."):  # not subclasses written by users or tests
             register_trainer(cls)
-        if not cls.__name__.endswith(DEBUG_SUFFIX):
-            _define_budget_variant(cls, DEBUG_SUFFIX, DEBUG_BUDGET)
+        if cls.budget is None:  # budget variants are leaves: no X_debug_demoSmall
+            for suffix, budget in BUDGET_VARIANTS.items():
+                _define_budget_variant(cls, suffix, budget)
 
     # ------------------------------------------------------------------ subsets
     def subset_weights(self, epoch: int) -> torch.Tensor:

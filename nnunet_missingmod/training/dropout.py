@@ -1,5 +1,21 @@
-"""Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences."""
+"""Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences; and the
+stock baseline itself with our budget variants."""
+import torch
+
+from nnunet_missingmod.modalities import SUBSETS
 from nnunet_missingmod.training.base import MissingModalityTrainerBase
+
+
+class FullSetTrainer(MissingModalityTrainerBase):
+    """Stock nnU-Net training on all sequences: ``nnUNetTrainer``'s network, loss, optimiser, schedule and
+    augmentation, with every sample keeping every channel (the channel mask is all ones, so the network sees
+    exactly what ``nnUNetTrainer`` feeds it). It exists so that the stock baseline gets the same budget variants
+    (``FullSetTrainer_demoSmall``, ...) as our trainers for equal-iteration comparisons."""
+
+    def subset_weights(self, epoch):
+        weights = torch.zeros(len(SUBSETS), dtype=torch.float64)
+        weights[-1] = 1.0
+        return weights
 
 
 class ModalityDropoutTrainer(MissingModalityTrainerBase):

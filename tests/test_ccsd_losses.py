@@ -1,0 +1,331 @@
+"""CCSD losses and decremental path on tiny, hand-checkable tensors."""
+import math
+
+import pytest
+import torch
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import MODALITIES, SUBSETS
+from nnunet_missingmod.training.ccsd.losses import (
+    DEFAULTS, DEFAULT_SOURCES, DMCDLoss, HMSDLoss, domain_classification_loss, hierarchy_level_subsets,
+    sample_hierarchy_level, shared_alignment_loss)
+from nnunet_missingmod.training.ccsd.path import (
+    FULL_SET_INDEX, check_decremental_path, cosine_similarity_matrix, criticality, decremental_path,
+    gradient_criticality, removed_modalities, subset_index_of)
+
+T1, T1CE, T2, FLAIR = range(4)
+BERN_KL = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # KL(Bern(.75) || Bern(.5)) = 0.130812
+CAT_KL = 0.5 * math.log(1.5) + 0.5 * math.log(0.75)  # KL([.5,.25,.25] || uniform(3)) = 0.058892
+
+
+def idx(*modalities):
+    return subset_index_of(tuple(i in modalities for i in range(4)))
+
+
+def angle_features(*degrees):
+    """(1, 4, 2, 1) features: modality m is the 2-d unit vector at degrees[m]."""
+    rad = [math.radians(d) for d in degrees]
+    return torch.tensor([[math.cos(a), math.sin(a)] for a in rad]).view(1, 4, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- defaults
+
+def test_defaults_have_sources():
+    assert DEFAULTS == dict(temperature=2.0, hmsd=1.0, dmcd=1.0, shared_alignment=0.1, domain=0.02, levels=(1, 2, 3))
+    assert set(DEFAULT_SOURCES) == set(DEFAULTS)
+
+
+# --------------------------------------------------------------------------------------------------- hierarchy
+
+def test_hierarchy_level_subsets():
+    assert [len(hierarchy_level_subsets(k)) for k in (1, 2, 3)] == [4, 6, 4]
+    for k in (1, 2, 3, 4):
+        assert all(SUBSETS[i].cardinality == k for i in hierarchy_level_subsets(k))
+    assert hierarchy_level_subsets(1) == (0, 1, 2, 3)
+    assert hierarchy_level_subsets(4) == (FULL_SET_INDEX,)
+    with pytest.raises(MissingModError):
+        hierarchy_level_subsets(0)
+
+
+def test_sample_hierarchy_level():
+    draws = [sample_hierarchy_level(torch.Generator().manual_seed(s)) for s in range(40)]
+    assert set(draws) == {1, 2, 3}
+    assert draws == [sample_hierarchy_level(torch.Generator().manual_seed(s)) for s in range(40)]
+    assert {sample_hierarchy_level(torch.Generator().manual_seed(s), weights=(0, 1, 0)) for s in range(10)} == {2}
+    assert {sample_hierarchy_level(torch.Generator().manual_seed(s), levels=(1, 3)) for s in range(30)} == {1, 3}
+    with pytest.raises(MissingModError):
+        sample_hierarchy_level(weights=(0, 0, 0))
+
+
+# -------------------------------------------------------------------------------------------------------- HMSD
+
+def test_hmsd_bernoulli_one_voxel_hand_computed():
+    teacher = torch.tensor([2 * math.log(3.0)]).view(1, 1, 1, 1, 1)  # sigmoid(z / 2) = 0.75
+    student = torch.zeros(1, 1, 1, 1, 1)  # sigmoid = 0.5
+    loss = HMSDLoss(temperature=2.0)(teacher, [student])
+    assert loss.dtype == torch.float32 and loss.ndim == 0
+    assert loss.item() == pytest.approx(4 * BERN_KL, rel=1e-5)  # × τ² = 4
+    unscaled = HMSDLoss(temperature=2.0, scale_by_temperature_squared=False)(teacher, [student])
+    assert unscaled.item() == pytest.approx(BERN_KL, rel=1e-5)
+
+
+def test_hmsd_temperature_scaling():
+    teacher = torch.tensor([3 * math.log(3.0)]).view(1, 1, 1)  # τ = 3: sigmoid(z / 3) = 0.75
+    student = torch.zeros(1, 1, 1)
+    assert HMSDLoss(temperature=3.0)(teacher, [student]).item() == pytest.approx(9 * BERN_KL, rel=1e-5)
+    assert HMSDLoss(temperature=1.0)(teacher, [student]).item() != pytest.approx(9 * BERN_KL, rel=1e-3)
+
+
+def test_hmsd_softmax_one_voxel_hand_computed():
+    teacher = torch.tensor([2 * math.log(2.0), 0.0, 0.0]).view(1, 3, 1, 1)  # softmax(z / 2) = [.5, .25, .25]
+    student = torch.zeros(1, 3, 1, 1)  # uniform
+    loss = HMSDLoss(temperature=2.0, regions=False)(teacher, [student])
+    assert loss.item() == pytest.approx(4 * CAT_KL, rel=1e-5)
+    # the region variant on the same logits is a different quantity (per-channel Bernoulli)
+    assert HMSDLoss(temperature=2.0, regions=True)(teacher, [student]).item() != pytest.approx(4 * CAT_KL, rel=1e-3)
+
+
+def test_hmsd_means_over_regions_voxels_and_students():
+    teacher = torch.zeros(1, 2, 2)  # (B, K=2 regions, 2 voxels)
+    teacher[0, 0, 0] = 2 * math.log(3.0)  # only one of 4 (region, voxel) entries differs from the student
+    student = torch.zeros(1, 2, 2)
+    hmsd = HMSDLoss(temperature=2.0)
+    assert hmsd(teacher, [student]).item() == pytest.approx(4 * BERN_KL / 4, rel=1e-5)
+    assert hmsd(teacher, [student, teacher.clone()]).item() == pytest.approx(4 * BERN_KL / 8, rel=1e-5)
+
+
+@pytest.mark.parametrize("regions", [True, False])
+def test_hmsd_zero_when_student_equals_teacher_and_gradient_only_to_students(regions):
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)
+    same = teacher.detach().clone().requires_grad_(True)
+    assert HMSDLoss(regions=regions)(teacher, [same]).item() == 0.0
+    student = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)
+    loss = HMSDLoss(regions=regions)(teacher, [student, same])
+    assert loss.item() > 0
+    loss.backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_hmsd_float32_under_autocast_and_checks():
+    teacher = torch.randn(1, 3, 4, 4).bfloat16()
+    student = torch.randn(1, 3, 4, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = HMSDLoss()(teacher, [student])
+    assert loss.dtype == torch.float32
+    reference = HMSDLoss()(teacher.float(), [student.float()])
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    with pytest.raises(MissingModError):
+        HMSDLoss()(teacher, [])
+    with pytest.raises(MissingModError):
+        HMSDLoss()(teacher, [student[:, :2]])
+
+
+# ------------------------------------------------------------------------------------------------- criticality
+
+def test_criticality_identical_pair_least_orthogonal_most():
+    e1, e2, e3 = torch.eye(3)
+    features = torch.stack([e1, e1, e1 + e2, e3]).view(1, 4, 3, 1)  # T1 == T1ce, FLAIR ⟂ all
+    c = criticality(features)
+    r = 1 / math.sqrt(2)
+    expected = [1 - (1 + r + 0) / 3, 1 - (1 + r + 0) / 3, 1 - (r + r + 0) / 3, 1.0]
+    assert c[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert c[0, T1] == c[0, T1CE] == c[0].min()
+    assert int(c[0].argmax()) == FLAIR
+    assert cosine_similarity_matrix(features)[0, T1, T1CE].item() == pytest.approx(1.0)
+
+
+def test_criticality_present_mask_and_no_gradient():
+    features = angle_features(20, 30, 0, 90).requires_grad_(True)
+    present = torch.tensor([[True, False, True, True]])
+    c = criticality(features, present)
+    assert not c.requires_grad and c.dtype == torch.float32
+    assert c[0, T1CE] == float("-inf")
+    s = lambda a, b: math.cos(math.radians(a - b))  # noqa: E731
+    assert c[0, T1].item() == pytest.approx(1 - (s(20, 0) + s(20, 90)) / 2, abs=1e-6)
+    assert c[0, FLAIR].item() == pytest.approx(1 - (s(90, 20) + s(90, 0)) / 2, abs=1e-6)
+    lone = criticality(features, torch.tensor([False, False, True, False]))
+    assert lone[0].tolist() == [float("-inf"), float("-inf"), 1.0, float("-inf")]
+
+
+# ------------------------------------------------------------------------------------------------------- paths
+
+def assert_valid_chain(path, start=FULL_SET_INDEX):
+    check_decremental_path(path)
+    assert path.dtype == torch.long and path.shape[1] == 4
+    for row in path.tolist():
+        assert row[0] == start
+        sets = [SUBSETS[i] for i in row]
+        assert [s.cardinality for s in sets] == [4, 3, 2, 1]
+        for a, b in zip(sets, sets[1:]):
+            assert set(b.modalities) < set(a.modalities) and len(set(a.modalities) - set(b.modalities)) == 1
+
+
+def test_max_criticality_path_hand_example():
+    # T1 20°, T1ce 30°, T2 0°, FLAIR 90°. Full set: c = [.2445, .2164, .3981, .7193] -> remove FLAIR;
+    # {T1,T1ce,T2}: c = [.0378, .0746, .0972] -> remove T2; {T1,T1ce}: tie -> remove T1 (lowest index).
+    path = decremental_path(angle_features(20, 30, 0, 90))
+    assert_valid_chain(path)
+    assert path.tolist() == [[FULL_SET_INDEX, idx(T1, T1CE, T2), idx(T1, T1CE), idx(T1CE)]]
+    assert removed_modalities(path).tolist() == [[FLAIR, T2, T1]]
+
+
+def test_min_criticality_removes_in_opposite_order():
+    features = angle_features(20, 30, 0, 90)
+    # min: remove T1ce (.2164); {T1,T2,FLAIR}: c = [.3592, .5302, .8290] -> remove T1; {T2,FLAIR}: tie -> T2.
+    path = decremental_path(features, strategy="min_criticality")
+    assert_valid_chain(path)
+    assert path.tolist() == [[FULL_SET_INDEX, idx(T1, T2, FLAIR), idx(T2, FLAIR), idx(FLAIR)]]
+    max_order = removed_modalities(decremental_path(features))[0].tolist() + [T1CE]  # + the one left
+    min_order = removed_modalities(path)[0].tolist() + [FLAIR]
+    assert min_order == max_order[::-1]
+
+
+def test_criticality_recomputed_on_shrinking_set_vs_one_shot():
+    features = angle_features(20, 30, 0, 90)
+    one_shot = decremental_path(features, recompute=False)  # ranking on the full set: FLAIR, T2, T1, (T1ce)
+    assert_valid_chain(one_shot)
+    assert removed_modalities(one_shot).tolist() == [[FLAIR, T2, T1]]
+    one_shot_min = decremental_path(features, strategy="min_criticality", recompute=False)
+    assert removed_modalities(one_shot_min).tolist() == [[T1CE, T1, T2]]  # full-set ranking ascending
+    # T1 0°, T1ce 10°, T2 40°, FLAIR 90°: full set c = [.4164, .3252, .2417, .7279] -> FLAIR first either way.
+    # Recomputed on {T1,T1ce,T2}: c = [1-(c10+c40)/2, 1-(c10+c30)/2, 1-(c40+c30)/2] = [.1246, .0746, .1840] -> T2;
+    # the one-shot ranking removes T1 (second-highest on the full set) instead.
+    features = angle_features(0, 10, 40, 90)
+    assert removed_modalities(decremental_path(features)).tolist() == [[FLAIR, T2, T1]]
+    assert removed_modalities(decremental_path(features, recompute=False)).tolist() == [[FLAIR, T1, T1CE]]
+
+
+def test_ties_are_broken_towards_the_lowest_index():
+    features = torch.ones(2, 4, 3, 2)  # all identical: every step is a tie
+    for strategy in ("max_criticality", "min_criticality"):
+        path = decremental_path(features, strategy=strategy)
+        assert path.tolist() == [[FULL_SET_INDEX, idx(T1CE, T2, FLAIR), idx(T2, FLAIR), idx(FLAIR)]] * 2
+
+
+def test_random_path_reproducible_and_valid():
+    features = torch.randn(32, 4, 2, 3, generator=torch.Generator().manual_seed(0))
+    a = decremental_path(features, strategy="random", generator=torch.Generator().manual_seed(7))
+    b = decremental_path(features, strategy="random", generator=torch.Generator().manual_seed(7))
+    c = decremental_path(features, strategy="random", generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert len({tuple(r) for r in a.tolist()}) > 1
+    assert_valid_chain(a)
+    assert_valid_chain(c)
+
+
+def test_gradient_path_follows_norms():
+    norms = torch.tensor([[0.1, 5.0, 3.0, 0.2], [4.0, 1.0, 2.0, 3.0]])
+    path = decremental_path(None, strategy="gradient", gradient_norms=norms)
+    assert_valid_chain(path)
+    assert removed_modalities(path).tolist() == [[T1CE, T2, FLAIR], [T1, FLAIR, T2]]
+    assert path[0].tolist() == [FULL_SET_INDEX, idx(T1, T2, FLAIR), idx(T1, FLAIR), idx(T1)]
+    with pytest.raises(MissingModError):
+        decremental_path(torch.ones(2, 4, 1, 1), strategy="gradient")
+
+
+def test_gradient_criticality_is_the_gradient_norm():
+    f = torch.ones(2, 4, 3, 2, requires_grad=True)
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    loss = (f * w.view(1, 4, 1, 1)).sum()
+    norms = gradient_criticality(loss, f)
+    assert norms.shape == (2, 4) and not norms.requires_grad
+    assert norms[0].tolist() == pytest.approx((w.abs() * math.sqrt(6)).tolist())
+    parts = [torch.ones(2, 3, requires_grad=True) for _ in range(4)]
+    loss = sum(wm * p.sum() for wm, p in zip(w.tolist(), parts))
+    assert gradient_criticality(loss, parts)[1].tolist() == pytest.approx((w.abs() * math.sqrt(3)).tolist())
+
+
+def test_path_from_a_partial_start_set_repeats_the_last_subset():
+    features = angle_features(20, 30, 0, 90)
+    present = torch.tensor([[False, True, True, True]])
+    path = decremental_path(features, present_full=present)
+    check_decremental_path(path)
+    assert path[0, 0].item() == idx(T1CE, T2, FLAIR)
+    assert SUBSETS[path[0, 2].item()].cardinality == 1 and path[0, 3] == path[0, 2]
+    assert removed_modalities(path)[0, 2].item() == -1
+    with pytest.raises(MissingModError):
+        decremental_path(features, strategy="unknown")
+    with pytest.raises(MissingModError):
+        check_decremental_path(torch.tensor([[14, 4, 1, 0]]))  # T1+T1ce -> T1ce -> T1 is no chain
+
+
+# -------------------------------------------------------------------------------------------------------- DMCD
+
+def test_dmcd_hand_example_and_teacher_side_detached():
+    values = torch.zeros(15)
+    path = [FULL_SET_INDEX, idx(T1, T1CE, T2), idx(T1, T1CE), idx(T1CE)]
+    values[path[0]], values[path[1]], values[path[2]], values[path[3]] = 4.0, 3.0, 1.0, 1.0
+    fused = values.view(1, 15, 1, 1).clone().requires_grad_(True)
+    loss = DMCDLoss()(fused, torch.tensor([path]))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(((3 - 4) ** 2 + (1 - 3) ** 2 + 0) / 3)
+    loss.backward()
+    grad = fused.grad.view(15)
+    # only the student side of each step gets gradient: d/dF_{S1} = 2/3 (F_{S1} - F_{S0}) = -2/3 (no teacher term)
+    assert grad[path[0]].item() == 0.0
+    assert grad[path[1]].item() == pytest.approx(-2 / 3)
+    assert grad[path[2]].item() == pytest.approx(2 / 3 * (1 - 3))
+    assert grad[path[3]].item() == 0.0
+    assert grad.abs().sum().item() == pytest.approx(2 / 3 + 4 / 3)
+
+
+def test_dmcd_zero_when_equal_and_mapping_input_matches_tensor_input():
+    g = torch.Generator().manual_seed(1)
+    path = decremental_path(torch.randn(3, 4, 2, 2, generator=g))
+    const = torch.randn(1, 1, 2, 3, 3, generator=g).expand(3, 15, 2, 3, 3)
+    assert DMCDLoss()(const, path).item() == 0.0
+    cache = {i: torch.randn(3, 2, 3, 3, generator=g, requires_grad=True) for i in range(15)}
+    stacked = torch.stack([cache[i] for i in range(15)], dim=1)
+    loss = DMCDLoss()(cache, path)
+    assert loss.item() == pytest.approx(DMCDLoss()(stacked, path).item(), rel=1e-6)
+    loss.backward()
+    assert cache[FULL_SET_INDEX].grad is None  # only ever a teacher
+    last = {row[-1] for row in path.tolist()}
+    assert all(cache[i].grad is not None for i in last)
+
+
+def test_dmcd_skips_no_op_steps_and_float32_under_autocast():
+    path = torch.tensor([[idx(T1CE, FLAIR), idx(FLAIR), idx(FLAIR), idx(FLAIR)]])
+    fused = torch.zeros(1, 15, 1, 1)
+    fused[0, idx(T1CE, FLAIR)] = 2.0
+    assert DMCDLoss()(fused, path).item() == pytest.approx(4.0)  # one valid step, not 4/3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = DMCDLoss()(fused.bfloat16(), path)
+    assert out.dtype == torch.float32
+    with pytest.raises(MissingModError):
+        DMCDLoss()(torch.zeros(1, 14, 1, 1), path)
+
+
+# ------------------------------------------------------------------------------------------------ ShaSpec terms
+
+def test_shared_alignment_hand_example():
+    shared = torch.tensor([0.0, 1.0, 3.0, 6.0]).view(1, 4, 1, 1)
+    # |T1-T1ce| + |T1ce-T2| + |T2-FLAIR| + |FLAIR-T1| = 1 + 2 + 3 + 6
+    assert shared_alignment_loss(shared).item() == pytest.approx(12.0)
+    assert shared_alignment_loss(shared, pair_reduction="mean").item() == pytest.approx(3.0)
+    assert shared_alignment_loss(torch.ones(2, 4, 3, 2)).item() == 0.0
+
+
+def test_shared_alignment_equals_shaspec_code_in_its_channel_order():
+    g = torch.Generator().manual_seed(2)
+    ours = torch.randn(2, 4, 3, 2, 2, generator=g)  # T1, T1ce, T2, FLAIR
+    n, c = 2, 4
+    shaspec = ours[:, [FLAIR, T1, T1CE, T2]].reshape(n * c, 3, 2, 2)  # ShaSpec folds (FL, T1, T1ce, T2) into batch
+    l1 = torch.nn.L1Loss()
+    sl = [shaspec[m:n * c + 1:c] for m in range(c)]  # train_SS.py: shared_info[m:N*C+1:C]
+    reference = l1(sl[0], sl[1]) + l1(sl[1], sl[2]) + l1(sl[2], sl[3]) + l1(sl[3], sl[0])
+    assert shared_alignment_loss(ours).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_domain_classification_hand_examples():
+    assert domain_classification_loss(torch.zeros(2, 4, 4)).item() == pytest.approx(math.log(4))
+    logits = torch.eye(4).expand(3, 4, 4) * math.log(3.0)  # correct class 3/(3+3) = 0.5
+    assert domain_classification_loss(logits).item() == pytest.approx(math.log(2))
+    wrong = torch.eye(4)[[1, 2, 3, 0]].view(1, 4, 4) * 50.0  # confidently wrong
+    assert domain_classification_loss(wrong).item() > 40
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert domain_classification_loss(torch.zeros(1, 4, 4).bfloat16()).dtype == torch.float32
+    assert len(MODALITIES) == 4
