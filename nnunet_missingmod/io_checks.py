@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -41,28 +43,43 @@ def check_nifti_data(path: str, what: str = "") -> None:
             raise MissingModError(f"{prefix}{path} has {n_bad} NaN/Inf voxels")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+@contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path`` for a writer that takes a file name (``savefig``, SimpleITK ...);
+    when the block ends without an error the file is renamed over ``path``, otherwise it is removed. Readers never
+    see a half-written ``path``, and a failed write leaves an earlier ``path`` as it was."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        make_readable(tmp)
+        yield tmp
+        _make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
-        remove_quietly(tmp)
+        _remove_quietly(tmp)
         raise
 
 
-def make_readable(path: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def _make_readable(path: str) -> None:
     """mkstemp creates files as 0600; give the file the permissions of an ordinary new file."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
 
-def remove_quietly(path: str) -> None:
+def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except OSError:

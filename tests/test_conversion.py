@@ -324,6 +324,87 @@ def test_dataset_conversion_script(tmp_path, raw):
     assert (raw / "Dataset011_BraTS2021" / "dataset.json").is_file()
 
 
+# ------------------------------------------------------------------------------------- user-facing friction
+@pytest.mark.parametrize("given, actual", [("brats2023", "brats2021"), ("brats2021", "brats2023")])
+def test_files_of_another_format_are_named_as_such(tmp_path, raw, capsys, given, actual):
+    source, _ = _phantom(tmp_path, actual, n=2)
+    with pytest.raises(MissingModError, match=f"these files look like {actual} .*not {given}.*"
+                                              f"use: nnunet-missingmod convert {actual} "):
+        convert_dataset(given, source, 12, progress=False)
+    # --allow-missing would only turn every sequence into a zero image: the same message instead
+    assert main(["convert", given, str(source), "12", "--allow-missing"]) == 2
+    err = capsys.readouterr().err
+    assert f"these files look like {actual}" in err and " is missing " not in err
+    _assert_nothing_written(raw)
+
+
+def test_really_missing_sequences_are_not_blamed_on_the_format(tmp_path, raw):
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    case_id = next(iter(cases))
+    (source / case_id / f"{case_id}_flair.nii.gz").unlink()
+    with pytest.raises(MissingModError) as error:
+        convert_dataset("brats2021", source, 13, progress=False)
+    assert "FLAIR is missing" in str(error.value) and "look like" not in str(error.value)
+
+
+def test_brats2022_is_the_2021_layout_and_listed_everywhere(tmp_path, raw, capsys):
+    assert "brats2022" in FORMAT_KEYS
+    assert get_format("brats2022").labels == get_format("brats2021").labels
+    assert get_format("brats2022").suffixes == get_format("brats2021").suffixes
+    source, _ = _phantom(tmp_path, "brats2021", n=1)  # BraTS 2022 shipped the 2021 files
+    assert convert_dataset("brats2022", source, 14, progress=False).num_training == 1
+    for command in (["convert"], ["labels-back"], ["phantom"], ["score"], ["evaluate"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert "brats2022" in capsys.readouterr().out, command
+
+
+def _held_out_conversion(tmp_path, source, dataset_id, n_test):
+    result = convert_dataset("brats2021", source, dataset_id, test_cases=n_test, progress=False)
+    return result, json.loads((result.dataset_dir / REPORT_NAME).read_text())
+
+
+def test_test_cases_are_held_out_with_converted_labels(tmp_path, raw, capsys):
+    source, cases = _phantom(tmp_path, "brats2021", n=5, n_unlabelled=1)
+    result, report = _held_out_conversion(tmp_path, source, 15, 2)
+    dataset = result.dataset_dir
+    held_out = result.held_out
+    assert len(held_out) == 2 and report["held_out_test_cases"] == held_out and result.num_training == 3
+    labelled_ids = list(cases)[:5]
+    assert set(held_out) < set(labelled_ids)
+    training = sorted(set(labelled_ids) - set(held_out))
+    assert sorted(p.name[:-7] for p in (dataset / "labelsTr").iterdir()) == training
+    assert sorted(p.name[:-7] for p in (dataset / "labelsTs").iterdir()) == sorted(held_out)
+    assert sorted({p.name[:-12] for p in (dataset / "imagesTs").iterdir()}) == sorted(held_out + [list(cases)[5]])
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 3
+    for case_id in held_out:  # converted to nnU-Net labels exactly like a training label
+        np.testing.assert_array_equal(_array(dataset / "labelsTs" / f"{case_id}.nii.gz"),
+                                      _expected_nnunet_labels(cases[case_id]))
+        np.testing.assert_array_equal(_array(dataset / "imagesTs" / f"{case_id}_0003.nii.gz"),
+                                      cases[case_id].images["FLAIR"])
+    # deterministic: another run (another ID, another copy of the source) holds out the same cases
+    copy = tmp_path / "copy"
+    write_phantom_dataset(copy, 5, "brats2021", n_unlabelled=1, progress=False)
+    assert _held_out_conversion(tmp_path, copy, 16, 2)[0].held_out == held_out
+    assert main(["convert", "brats2021", str(source), "17", "--test-cases", "2"]) == 0
+    assert "2 held-out labelled case(s) in imagesTs/labelsTs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n_test", [5, -1])
+def test_test_cases_must_leave_a_training_case(tmp_path, raw, n_test):
+    source, _ = _phantom(tmp_path, "brats2021", n=5)
+    with pytest.raises(MissingModError, match=f"--test-cases {n_test}: the source has 5 labelled case"):
+        convert_dataset("brats2021", source, 18, test_cases=n_test, progress=False)
+    _assert_nothing_written(raw)
+
+
+def test_phantom_first_index_gives_distinct_case_ids(tmp_path):
+    assert main(["phantom", str(tmp_path / "test"), "-n", "2", "--first-index", "1000", "--seed", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["BraTS2021_01000", "BraTS2021_01001"]
+    with pytest.raises(MissingModError, match="first case index"):
+        write_phantom_dataset(tmp_path / "bad", 1, first_index=-1, progress=False)
+
+
 # --------------------------------------------------------------------------------------- nnU-Net end to end
 @pytest.mark.slow
 def test_converted_dataset_plans_preprocesses_and_trains(tmp_path, raw):

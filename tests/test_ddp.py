@@ -3,6 +3,7 @@ wrapped by the base's own ``wrap_modules_for_ddp`` (what ``initialize()`` calls 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,15 +16,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, nnunet_root, result_dir):
+def _trainer_class(name):
+    if name == "TeacherDiscriminatorTrainer":
+        from trainer_helpers import TeacherDiscriminatorTrainer
+        return TeacherDiscriminatorTrainer
+    from nnunet_missingmod.training.registry import trainer_registry
+    return trainer_registry()[name]
+
+
+def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
     import sys
     sys.path.insert(0, os.path.dirname(__file__))
-    from trainer_helpers import TeacherDiscriminatorTrainer, make_batch, make_trainer, module_parameters
+    from trainer_helpers import make_batch, make_trainer, module_parameters
     torch.manual_seed(0)  # identical initial weights; DDP also broadcasts rank 0's at wrap time
     torch.set_num_threads(1)
     # nnU-Net forces cuda once a process group exists, so the trainer is built first; then the base class wraps
     # every module with the same method initialize() uses under DDP.
-    trainer = make_trainer(nnunet_root, TeacherDiscriminatorTrainer)
+    trainer = make_trainer(nnunet_root, _trainer_class(trainer_name))
     trainer.subset_generator.manual_seed(1000 + rank)  # ranks draw different subsets
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -43,13 +52,20 @@ def _worker(rank, world_size, port, nnunet_root, result_dir):
     dist.destroy_process_group()
 
 
-def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preprocessed, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), nnunet_root, str(tmp_path)), nprocs=2, join=True)
+MODULES = {"TeacherDiscriminatorTrainer": {"network", "teacher", "discriminator"},
+           "MSTKDTrainer_small": {"network", "teacher", "discriminator"},
+           "CCSDTrainer_small": {"network"}}
+
+
+@pytest.mark.parametrize("trainer_name", sorted(MODULES))
+def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preprocessed, tmp_path, trainer_name):
+    mp.spawn(_worker, args=(2, _free_port(), nnunet_root, str(tmp_path), trainer_name), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert set(r0["after"]) == {"network", "teacher", "discriminator"}
+    assert set(r0["after"]) == MODULES[trainer_name]
     assert all(r0["wrapped"].values())  # every trainable module was DDP-wrapped by the base class
     for name in r0["after"]:
         assert torch.equal(r0["before"][name], r1["before"][name]), name
         assert not torch.equal(r0["before"][name], r0["after"][name]), name  # the step changed the weights
         assert torch.equal(r0["after"][name], r1["after"][name]), name  # averaged gradients: identical on ranks
-    assert not torch.equal(r0["masks"], r1["masks"])  # while each rank trained on its own subsets
+    if trainer_name != "CCSDTrainer_small":  # CCSD feeds every sequence and draws its students per step
+        assert not torch.equal(r0["masks"], r1["masks"])  # while each rank trained on its own subsets

@@ -244,3 +244,18 @@ def test_parse_regions_and_presets():
         preset_regions("brats2017")
     with pytest.raises(MissingModError, match="not both"):
         resolve_regions(regions_text="WT=1", label_format="msd")
+
+
+def test_name_flag_names_the_model_in_every_output(folders, tmp_path, capsys):
+    gt_dir, pred_dir = folders
+    out = tmp_path / "out"
+    code, stdout, err = run_main(capsys, "score", gt_dir, pred_dir, "--regions", "WT=1,2,3;ET=3", "-o", out,
+                                 "-np", "1", "--name", "nnU-Net dropout")
+    assert code == 0, err
+    assert {row["trainer"] for row in read_csv(out / "metrics.csv")} == {"nnU-Net dropout"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trainers"] == ["nnU-Net dropout"]  # the plots' legends and titles are drawn from these names
+    assert "| WT | nnU-Net dropout |" in (out / "summary.md").read_text()
+    assert "nnU-Net dropout WT: Dice" in stdout and "predictions" not in stdout.replace(str(pred_dir), "")
+    code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--regions", "WT=1", "-o", out, "--name", " ")
+    assert code == 2 and "--name must not be empty" in err

@@ -8,12 +8,13 @@ def _convert(args) -> int:
     from nnunet_missingmod.conversion.convert import REPORT_NAME, convert_dataset
 
     result = convert_dataset(args.format, args.source_dir, args.dataset_id, name=args.name, link=args.link,
-                             allow_missing=args.allow_missing, keep_rc=args.keep_rc)
+                             allow_missing=args.allow_missing, keep_rc=args.keep_rc, test_cases=args.test_cases)
     if result.already_done:
         print(f"{result.dataset_dir} already holds this conversion (same source, files and options); nothing to do")
         return 0
     print(f"wrote {result.dataset_dir}: {result.num_training} training case(s) in imagesTr/labelsTr, "
-          f"{result.num_test} unlabelled case(s) in imagesTs")
+          + (f"{len(result.held_out)} held-out labelled case(s) in imagesTs/labelsTs, " if result.held_out else "")
+          + f"{result.num_test} unlabelled case(s) in imagesTs")
     if result.missing_sequences:
         print(f"{len(result.missing_sequences)} case(s) with missing sequences written as zero images; "
               f"see {result.dataset_dir / REPORT_NAME}")
@@ -32,7 +33,7 @@ def _phantom(args) -> int:
     from nnunet_missingmod.conversion.phantom import write_phantom_dataset
 
     cases = write_phantom_dataset(args.out_dir, args.n, args.layout, spacing=args.spacing, seed=args.seed,
-                                  n_unlabelled=args.unlabelled)
+                                  n_unlabelled=args.unlabelled, first_index=args.first_index)
     print(f"wrote {len(cases)} phantom case(s) in the {args.layout} layout to {args.out_dir}; convert with: "
           f"nnunet-missingmod convert {args.layout} {args.out_dir} DATASET_ID")
     return 0
@@ -44,8 +45,9 @@ def register(subparsers) -> None:
         "convert", help="convert BraTS 2018-2024, FeTS or MSD data to an nnU-Net raw dataset",
         description="Convert a source folder to $nnUNet_raw/DatasetXXX_NAME with channels _0000 T1, _0001 T1ce, "
                     "_0002 T2, _0003 FLAIR and region labels (1 oedema, 2 NCR/NET, 3 ET; regions WT, TC, ET). "
-                    "Cases without a segmentation go to imagesTs. Nothing is written if any check fails; a rerun "
-                    "with the same input is a no-op.")
+                    "Cases without a segmentation go to imagesTs; --test-cases holds out labelled cases in "
+                    "imagesTs/labelsTs. Nothing is written if any check fails; a rerun with the same input is a "
+                    "no-op.")
     p.add_argument("format", choices=FORMAT_KEYS, metavar="FORMAT", help=f"source format: {formats}")
     p.add_argument("source_dir", metavar="SOURCE_DIR",
                    help="folder with one sub-folder per case (or HGG/LGG for 2018/2019); for msd the "
@@ -60,6 +62,11 @@ def register(subparsers) -> None:
     p.add_argument("--keep-rc", action="store_true",
                    help="brats2024: keep the resection cavity as label 4 and its own region (default: background, "
                         "as the official scorer excludes RC from WT and TC)")
+    p.add_argument("--test-cases", type=int, default=0, metavar="N",
+                   help="hold out N labelled cases as a test set: their images go to imagesTs and their labels, "
+                        "converted like the training labels, to labelsTs (for 'evaluate -i imagesTs -l labelsTs'). "
+                        "The choice is deterministic: the N case ids with the smallest SHA-256 hash, the same on "
+                        "every run and machine; they are listed in conversion_report.json. Default 0")
     p.set_defaults(func=_convert)
 
     p = subparsers.add_parser(
@@ -82,4 +89,8 @@ def register(subparsers) -> None:
                    help=f"source layout (default brats2021): {formats}")
     p.add_argument("--spacing", type=float, default=6.0, help="isotropic voxel size in mm (default 6: ~33x39x32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--first-index", type=int, default=None, metavar="I",
+                   help="number of the first case in the case ids (default: the format's, e.g. BraTS2021_00000); "
+                        "give test phantoms an offset, e.g. --first-index 1000, so that their ids differ from "
+                        "the training phantoms'")
     p.set_defaults(func=_phantom)

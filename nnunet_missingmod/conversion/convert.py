@@ -1,6 +1,7 @@
 """Convert a BraTS / FeTS / MSD source folder into one canonical nnU-Net raw dataset.
 
-Steps: discover the cases (rules from :mod:`.formats`), check them from their headers (all four sequences present,
+Steps: discover the cases (rules from :mod:`.formats`; files named like another format are reported as such), choose
+the held-out test cases (``--test-cases``), check them from their headers (all four sequences present,
 same geometry within a case), then build the whole dataset in a hidden temporary sibling folder under
 ``$nnUNet_raw`` and rename it into place. Label values are checked while the labels are remapped; any error removes
 the temporary folder, so a failed run leaves nothing behind. The source is only read.
@@ -23,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_missingmod.conversion.formats import DatasetFormat, dataset_json_labels, get_format
+from nnunet_missingmod.conversion.formats import FORMATS, DatasetFormat, dataset_json_labels, get_format
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.io_checks import GEOMETRY_ATOL, NIFTI_ENDINGS, check_nifti_data, error_reason
@@ -171,6 +172,44 @@ def discover_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
     if duplicates:
         raise MissingModError(f"case id(s) found twice in {str(source)!r}: {', '.join(duplicates[:10])}")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def other_format_hint(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], dataset_id: int) -> Optional[str]:
+    """When sequences are missing under ``fmt``'s file names but every case is complete under another format's
+    (say 2021 files given as brats2023), the message that names that format; ``None`` otherwise."""
+    if fmt.is_msd or not any(c.missing for c in cases):
+        return None
+    own_names = {fmt.official_suffix(m).lower() for m in MODALITIES}
+    complete_here = sum(not c.missing for c in cases)
+    candidates = []
+    for other in FORMATS.values():
+        other_names = {s.lower() for suffixes in other.suffixes.values() for s in suffixes}
+        if other.is_msd or own_names & other_names:  # same naming (or accepts it): it would find no more files
+            continue
+        try:
+            other_cases = discover_cases(other, source)
+        except MissingModError:
+            continue
+        if all(not c.missing for c in other_cases) and len(other_cases) > complete_here:
+            candidates.append(other)
+    if not candidates:
+        return None
+    # Among formats with the same file names, prefer the one whose case names match (BraTS2021_00000 -> brats2021).
+    best = next((f for f in candidates if all(f.names_case(c.case_id) for c in cases)), candidates[0])
+    same_names = [f.key for f in candidates if f is not best and f.naming_example() == best.naming_example()]
+    return (f"these files look like {best.key} (files named {best.naming_example()}), not {fmt.key} "
+            f"({fmt.naming_example()}); use: nnunet-missingmod convert {best.key} {source} {dataset_id}"
+            + (f" (or {', '.join(same_names)}: same file names)" if same_names else ""))
+
+
+def held_out_case_ids(cases: Sequence[SourceCase], n_test: int) -> List[str]:
+    """The ``n_test`` labelled cases held out as a test set: those whose SHA-256 of the case id sorts first. The
+    choice depends on nothing but the case ids (not on the order of the files, the machine or a random state)."""
+    labelled = [c.case_id for c in cases if c.labelled]
+    if n_test < 0 or (n_test > 0 and n_test >= len(labelled)):
+        raise MissingModError(f"--test-cases {n_test}: the source has {len(labelled)} labelled case(s); hold out "
+                              f"between 0 and {max(len(labelled) - 1, 0)} so that at least one is left for training")
+    return sorted(sorted(labelled, key=lambda c: hashlib.sha256(c.encode()).hexdigest())[:n_test])
 
 
 # ------------------------------------------------------------------------------------------------------ checks
@@ -399,12 +438,16 @@ def _write_label(fmt: DatasetFormat, case: SourceCase, keep_rc: bool, dst: Path)
 
 
 def _write_case(fmt: DatasetFormat, case: SourceCase, geometry: Geometry, folder: Path, link: bool,
-                keep_rc: bool) -> None:
-    images_dir = folder / ("imagesTr" if case.labelled else "imagesTs")
+                keep_rc: bool, held_out: bool) -> None:
+    """Training cases go to imagesTr/labelsTr; held-out labelled cases to imagesTs/labelsTs (labels converted the
+    same way); unlabelled cases to imagesTs."""
+    training = case.labelled and not held_out
+    images_dir = folder / ("imagesTr" if training else "imagesTs")
     for channel, modality in enumerate(MODALITIES):
         _write_image(case.images[modality], geometry, images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}", link)
     if case.labelled:
-        _write_label(fmt, case, keep_rc, folder / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
+        labels_dir = folder / ("labelsTr" if training else "labelsTs")
+        _write_label(fmt, case, keep_rc, labels_dir / f"{case.case_id}{FILE_ENDING}")
 
 
 def _description(fmt: DatasetFormat, keep_rc: bool) -> str:
@@ -419,20 +462,23 @@ def _description(fmt: DatasetFormat, keep_rc: bool) -> str:
 
 
 def _write_dataset(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], geometries: Dict[str, Geometry],
-                   folder: Path, dataset_name: str, link: bool, keep_rc: bool, report: Dict, progress: bool) -> None:
+                   folder: Path, dataset_name: str, link: bool, keep_rc: bool, held_out: Sequence[str], report: Dict,
+                   progress: bool) -> None:
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if any(not c.labelled for c in cases) else ()):
+    held_out = set(held_out)
+    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if held_out or any(not c.labelled for c in cases) else ()) \
+            + (("labelsTs",) if held_out else ()):
         (folder / sub).mkdir(parents=True)
     for case in tqdm(cases, desc=f"converting {fmt.key}", disable=not progress):
-        _write_case(fmt, case, geometries[case.case_id], folder, link, keep_rc)
+        _write_case(fmt, case, geometries[case.case_id], folder, link, keep_rc, case.case_id in held_out)
     for sidecar in _sidecar_files(fmt, source):
         shutil.copyfile(sidecar, folder / sidecar.name)
     labels, regions_class_order = dataset_json_labels(fmt.labels, keep_rc)
     generate_dataset_json(
         str(folder), channel_names={i: m for i, m in enumerate(MODALITIES)}, labels=labels,
-        num_training_cases=sum(c.labelled for c in cases), file_ending=FILE_ENDING,
+        num_training_cases=sum(c.labelled and c.case_id not in held_out for c in cases), file_ending=FILE_ENDING,
         regions_class_order=regions_class_order, dataset_name=dataset_name,
         reference=fmt.reference or None, description=_description(fmt, keep_rc),
         license="see the licence of the source dataset", converted_by="nnunet-missingmod convert",
@@ -447,12 +493,16 @@ class ConversionResult:
     num_test: int
     missing_sequences: Dict[str, List[str]]
     already_done: bool = False
+    held_out: List[str] = field(default_factory=list)
+    """Labelled cases written to imagesTs/labelsTs (``--test-cases``)."""
 
 
 def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, name: Optional[str] = None,
-                    link: bool = False, allow_missing: bool = False, keep_rc: bool = False,
+                    link: bool = False, allow_missing: bool = False, keep_rc: bool = False, test_cases: int = 0,
                     progress: bool = True) -> ConversionResult:
     """Convert ``source_dir`` (layout ``format_key``) to ``$nnUNet_raw/Dataset{ID:03d}_{NAME}``.
+
+    ``test_cases``: hold out this many labelled cases (chosen by :func:`held_out_case_ids`) in imagesTs/labelsTs.
 
     Raises :class:`MissingModError` for any problem with the input or the target; then nothing is written.
     """
@@ -464,8 +514,12 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
         dataset_json_labels(fmt.labels, keep_rc)  # raises early for formats without RC
     raw = nnunet_raw_dir()
     cases = discover_cases(fmt, source)
+    hint = other_format_hint(fmt, source, cases, dataset_id)
+    if hint:
+        raise MissingModError(hint)
+    held_out = held_out_case_ids(cases, test_cases)
     _check_id_not_used_elsewhere(dataset_id, folder_name)
-    options = {"link": link, "allow_missing": allow_missing, "keep_rc": keep_rc}
+    options = {"link": link, "allow_missing": allow_missing, "keep_rc": keep_rc, "test_cases": test_cases}
     fingerprint = _fingerprint(fmt, source, cases, options)
     target = raw / folder_name
     if target.exists():
@@ -474,11 +528,12 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
                                   f"or modified files); remove it or choose another dataset ID")
         report = json.loads((target / REPORT_NAME).read_text())
         return ConversionResult(target, report["num_training"], report["num_test"], report["missing_sequences"],
-                                already_done=True)
+                                already_done=True, held_out=report.get("held_out_test_cases", []))
     geometries = check_cases(cases, allow_missing, progress)
     missing = {c.case_id: list(c.missing) for c in cases if c.missing}
     report = {"format": fmt.key, "source": str(source), "options": options, "fingerprint": fingerprint,
-              "num_training": sum(c.labelled for c in cases), "num_test": sum(not c.labelled for c in cases),
+              "num_training": sum(c.labelled for c in cases) - len(held_out),
+              "num_test": sum(not c.labelled for c in cases), "held_out_test_cases": held_out,
               "missing_sequences": missing,
               "note": "missing sequences were written as zero images with the case's geometry"}
     raw.mkdir(parents=True, exist_ok=True)
@@ -486,7 +541,7 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
     temp = raw / f".{folder_name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, report, progress)
+        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, held_out, report, progress)
         try:
             os.rename(temp, target)
         except OSError:
@@ -494,4 +549,4 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
                                   f"nothing was changed") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return ConversionResult(target, report["num_training"], report["num_test"], missing)
+    return ConversionResult(target, report["num_training"], report["num_test"], missing, held_out=held_out)

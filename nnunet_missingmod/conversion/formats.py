@@ -10,6 +10,7 @@ uses one nnU-Net labelling for all formats (:data:`NNUNET_LABEL_OF_TISSUE`), nes
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -112,6 +113,17 @@ class DatasetFormat:
     def official_suffix(self, modality: str) -> str:
         return self.suffixes[modality][0]
 
+    def naming_example(self) -> str:
+        """``<case>_t1, _t1ce, _t2, _flair``-style summary of the file names (for messages)."""
+        if self.is_msd:
+            return "imagesTr/<case>.nii.gz with four channels"
+        return ", ".join(f"{self.separator}{self.official_suffix(m)}" for m in MODALITIES)
+
+    def names_case(self, case_id: str) -> bool:
+        """Whether ``case_id`` looks like one of this format's case names (its phantom template, any number)."""
+        pattern = re.sub(r"\\\{index[^}]*\\\}", r"\\d+", re.escape(self.case_name))  # re.escape gives \{index:05d\}
+        return re.fullmatch(pattern, case_id) is not None
+
 
 FORMATS: Dict[str, DatasetFormat] = {f.key: f for f in (
     DatasetFormat("brats2018", "BraTS2018", "BraTS 2018 (HGG/LGG)", LEGACY, group_dirs=("HGG", "LGG"),
@@ -124,6 +136,9 @@ FORMATS: Dict[str, DatasetFormat] = {f.key: f for f in (
                   reference="https://www.med.upenn.edu/cbica/brats2020/"),
     DatasetFormat("brats2021", "BraTS2021", "BraTS 2021 (RSNA-ASNR-MICCAI)", LEGACY,
                   case_name="BraTS2021_{index:05d}", reference="https://www.synapse.org/brats2021"),
+    # BraTS 2022 (continuous evaluation) re-released the 2021 data: same files, case names and labels.
+    DatasetFormat("brats2022", "BraTS2022", "BraTS 2022 (the BraTS 2021 data and layout)", LEGACY,
+                  case_name="BraTS2021_{index:05d}", reference="https://www.synapse.org/brats2022"),
     DatasetFormat("fets2022", "FeTS2022", "FeTS 2021/2022", LEGACY,
                   partitioning_csvs=("partitioning_1.csv", "partitioning_2.csv"), case_name="FeTS2022_{index:05d}", reference="https://fets-ai.github.io/Challenge/"),
     DatasetFormat("brats2023", "BraTS2023", "BraTS 2023 GLI (also PED, SSA, MEN, MET naming)", GLI2023,

@@ -333,7 +333,8 @@ def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats
     """Write ``n`` labelled and ``n_unlabelled`` image-only cases in the source layout of ``format_key``.
 
     ``out_dir`` becomes the folder that ``convert FORMAT out_dir ID`` reads: the case folders (inside HGG/LGG for
-    2018/2019), or imagesTr/labelsTr/imagesTs and dataset.json for MSD. Case ``i`` uses the seed ``(seed, i)``.
+    2018/2019), or imagesTr/labelsTr/imagesTs and dataset.json for MSD. Case ``i`` uses the seed ``(seed, i)`` and
+    the id ``case_name`` formatted with ``first_index + i`` (default: the format's first index).
     ``quirks``: reproduce known naming bugs (BraTS 2020 case 355's segmentation file). ``extension``: ``.nii.gz``
     or ``.nii`` (BraTS 2019 ships both). Returns {case id: case}.
     """
@@ -345,6 +346,8 @@ def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats
         raise MissingModError(f"number of phantom cases must be positive, got {n} labelled and {n_unlabelled} unlabelled")
     if extension not in (".nii.gz", ".nii") or (fmt.is_msd and extension != ".nii.gz"):
         raise MissingModError(f"extension must be .nii.gz or .nii (MSD: .nii.gz), got {extension!r}")
+    if first_index is not None and first_index < 0:
+        raise MissingModError(f"first case index must be 0 or more, got {first_index}")
     if out.exists() and any(out.iterdir()):
         raise MissingModError(f"phantom output folder {str(out)!r} is not empty")
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,11 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.options import (
+    add_scoring_arguments, conventions_from_args, print_overview, regions_from_args)
+from nnunet_missingmod.inference.model_folder import (
+    add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
+    resolve_device)
 from nnunet_missingmod.modalities import ModalitySubset, SUBSETS
 
 
@@ -39,23 +44,22 @@ def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None)
 
 
 def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
-                        progress: bool = True) -> Dict[str, str]:
+                        progress: bool = True, label: Optional[str] = None) -> Dict[str, str]:
     """Predict every case under every subset into ``out_root/<subset>/`` (emptied first, so no prediction of an
     earlier run is scored); returns subset name → prediction folder."""
     folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
-    with tqdm(total=len(cases) * len(subsets), desc=f"{predictor.trainer_name}: case x subset", unit="pred",
-              disable=not progress) as bar:
+    with tqdm(total=len(cases) * len(subsets), desc=f"{label or predictor.trainer_name}: case x subset",
+              unit="pred", disable=not progress, leave=False) as bar:
         for case in cases:
-            data, properties, mask, load_warnings = predictor.load_case(case)
-            if not all(mask):
+            data, properties, available, load_warnings = predictor.load_case(case)
+            if not available.is_full:  # a constant volume counts as missing, and a subset needs all to simulate
                 raise MissingModError(f"case {case.case_id}: {'; '.join(load_warnings)}")
             preprocessed, properties = predictor.preprocess(data, properties)
             for subset in subsets:
-                logits = predictor.predict_preprocessed(preprocessed,
-                                                        subset.channel_mask(predictor.channel_modalities))
+                logits = predictor.predict_preprocessed(preprocessed, subset)
                 predictor.export(logits, properties, os.path.join(folders[subset.name], case.case_id))
                 bar.update()
     return folders
@@ -70,26 +74,10 @@ def unique_trainer_labels(names: Sequence[str]) -> List[str]:
     return labels
 
 
-def model_folders_from_args(args) -> List[str]:
-    """``-m`` folders, or one folder per ``-tr`` trainer under ``$nnUNet_results`` (with ``-d -c -p``)."""
-    from nnunet_missingmod.inference.cli import resolve_model_folder
-    if args.m:
-        return [resolve_model_folder(_with(args, m=m)) for m in args.m]
-    return [resolve_model_folder(_with(args, m=None, tr=tr)) for tr in args.tr]
-
-
-def _with(args, **changes):
-    import argparse
-    values = dict(vars(args))
-    values.update(changes)
-    return argparse.Namespace(**values)
-
-
 def run_evaluate(args) -> int:
-    from nnunet_missingmod.evaluation.cli import conventions_from_args, print_overview, regions_from_args
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
-    from nnunet_missingmod.inference.cli import check_model_folder, make_device, parse_folds
+    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     from nnunet_missingmod.modalities import parse_subsets
 
@@ -99,15 +87,19 @@ def run_evaluate(args) -> int:
     if args.num_processes < 1:
         raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
     subsets = parse_subsets(args.subsets)
+    device = resolve_device(args.device)
     model_folders = model_folders_from_args(args)
+    folds = parse_folds(args.f)
     for folder in model_folders:
-        check_model_folder(folder, parse_folds(args.f), args.chk)
-    device = make_device(args.device)
+        check_model_folder(folder, folds, args.chk)
+    log = start_log(args.output, "evaluate", args.verbose)
     predictors = []
     for folder in model_folders:
-        predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
-                                             device=device, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(folder, parse_folds(args.f), checkpoint_name=args.chk)
+        with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
+            predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
+                                                 device=device, verbose=args.verbose, allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(folder, folds, checkpoint_name=args.chk)
+        predictor.nnunet_log = log
         predictors.append(predictor)
     labels = unique_trainer_labels([p.trainer_name for p in predictors])
     if args.dataset_json is None and args.regions is None and args.label_format is None:
@@ -118,24 +110,27 @@ def run_evaluate(args) -> int:
     prediction_folders = []
     for label, predictor, model_cases in zip(labels, predictors, cases):
         folders = predict_all_subsets(predictor, model_cases, os.path.join(args.output, "predictions", label),
-                                      subsets)
+                                      subsets, label=label)
+        print(f"{label}: {len(model_cases)} case(s) x {len(subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
     records = score_prediction_folders(args.l, prediction_folders, regions, hd95_variant=args.hd95_variant,
                                        num_processes=args.num_processes,
                                        file_ending=predictors[0].dataset_json["file_ending"])
     summary = write_report(records, args.output, conventions_from_args(args))
     print_overview(summary, args.output)
+    if log:
+        print(f"nnU-Net's messages in {log}")
     return 0
 
 
-def register_evaluate(subparsers, add_scoring_arguments) -> None:
-    from nnunet_missingmod.inference.cli import add_model_arguments, add_prediction_arguments
+def register_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="predict every case under every modality subset and score it (Dice, HD95, AURC)",
         description="For each model, predict every case of IMAGES (nnU-Net raw layout, all sequences present) "
                     "under every modality subset (default all 15), preprocessing each case once, and score the "
                     "full volumes in the original image space against LABELS. Writes metrics.csv, summary.json, "
-                    "summary.md, robustness.png, subsets.png and the predictions into OUT.")
+                    "summary.md, robustness.png, subsets.png, the predictions and nnU-Net's own messages "
+                    "(evaluate.log; --verbose: to the terminal) into OUT.")
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
     add_model_arguments(p, several=True)

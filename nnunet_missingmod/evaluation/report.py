@@ -23,13 +23,12 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import atomic_write_text, make_readable, remove_quietly
+from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
 from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, ONE_EMPTY_HD95, aurc
 from nnunet_missingmod.evaluation.scoring import NO_SUBSET, RECORD_FIELDS, Record
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
@@ -473,13 +472,5 @@ def plot_subset_heatmap(summary: Mapping[str, Any], path: str) -> None:
 # ------------------------------------------------------------------------------------------------------- files
 
 def _atomic_savefig(figure: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise

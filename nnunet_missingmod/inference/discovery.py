@@ -4,7 +4,7 @@ Two layouts are understood:
 
 * nnU-Net raw: ``CASE_0000.nii.gz`` ... in one folder, any of them absent; the model's ``channel_names`` say which
   modality each channel index is.
-* BraTS: one folder per case (or files side by side) named ``<case>_t1/_t1ce/_t2/_flair`` (2018-2021, FeTS 2022) or
+* BraTS: one folder per case (or files side by side) named ``<case>_t1/_t1ce/_t2/_flair`` (2018-2022, FeTS 2022) or
   ``<case>-t1n/-t1c/-t2w/-t2f`` (2023+), ``.nii`` or ``.nii.gz``; segmentation files are ignored.
 
 A problem with one case (an unknown channel index, two files for one sequence) is recorded on that case, so the
@@ -13,36 +13,55 @@ other cases still run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.modalities import ALIASES, canonical_modality
+from nnunet_missingmod.modalities import ALIASES, ModalitySubset
 
 _NIFTI = r"\.nii(?:\.gz)?"
 _BRATS_SUFFIX = re.compile(r"^(?P<case>.+?)[_-](?P<seq>[A-Za-z0-9]+)" + _NIFTI + "$")
 _SEGMENTATION_WORDS = ("seg", "label", "labels", "mask")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseFiles:
-    """One case: the file of each present modality (canonical name → path), and a problem if it has one."""
+    """One case: the file of each modality it will be predicted from (canonical name → path), and a problem if it
+    has one. Never changed after discovery: :func:`restrict_to` returns a new one."""
     case_id: str
-    files: Dict[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
     error: Optional[str] = None
+    requested: Optional[ModalitySubset] = None
+    """The ``--modalities`` subset the case was restricted to (``None``: all of its files are used)."""
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    """Files that exist but were left out because ``requested`` does not name their modality."""
+
+    @property
+    def available(self) -> Optional[ModalitySubset]:
+        """The modalities that have a file (``None`` if none has)."""
+        return ModalitySubset.from_modalities(self.files) if self.files else None
+
+
+class _FoundCase:
+    """A case while its folder is being read (files are added one by one; the first problem is kept)."""
+
+    def __init__(self, case_id: str):
+        self.case_id, self.files, self.error = case_id, {}, None
+
+    def add(self, modality: str, path: Path) -> None:
+        if modality in self.files:
+            self.error = self.error or (f"case {self.case_id}: two files for {modality}: "
+                                        f"{Path(self.files[modality]).name} and {path.name}")
+        else:
+            self.files[modality] = str(path)
+
+    def frozen(self) -> CaseFiles:
+        return CaseFiles(self.case_id, dict(self.files), self.error)
 
 
 def _raw_layout_pattern(file_ending: str) -> re.Pattern:
     return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + "$")
-
-
-def _add_file(case: CaseFiles, modality: str, path: Path) -> None:
-    if modality in case.files:
-        case.error = case.error or (f"case {case.case_id}: two files for {modality}: "
-                                    f"{Path(case.files[modality]).name} and {path.name}")
-    else:
-        case.files[modality] = str(path)
 
 
 def _brats_modality(file_name: str) -> Optional[tuple]:
@@ -61,10 +80,10 @@ def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_en
     if not folder.is_dir():
         raise MissingModError(f"input folder {input_folder} does not exist")
     raw_pattern = _raw_layout_pattern(file_ending)
-    cases: Dict[str, CaseFiles] = {}
+    cases: Dict[str, _FoundCase] = {}
 
-    def case_named(case_id: str) -> CaseFiles:
-        return cases.setdefault(case_id, CaseFiles(case_id))
+    def case_named(case_id: str) -> _FoundCase:
+        return cases.setdefault(case_id, _FoundCase(case_id))
 
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         raw = raw_pattern.match(path.name)
@@ -76,21 +95,21 @@ def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_en
                     f"{len(channel_modalities)} channels ({', '.join(channel_modalities)} = _0000.."
                     f"_{len(channel_modalities) - 1:04d})")
             else:
-                _add_file(case, channel_modalities[channel], path)
+                case.add(channel_modalities[channel], path)
             continue
         brats = _brats_modality(path.name)
         if brats:
-            _add_file(case_named(brats[0]), brats[1], path)
+            case_named(brats[0]).add(brats[1], path)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         for path in sorted(p for p in sub.iterdir() if p.is_file()):
             brats = _brats_modality(path.name)
             if brats:
-                _add_file(case_named(sub.name), brats[1], path)
+                case_named(sub.name).add(brats[1], path)
     if not cases:
         raise MissingModError(
             f"no input images in {input_folder}: expected nnU-Net raw files (CASE_0000{file_ending} ...) or BraTS "
             f"files (CASE_t1/_t1ce/_t2/_flair or -t1n/-t1c/-t2w/-t2f .nii.gz, optionally one folder per case)")
-    return [cases[k] for k in sorted(cases)]
+    return [cases[k].frozen() for k in sorted(cases)]
 
 
 def cases_from_lists(list_of_lists: Sequence[Sequence[Optional[str]]], channel_modalities: Sequence[str]) \
@@ -111,12 +130,11 @@ def cases_from_lists(list_of_lists: Sequence[Sequence[Optional[str]]], channel_m
     return cases
 
 
-def restrict_to(case: CaseFiles, modalities: Optional[Sequence[str]]) -> Dict[str, str]:
-    """The files of the requested modalities only (``None``: all); returns those left out, modality → path."""
-    if modalities is None:
-        return {}
-    wanted = {canonical_modality(m) for m in modalities}
-    ignored = {m: f for m, f in case.files.items() if m not in wanted}
-    case.files = {m: f for m, f in case.files.items() if m in wanted}
-    return ignored
-
+def restrict_to(case: CaseFiles, requested: Optional[ModalitySubset]) -> CaseFiles:
+    """The case with only the files of ``requested`` (``None``: the case as it is); the files left out are kept in
+    :attr:`CaseFiles.excluded`, so that the sidecar and error messages can name them."""
+    if requested is None:
+        return case
+    return replace(case, requested=requested,
+                   files={m: f for m, f in case.files.items() if m in requested.modalities},
+                   excluded={m: f for m, f in case.files.items() if m not in requested.modalities})

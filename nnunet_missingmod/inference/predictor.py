@@ -6,8 +6,20 @@ channels to exactly 0 *after* normalisation (as training zeroes them, and correc
 not only z-score), predict with nnU-Net's sliding window and export with nnU-Net's exporter. With all sequences
 present this is exactly what ``nnUNetv2_predict`` computes.
 
+One :class:`~nnunet_missingmod.modalities.ModalitySubset` travels through a case: ``--modalities`` is parsed once
+into the *requested* subset, :func:`~nnunet_missingmod.inference.discovery.restrict_to` keeps only its files,
+:meth:`MissingModalityPredictor.load_case` returns the subset actually *used* (files that exist, minus constant
+volumes), and that same object gives the channel mask zeroed in the input and handed to the network.
+
+What the checkpoint tells the predictor: only what nnU-Net reads (``trainer_name``, ``init_args``,
+``network_weights``, ``inference_allowed_mirroring_axes``). The ``missingmod_config`` our trainers write into every
+checkpoint is *not* read here, nor anywhere else in inference; ``trained_for_missing_modalities`` comes from the
+trainer class named by ``trainer_name`` (a subclass of ``MissingModalityTrainerBase`` or not).
+
 A network that wants the mask itself exposes ``set_modality_mask(mask: (C,) bool tensor)`` on the module that
-``build_network_architecture`` returns; the predictor calls it before each case.
+``build_network_architecture`` returns; this predictor (``predict``, ``evaluate``) calls it before every case. Nothing
+else does: nnU-Net's own final validation at the end of ``nnUNetv2_train`` and stock ``nnUNetv2_predict`` never call
+it, so such a network must also work when it was never given a mask (treat "no mask" as the full set).
 """
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,10 +37,11 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import GEOMETRY_ATOL, atomic_write_text, check_nifti_data, error_reason
 from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
+from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
+from nnunet_missingmod.io_checks import GEOMETRY_ATOL, atomic_write_text, check_nifti_data, error_reason
 from nnunet_missingmod.modalities import (
-    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset)
+    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset, subset_of_channel_mask)
 
 MODALITY_MASK_HOOK = "set_modality_mask"
 SIDECAR_SUFFIX = ".modalities.json"
@@ -43,7 +56,7 @@ MISSING_SEQUENCE_WARNINGS = {
 
 def ensure_trainer_lookup() -> None:
     """Make nnU-Net's trainer lookup find this package's trainers (keeps a user's own nnUNet_extTrainer dirs)."""
-    from nnunet_missingmod.training.cli import trainer_dir
+    from nnunet_missingmod.training.registry import trainer_dir
     ours = trainer_dir()
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if ours not in current:
@@ -75,6 +88,25 @@ class CaseResult:
         return f"{self.case}: {self.subset} (missing: {missing}){note}"
 
 
+class LoadedCase(NamedTuple):
+    """A case read by :meth:`MissingModalityPredictor.load_case`."""
+    data: np.ndarray
+    """(C, *shape) float32 in the model's channel order, zero images for the absent channels."""
+    properties: dict
+    subset: ModalitySubset
+    """The modalities the case is predicted from: its files, minus those ``--modalities`` left out and constant
+    volumes."""
+    warnings: List[str]
+
+
+def as_subset(modalities: Union[ModalitySubset, str, Iterable[str], None]) -> Optional[ModalitySubset]:
+    """``--modalities`` as a subset, parsed here once for the Python API (``"T1ce,FLAIR"``, a list of names, or a
+    :class:`ModalitySubset` as it is); ``None`` means every file of a case is used."""
+    if modalities is None or isinstance(modalities, ModalitySubset):
+        return modalities
+    return parse_subset(modalities)
+
+
 def _geometry(props: dict) -> Dict[str, np.ndarray]:
     """Spacing plus every numeric geometry entry the reader keeps (SimpleITK: spacing, origin and direction in
     (x, y, z) order, replacing nnU-Net's (z, y, x) spacing; nibabel: the affine)."""
@@ -94,7 +126,10 @@ class MissingModalityPredictor(nnUNetPredictor):
 
     Entry points as nnU-Net's (``initialize_from_trained_model_folder``, ``predict_from_files``,
     ``predict_single_npy_array``), plus ``predict_case`` for one :class:`CaseFiles` and ``channel_mask`` arguments.
+    ``nnunet_log``: a file that receives nnU-Net's own prints while cases are predicted (``None``: the terminal).
     """
+
+    nnunet_log: Optional[str] = None
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Union[Tuple[Union[int, str]], None],
@@ -117,12 +152,12 @@ class MissingModalityPredictor(nnUNetPredictor):
         self.preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
 
     # ------------------------------------------------------------------ loading
-    def load_case(self, case: CaseFiles) -> Tuple[np.ndarray, dict, Tuple[bool, ...], List[str]]:
-        """Read a case's present files into the model's channel order.
+    def load_case(self, case: CaseFiles) -> LoadedCase:
+        """Read a case's files into the model's channel order.
 
-        Returns ``(data (C, *shape) float32 with zero images for absent channels, properties, channel mask,
-        warnings)``. Raises :class:`MissingModError` naming the case and file for unreadable files, NaN/Inf voxels,
-        mismatched geometry, or no usable sequence. A constant volume is treated as missing, with a warning.
+        Raises :class:`MissingModError` naming the case and file for unreadable files, NaN/Inf voxels, mismatched
+        geometry, or no usable sequence (saying which files ``--modalities`` left out, if any). A constant volume
+        is treated as missing, with a warning.
         """
         if case.error:
             raise MissingModError(case.error)
@@ -147,15 +182,23 @@ class MissingModalityPredictor(nnUNetPredictor):
                 self._check_same_geometry(case.case_id, reference, name, image.shape, _geometry(props))
             images[modality] = image[0]
         if not images:
-            raise MissingModError(f"case {case.case_id}: no usable sequence (need at least one of "
-                                  f"{', '.join(self.channel_modalities)})")
+            raise MissingModError(self._no_usable_sequence(case, warnings_))
         shape = reference[1][1:]
         data = np.zeros((len(self.channel_modalities), *shape), dtype=np.float32)
         for channel, modality in enumerate(self.channel_modalities):
             if modality in images:
                 data[channel] = images[modality]
-        mask = tuple(m in images for m in self.channel_modalities)
-        return data, reference[2], mask, warnings_
+        return LoadedCase(data, reference[2], ModalitySubset.from_modalities(images), warnings_)
+
+    def _no_usable_sequence(self, case: CaseFiles, load_warnings: List[str]) -> str:
+        reasons = []
+        if case.excluded:
+            reasons.append(f"--modalities {case.requested} left out its {', '.join(case.excluded)}")
+            if not case.files:
+                reasons.append(f"it has no {' or '.join(case.requested.modalities)}")
+        reasons += load_warnings
+        return (f"case {case.case_id}: no usable sequence" + (f" ({'; '.join(reasons)})" if reasons else "")
+                + f"; need at least one of {', '.join(self.channel_modalities)}")
 
     @staticmethod
     def _check_same_geometry(case_id, reference, name, shape, geometry) -> None:
@@ -173,18 +216,22 @@ class MissingModalityPredictor(nnUNetPredictor):
     # ------------------------------------------------------------------ predicting
     def preprocess(self, data: np.ndarray, properties: dict) -> Tuple[torch.Tensor, dict]:
         """nnU-Net's preprocessing of a (C, *shape) case, as ``nnUNetv2_predict`` runs it."""
-        data, _, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
-                                                             self.configuration_manager, self.dataset_json)
+        with nnunet_output_to(self.nnunet_log):
+            data, _, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
+                                                                 self.configuration_manager, self.dataset_json)
         return torch.from_numpy(data), properties
 
-    def predict_preprocessed(self, data: torch.Tensor, channel_mask: Sequence[bool]) -> torch.Tensor:
-        """Logits for a preprocessed case with the absent channels zeroed after normalisation."""
-        mask = torch.as_tensor(channel_mask, dtype=torch.bool)
-        data = apply_channel_mask(data, mask, channel_axis=0) if not mask.all() else data
+    def predict_preprocessed(self, data: torch.Tensor, subset: ModalitySubset) -> torch.Tensor:
+        """Logits for a preprocessed case, predicted from ``subset``: the other channels are zeroed after
+        normalisation, and the same subset's channel mask goes to the network's ``set_modality_mask`` if it has
+        one."""
+        mask = torch.tensor(subset.channel_mask(self.channel_modalities), dtype=torch.bool)
+        data = apply_channel_mask(data, mask, channel_axis=0) if not subset.is_full else data
         network = self.network
         if hasattr(network, MODALITY_MASK_HOOK):
             getattr(network, MODALITY_MASK_HOOK)(mask.to(self.device))
-        return self.predict_logits_from_preprocessed_data(data).cpu()
+        with nnunet_output_to(self.nnunet_log):
+            return self.predict_logits_from_preprocessed_data(data).cpu()
 
     def export(self, logits: torch.Tensor, properties: dict, output_file_truncated: str,
                save_probabilities: bool = False) -> str:
@@ -194,8 +241,9 @@ class MissingModalityPredictor(nnUNetPredictor):
         ending = self.dataset_json["file_ending"]
         extra = [".npz", ".pkl"] if save_probabilities else []
         try:
-            export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, temporary, save_probabilities)
+            with nnunet_output_to(self.nnunet_log):
+                export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                              self.dataset_json, temporary, save_probabilities)
             for suffix in extra + [ending]:
                 os.replace(temporary + suffix, output_file_truncated + suffix)
         finally:
@@ -204,16 +252,14 @@ class MissingModalityPredictor(nnUNetPredictor):
                     os.remove(temporary + suffix)
         return output_file_truncated + ending
 
-    def predict_case(self, case: CaseFiles, output_folder: str, modalities: Optional[Sequence[str]] = None,
-                     save_probabilities: bool = False) -> CaseResult:
-        """Predict one case and write ``CASE<ending>`` and ``CASE.modalities.json``; never raises for bad input:
-        the error is in the returned result (and no output file is written for that case)."""
+    def predict_case(self, case: CaseFiles, output_folder: str, save_probabilities: bool = False) -> CaseResult:
+        """Predict one case (already restricted by :func:`restrict_to`) and write ``CASE<ending>`` and
+        ``CASE.modalities.json``; never raises for bad input: the error is in the returned result (and no output
+        file is written for that case)."""
         os.makedirs(output_folder, exist_ok=True)
-        result = CaseResult(case.case_id)
-        result.ignored_files = restrict_to(case, modalities)
+        result = CaseResult(case.case_id, ignored_files=dict(case.excluded))
         try:
-            data, properties, mask, load_warnings = self.load_case(case)
-            subset = ModalitySubset.from_modalities(m for m, keep in zip(self.channel_modalities, mask) if keep)
+            data, properties, subset, load_warnings = self.load_case(case)
             result.present, result.missing, result.subset = list(subset.modalities), list(subset.missing), subset.name
             result.files = {m: f for m, f in case.files.items() if m in subset.modalities}
             result.warnings = load_warnings + [MISSING_SEQUENCE_WARNINGS[m] for m in subset.missing
@@ -222,7 +268,7 @@ class MissingModalityPredictor(nnUNetPredictor):
                 result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
                                        f"trained for missing sequences")
             preprocessed, properties = self.preprocess(data, properties)
-            logits = self.predict_preprocessed(preprocessed, mask)
+            logits = self.predict_preprocessed(preprocessed, subset)
             result.output = self.export(logits, properties, os.path.join(output_folder, case.case_id),
                                         save_probabilities)
         except MissingModError as e:
@@ -250,9 +296,10 @@ class MissingModalityPredictor(nnUNetPredictor):
                            save_probabilities: bool = False, overwrite: bool = True,
                            num_processes_preprocessing: int = 1, num_processes_segmentation_export: int = 1,
                            folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0,
-                           modalities: Optional[Sequence[str]] = None) -> List[CaseResult]:
+                           modalities: Union[ModalitySubset, str, Sequence[str], None] = None) -> List[CaseResult]:
         """Predict a folder (nnU-Net raw or BraTS layout, sequences may be absent) or nnU-Net's list of lists with
-        ``None`` for absent channels. ``modalities`` restricts every case to those sequences.
+        ``None`` for absent channels. ``modalities`` (a :class:`ModalitySubset`, or text/names parsed once by
+        :func:`as_subset`) restricts every case to those sequences.
 
         Cases are processed one after the other in this process (the ``num_processes_*`` arguments are accepted
         for compatibility); ``overwrite=False`` skips cases whose segmentation and sidecar exist.
@@ -262,14 +309,13 @@ class MissingModalityPredictor(nnUNetPredictor):
         output_folder = output_folder_or_list_of_truncated_output_files
         if not isinstance(output_folder, str):
             raise MissingModError("the missing-modality predictor takes an output folder")
-        if modalities is not None:
-            parse_subset(list(modalities))  # fail early on an unknown or empty list
+        requested = as_subset(modalities)  # fails early on an unknown or empty list
         if isinstance(list_of_lists_or_source_folder, str):
             cases = discover_cases(list_of_lists_or_source_folder, self.channel_modalities,
                                    self.dataset_json["file_ending"])
         else:
             cases = cases_from_lists(list_of_lists_or_source_folder, self.channel_modalities)
-        cases = cases[part_id::num_parts]
+        cases = [restrict_to(case, requested) for case in cases[part_id::num_parts]]
         os.makedirs(output_folder, exist_ok=True)
         # as nnUNetv2_predict does: nnUNetv2_apply_postprocessing and ensembling read them from the output folder
         save_json(self.dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
@@ -279,10 +325,15 @@ class MissingModalityPredictor(nnUNetPredictor):
             cases = [c for c in cases if not (os.path.isfile(os.path.join(output_folder, c.case_id + ending)) and
                                               os.path.isfile(os.path.join(output_folder, c.case_id + SIDECAR_SUFFIX)))]
         results = []
-        for case in tqdm(cases, desc="cases", unit="case", disable=not self.allow_tqdm):
-            result = self.predict_case(case, output_folder, modalities, save_probabilities)
-            tqdm.write(result.summary_line())
-            results.append(result)
+        show_cases = self.allow_tqdm
+        self.allow_tqdm = False  # one bar, over cases: nnU-Net's sliding-window bar would nest inside it
+        try:
+            for case in tqdm(cases, desc="cases", unit="case", disable=not show_cases):
+                result = self.predict_case(case, output_folder, save_probabilities)
+                tqdm.write(result.summary_line())
+                results.append(result)
+        finally:
+            self.allow_tqdm = show_cases
         return results
 
     def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
@@ -296,8 +347,9 @@ class MissingModalityPredictor(nnUNetPredictor):
                                                     output_file_truncated, save_or_return_probabilities)
         if segmentation_previous_stage is not None:
             raise MissingModError("cascaded configurations are not supported by the missing-modality predictor")
+        subset = subset_of_channel_mask(tuple(bool(m) for m in channel_mask), self.channel_modalities)
         data, properties = self.preprocess(np.asarray(input_image, dtype=np.float32), image_properties)
-        logits = self.predict_preprocessed(data, channel_mask)
+        logits = self.predict_preprocessed(data, subset)
         if output_file_truncated is not None:
             self.export(logits, properties, output_file_truncated, save_or_return_probabilities)
             return None

@@ -1,0 +1,70 @@
+"""Options and output shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output folder,
+and the overview printed at the end. Both commands import from here (and not from each other)."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS
+from nnunet_missingmod.evaluation.regions import REGION_PRESETS
+
+DEFAULT_NUM_PROCESSES = 2
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output folder."""
+    parser.add_argument("-djfile", "--dataset-json", dest="dataset_json", default=None, metavar="DATASET_JSON",
+                        help="nnU-Net dataset.json whose 'labels' define the regions (lists/tuples = regions, e.g. "
+                             "\"whole tumor\": [1, 2, 3]) and whose 'file_ending' selects the files")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--regions", default=None, metavar="SPEC",
+                       help="regions of plain label maps, e.g. 'WT=1,2,3;TC=2,3;ET=3' (overrides dataset.json)")
+    group.add_argument("--format", dest="label_format", choices=sorted(REGION_PRESETS), default=None,
+                       help="BraTS label convention of the label maps (the FORMAT of convert/labels-back): "
+                            + _format_presets_text() + "; overrides dataset.json")
+    parser.add_argument("--hd95-variant", choices=HD95_VARIANTS, default=DEFAULT_HD95_VARIANT,
+                        help="max_directed (default): max of the two directed 95th percentiles, as BraTS 2023 and "
+                             "MONAI; pooled: 95th percentile of both directions pooled, as medpy")
+    parser.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=DEFAULT_NUM_PROCESSES,
+                        help=f"worker processes for scoring, over cases (default {DEFAULT_NUM_PROCESSES})")
+    parser.add_argument("-o", "--output", dest="output", required=True, metavar="OUT",
+                        help="output folder for metrics.csv, summary.json, summary.md, robustness.png, subsets.png")
+
+
+def _format_presets_text() -> str:
+    """``brats2018/.../fets2022 (WT=1,2,4 TC=1,4 ET=4), ...``: the formats grouped by their region values."""
+    groups = {}
+    for key in REGION_PRESETS:
+        regions = " ".join(f"{r}={','.join(map(str, v))}" for r, v in REGION_PRESETS[key].items())
+        groups.setdefault(regions, []).append(key)
+    return ", ".join(f"{'/'.join(keys)} ({regions})" for regions, keys in groups.items())
+
+
+def regions_from_args(args: argparse.Namespace):
+    """Regions chosen by ``--regions``, ``--format`` or ``-djfile`` (in that priority)."""
+    from nnunet_missingmod.evaluation.regions import resolve_regions
+    return resolve_regions(args.dataset_json, args.regions, args.label_format)
+
+
+def file_ending_from_args(args: argparse.Namespace) -> Optional[str]:
+    """dataset.json's ``file_ending`` when ``-djfile`` is given, else ``None`` (any label image ending)."""
+    if args.dataset_json is None:
+        return None
+    from nnunet_missingmod.evaluation.regions import load_dataset_json
+    return load_dataset_json(args.dataset_json).get("file_ending")
+
+
+def conventions_from_args(args: argparse.Namespace) -> dict:
+    from nnunet_missingmod.evaluation.metrics import conventions
+    return conventions(args.hd95_variant)
+
+
+def print_overview(summary: dict, out_dir: str) -> None:
+    print(f"scored {len(summary['cases'])} case(s), regions {', '.join(summary['regions'])}; "
+          f"Dice in [0, 1], HD95 in mm ({summary['conventions']['hd95_variant']})")
+    for trainer in summary["trainers"]:
+        for region in summary["regions"]:
+            stats = summary["mean_over_subsets"][trainer][region]
+            print(f"  {trainer} {region}: Dice {stats['dice']['mean']:.3f}, HD95 {stats['hd95']['mean']:.2f} mm")
+    print(f"wrote {os.path.join(out_dir, 'summary.md')} (and metrics.csv, summary.json, plots)")

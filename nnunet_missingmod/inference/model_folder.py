@@ -1,0 +1,114 @@
+"""Choosing a trained model and the device to run it on: the flags and checks shared by ``predict`` and
+``evaluate`` (nnUNetv2_predict's ``-d -p -tr -c -f -chk``, ``-m MODEL_FOLDER``, ``-step_size``, ``-device``).
+
+Everything here fails with one :class:`MissingModError` naming the folder, fold or device at fault, before any
+model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List
+
+from nnunet_missingmod.errors import MissingModError
+
+DEVICES = ("auto", "cuda", "cpu", "mps")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """The model-selecting flags of nnUNetv2_predict (``-d -p -tr -c -f -chk``) plus ``-m MODEL_FOLDER``;
+    ``several``: ``-tr`` and ``-m`` take one or more values (to compare models)."""
+    many = {"nargs": "+"} if several else {}
+    parser.add_argument("-d", help="dataset name or id (with -c, -tr, -p; or use -m)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
+    parser.add_argument("-tr", default=["nnUNetTrainer"] if several else "nnUNetTrainer", **many,
+                        help="trainer class" + ("es to compare" if several else "") + ". Default: nnUNetTrainer")
+    parser.add_argument("-c", help="configuration, e.g. 3d_fullres")
+    parser.add_argument("-m", **many, help="trained model folder" + ("s" if several else "") +
+                        " (as nnUNetv2_predict_from_modelfolder), instead of -d/-c/-tr/-p")
+    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
+                        help="folds to ensemble. Default: 0 1 2 3 4")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name. Default: checkpoint_final.pth")
+
+
+def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sliding-window and device flags of nnUNetv2_predict, and ``--verbose``."""
+    parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size. Default: 0.5")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("-device", default="auto", choices=DEVICES, metavar="DEVICE",
+                        help="auto (default: cuda if PyTorch sees a GPU, else cpu), cuda, cpu or mps")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show nnU-Net's own messages on the terminal (default: they go to a log file in the "
+                             "output folder)")
+
+
+def resolve_model_folder(args: argparse.Namespace) -> str:
+    """The model folder named by ``-m``, or by ``-d -tr -p -c`` under ``$nnUNet_results``."""
+    if args.m:
+        if not os.path.isdir(args.m):
+            raise MissingModError(f"model folder {args.m} does not exist")
+        return args.m
+    if not args.d or not args.c:
+        raise MissingModError("name the model with -d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS], or -m FOLDER")
+    from nnunetv2.paths import nnUNet_results
+    if not nnUNet_results.is_set():
+        raise MissingModError("nnUNet_results is not set: export it, or pass the model folder with -m")
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    try:
+        folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    except RuntimeError as e:
+        raise MissingModError(f"dataset {args.d}: {e}") from None
+    if not os.path.isdir(folder):
+        raise MissingModError(f"no trained model at {folder} (check -d, -tr, -p, -c)")
+    return folder
+
+
+def model_folders_from_args(args: argparse.Namespace) -> List[str]:
+    """For flags added with ``several=True``: the ``-m`` folders, or one folder per ``-tr`` trainer under
+    ``$nnUNet_results`` (with ``-d -c -p``)."""
+    if args.m:
+        return [resolve_model_folder(_with(args, m=m)) for m in args.m]
+    return [resolve_model_folder(_with(args, m=None, tr=tr)) for tr in args.tr]
+
+
+def _with(args: argparse.Namespace, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def check_model_folder(folder: str, folds, checkpoint_name: str) -> None:
+    """One clear error, before any work, if the model folder lacks its plans, dataset.json or a fold's checkpoint."""
+    for name in ("plans.json", "dataset.json"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise MissingModError(f"model folder {folder} has no {name}: not a trained nnU-Net model folder")
+    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint_name))]
+    if missing:
+        available = sorted(d.name for d in os.scandir(folder) if d.is_dir() and d.name.startswith("fold_")
+                           and os.path.isfile(os.path.join(d.path, checkpoint_name)))
+        raise MissingModError(f"model folder {folder}: no {checkpoint_name} for fold(s) {', '.join(map(str, missing))}"
+                              f" (folds with one: {', '.join(available) or 'none'}); choose folds with -f")
+
+
+def parse_folds(folds) -> list:
+    return [f if f == "all" else int(f) for f in folds]
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` for ``-device``: ``auto`` is cuda when PyTorch sees a GPU, else cpu. An explicit
+    ``cuda`` or ``mps`` that PyTorch cannot use is one error here, instead of a driver traceback per case later.
+    Sets PyTorch's thread count as nnUNetv2_predict does."""
+    import torch
+    if name not in DEVICES:
+        raise MissingModError(f"-device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise MissingModError("-device cuda: PyTorch sees no CUDA GPU on this machine (torch.cuda.is_available() is "
+                              "False); use -device cpu, or -device auto to pick the GPU only where there is one")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise MissingModError("-device mps: PyTorch cannot use Apple's MPS here (torch.backends.mps.is_available() "
+                              "is False); use -device cpu or -device auto")
+    if name == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    elif name == "cuda":
+        torch.set_num_threads(1)
+    return torch.device(name)

@@ -1,0 +1,202 @@
+"""`predict` / `evaluate` behaviour that needs a real nnU-Net model folder but not a trained one: an untrained
+tiny U-Net saved the way nnUNetv2_train saves it (plans.json, dataset.json, fold_0/checkpoint_final.pth), loaded
+by nnU-Net's own initialize_from_trained_model_folder. Seconds instead of minutes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_missingmod.cli import main
+from nnunet_missingmod.inference.discovery import discover_cases, restrict_to
+from nnunet_missingmod.modalities import MODALITIES, ModalitySubset, parse_subset
+
+TRAINER = "nnUNetTrainer"  # stock: these tests are about the predictor, not about any method's network
+NNUNET_CPU_NOTE = "perform_everything_on_device=True is only supported for cuda devices"  # nnU-Net prints this
+SHAPE_ZYX = (12, 14, 16)
+CHANNEL_NAMES = {str(i): m for i, m in enumerate(MODALITIES)}
+LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+
+
+def _plans() -> dict:
+    arch = {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1],
+            "n_conv_per_stage_decoder": [1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True}}
+    return {
+        "dataset_name": "Dataset998_Fast", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1.0] * 3,
+        "original_median_shape_after_transp": list(SHAPE_ZYX), "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "by hand",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {str(c): {
+            "max": 200.0, "mean": 100.0, "median": 100.0, "min": 0.0, "percentile_00_5": 50.0,
+            "percentile_99_5": 150.0, "std": 20.0} for c in range(4)},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "fast", "preprocessor_name": "DefaultPreprocessor", "batch_size": 1,
+            "patch_size": [8, 8, 8], "median_image_size_in_voxels": list(SHAPE_ZYX), "spacing": [1.0] * 3,
+            "normalization_schemes": ["ZScoreNormalization"] * 4, "use_mask_for_norm": [False] * 4,
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "batch_dice": False,
+            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        }},
+    }
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_missingmod.inference.predictor import ensure_trainer_lookup
+    folder = tmp_path_factory.mktemp("fast_model")
+    plans = _plans()
+    dataset_json = {"channel_names": CHANNEL_NAMES, "labels": LABELS, "regions_class_order": [1, 2, 3],
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    ensure_trainer_lookup()
+    plans_manager = PlansManager(plans)
+    torch.manual_seed(0)
+    network = recursive_find_trainer_class_by_name(TRAINER).build_network_architecture(
+        plans_manager, plans_manager.get_configuration("3d_fullres"), 4, 3, enable_deep_supervision=False)
+    (folder / "fold_0").mkdir()
+    torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
+                "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def _write_case(folder, case_id, modalities=MODALITIES, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for channel, modality in enumerate(MODALITIES):
+        if modality in modalities:
+            image = sitk.GetImageFromArray(rng.normal(100, 20, SHAPE_ZYX).astype(np.float32))
+            sitk.WriteImage(image, str(folder / f"{case_id}_{channel:04d}.nii.gz"))
+
+
+def _write_label(folder, case_id):
+    folder.mkdir(parents=True, exist_ok=True)
+    label = np.zeros(SHAPE_ZYX, np.uint8)
+    label[4:8, 4:9, 5:10] = 1
+    label[5:7, 5:8, 6:9] = 3
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / f"{case_id}.nii.gz"))
+
+
+def _cli(*args):
+    """The real console command, in a subprocess (the terminal output is what is tested)."""
+    env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1")
+    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _sidecar(folder, case_id) -> dict:
+    return json.loads((folder / f"{case_id}.modalities.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------------ device
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_explicit_cuda_without_a_gpu_is_one_usage_error(tmp_path, capsys, command, model_folder):
+    args = ["-i", tmp_path, "-o", tmp_path / "out", "-m", model_folder, "-f", "0", "-device", "cuda"]
+    if command == "evaluate":
+        args += ["-l", tmp_path]
+    assert main([command, *map(str, args)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "-device cuda: PyTorch sees no CUDA GPU" in captured.err
+    assert "-device cpu" in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()  # checked before anything is loaded or written
+
+
+def test_device_defaults_to_auto_which_picks_what_this_machine_has(tmp_path):
+    from nnunet_missingmod.cli import build_parser
+    from nnunet_missingmod.inference.model_folder import resolve_device
+    for command in (["predict", "-i", "x", "-o", "y"], ["evaluate", "-i", "x", "-l", "y", "-o", "z"]):
+        assert build_parser().parse_args(command).device == "auto"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "-i", "x", "-o", "y", "-device", "gpu"])
+
+
+# ------------------------------------------------------------------------------------- one subset, no mutation
+def test_restrict_to_returns_a_new_case_and_keeps_what_it_left_out(tmp_path):
+    _write_case(tmp_path / "in", "case", ("T1", "T1ce", "FLAIR"))
+    (case,) = discover_cases(str(tmp_path / "in"), MODALITIES)
+    requested = parse_subset("t1c,T2")
+    restricted = restrict_to(case, requested)
+    assert sorted(case.files) == ["FLAIR", "T1", "T1ce"] and case.excluded == {}  # the discovered case is unchanged
+    assert list(restricted.files) == ["T1ce"] and sorted(restricted.excluded) == ["FLAIR", "T1"]
+    assert restricted.requested is requested and restricted.available == ModalitySubset.from_modalities(["T1ce"])
+    assert restrict_to(case, None) is case
+    with pytest.raises(AttributeError):
+        restricted.files = {}
+
+
+def test_the_requested_subset_reaches_the_network_as_one_mask(tmp_path, model_folder):
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    _write_case(tmp_path / "in", "case_a")
+    _write_case(tmp_path / "in", "case_b", ("T1", "T1ce"), seed=1)
+    predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), (0,))
+    seen = []
+    predictor.network.set_modality_mask = lambda mask: seen.append(mask.tolist())
+    results = predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "out"), modalities="t1c+t2f")
+    assert [(r.case, r.subset, r.ok) for r in results] == [("case_a", "T1ce+FLAIR", True), ("case_b", "T1ce", True)]
+    assert seen == [[False, True, False, True], [False, True, False, False]]
+    assert _sidecar(tmp_path / "out", "case_b")["ignored_files"].keys() == {"T1"}
+
+
+# ------------------------------------------------------------------------- messages and nnU-Net's own output
+def test_modalities_that_exclude_every_present_sequence_say_so(tmp_path, model_folder):
+    _write_case(tmp_path / "in", "case", ("T1", "FLAIR"))
+    result = _cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model_folder, "-f", "0",
+                  "--modalities", "T2", "-device", "cpu")
+    assert result.returncode == 1
+    error = _sidecar(tmp_path / "out", "case")["error"]
+    assert "no usable sequence" in error and "--modalities T2 left out its T1, FLAIR" in error
+    assert "it has no T2" in error and error in result.stdout
+
+
+def test_predict_keeps_nnunet_output_in_a_log_and_shows_one_progress_bar(tmp_path, model_folder):
+    _write_case(tmp_path / "in", "case_a")
+    _write_case(tmp_path / "in", "case_b", ("T2",), seed=1)
+    out = tmp_path / "out"
+    result = _cli("predict", "-i", tmp_path / "in", "-o", out, "-m", model_folder, "-f", "0")
+    assert result.returncode == 0, result.stderr
+    terminal = result.stdout + result.stderr
+    log = (out / "predict.log").read_text()
+    assert NNUNET_CPU_NOTE in log and NNUNET_CPU_NOTE not in terminal  # nnU-Net's prints: in the log only
+    assert "case_a: T1+T1ce+T2+FLAIR" in result.stdout and "case_b: T2 (missing: T1, T1ce, FLAIR)" in result.stdout
+    assert f"nnU-Net's messages in {out / 'predict.log'}" in result.stdout
+    assert "\x1b[A" not in terminal  # no nested progress bars
+    verbose = _cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "verbose", "-m", model_folder, "-f", "0",
+                   "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert NNUNET_CPU_NOTE in verbose.stdout + verbose.stderr
+    assert not (tmp_path / "verbose" / "predict.log").exists()
+
+
+def test_evaluate_keeps_nnunet_output_in_a_log(tmp_path, model_folder):
+    for i in range(2):
+        _write_case(tmp_path / "images", f"case_{i}", seed=i)
+        _write_label(tmp_path / "labels", f"case_{i}")
+    out = tmp_path / "eval"
+    result = _cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", model_folder, "-f", "0",
+                  "--subsets", "T1ce;T1+T1ce+T2+FLAIR", "-np", "1", "-o", out)
+    assert result.returncode == 0, result.stderr
+    terminal = result.stdout + result.stderr
+    assert NNUNET_CPU_NOTE in (out / "evaluate.log").read_text()
+    assert NNUNET_CPU_NOTE not in terminal and "\x1b[A" not in terminal
+    assert f"{TRAINER}: 2 case(s) x 2 subset(s) predicted" in result.stdout
+    assert (out / "summary.md").is_file()
