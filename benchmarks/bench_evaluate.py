@@ -1,0 +1,180 @@
+"""Throughput of ``nnunet-missingmod evaluate`` (case x subset predictions per minute) and where its time goes.
+
+A small phantom model: phantom cases (ICBM152 anatomy) converted with our converter and planned by nnU-Net (the
+same dataset as ``bench_overhead.py``), and a ``ModalityDropoutTrainer`` fold 0 checkpoint written straight after
+``initialize()`` (untrained weights: throughput does not depend on them, but the scoring cost depends on the
+predicted masks, which are noise-like here; see docs/benchmarks.md). Then the real command, in this process::
+
+    nnunet-missingmod evaluate -i imagesTr -l labelsTr -m MODEL -f 0 -o OUT -device cpu -np 1 [--disable_tta]
+
+with timers wrapped around its stages (methods of ``MissingModalityPredictor`` and the scoring/report functions,
+looked up by name at call time, so the wrapping does not change what runs):
+
+* start: model folder checks, predictor build and checkpoint load;
+* read + checks: ``load_case`` (nibabel NaN/truncation check, SimpleITK read, geometry checks), once per case;
+* preprocessing: ``preprocess`` (nnU-Net crop, normalisation, resampling), once per case;
+* prediction: ``predict_preprocessed`` (zeroing + sliding window), once per case x subset;
+* export: ``export`` = resampling of the logits to the original geometry
+  (``convert_predicted_logits_to_segmentation_with_correct_shape``) + writing the NIfTI;
+* scoring: ``score_prediction_folders`` (reading, Dice, HD95), then ``write_report`` (CSV, JSON, plots).
+
+    .venv/bin/python benchmarks/bench_evaluate.py [--cases 6] [--subsets all] [--tta] [--cprofile]
+        [--work-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_overhead  # noqa: E402  (the phantom dataset set-up)
+
+TIMES = collections.defaultdict(float)
+CALLS = collections.Counter()
+
+
+def _timed(owner, attribute: str, label: str) -> None:
+    original = getattr(owner, attribute)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TIMES[label] += time.perf_counter() - start
+            CALLS[label] += 1
+    setattr(owner, attribute, wrapper)
+
+
+def _write_model(root: Path) -> tuple:
+    """A trained-model folder (plans.json, dataset.json, fold_0/checkpoint_final.pth) from an initialised trainer."""
+    import torch
+    from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
+    trainer = bench_overhead._trainer(root, ModalityDropoutTrainer)
+    folder = Path(trainer.output_folder_base)
+    checkpoint = Path(trainer.output_folder) / "checkpoint_final.pth"
+    trainer.save_checkpoint(str(checkpoint))
+    shutil.copy(root / "nnUNet_preprocessed" / bench_overhead.DATASET / "nnUNetPlans.json", folder / "plans.json")
+    shutil.copy(root / "nnUNet_preprocessed" / bench_overhead.DATASET / "dataset.json", folder / "dataset.json")
+    note = None
+    try:  # the predictor finds the trainer class by name, through every trainer module of the package
+        from nnunet_missingmod.inference.predictor import ensure_trainer_lookup
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        ensure_trainer_lookup()
+        recursive_find_trainer_class_by_name("ModalityDropoutTrainer")
+    except Exception as e:  # noqa: BLE001 - a trainer module being written by someone else
+        data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        data["trainer_name"] = "nnUNetTrainer"  # same network; only the sidecars' warning text differs
+        torch.save(data, checkpoint)
+        note = (f"trainer lookup of ModalityDropoutTrainer failed ({type(e).__name__}: {e}); the checkpoint names "
+                f"nnUNetTrainer instead (same network and work)")
+    return folder, note
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spacing", type=float, default=4.0, help="phantom voxel size in mm (4: 50x59x48)")
+    parser.add_argument("--cases", type=int, default=6, help="number of phantom cases evaluated (at most 6)")
+    parser.add_argument("--subsets", default=None, help="evaluate's --subsets (default: all 15)")
+    parser.add_argument("--tta", action="store_true", help="mirroring TTA on (evaluate's default; 8x the network "
+                                                           "work in 3d); default here: --disable_tta")
+    parser.add_argument("-np", dest="num_processes", type=int, default=1, help="scoring processes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cprofile", action="store_true", help="also print cProfile's top 25 by cumulative time")
+    parser.add_argument("--work-dir", default=None, help="keep the planned phantom dataset here and reuse it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.work_dir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        bench_overhead._environment(root)
+        bench_overhead._setup(root, args.spacing)
+        run(root, Path(tmp), args)
+
+
+def run(root: Path, tmp: Path, args) -> None:
+    import torch
+    import nnunetv2.inference.export_prediction as export_prediction
+    from nnunet_missingmod import cli
+    from nnunet_missingmod.evaluation import report, scoring
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.modalities import parse_subsets
+
+    model, note = _write_model(root)
+    raw = root / "nnUNet_raw" / bench_overhead.DATASET
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz"))[:args.cases]
+    images, labels = tmp / "images", tmp / "labels"
+    images.mkdir(exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    for case in cases:
+        shutil.copy(raw / "labelsTr" / f"{case}.nii.gz", labels)
+        for channel in range(4):
+            shutil.copy(raw / "imagesTr" / f"{case}_{channel:04d}.nii.gz", images)
+    n_subsets = len(parse_subsets(args.subsets))
+
+    for attribute, label in (("initialize_from_trained_model_folder", "start: predictor + checkpoint"),
+                             ("load_case", "read + checks (per case)"),
+                             ("preprocess", "preprocessing (per case)"),
+                             ("predict_preprocessed", "prediction (per case x subset)"),
+                             ("export", "export (per case x subset)")):
+        _timed(MissingModalityPredictor, attribute, label)
+    _timed(export_prediction, "convert_predicted_logits_to_segmentation_with_correct_shape",
+           "  of which resampling to the original geometry")
+    _timed(scoring, "score_prediction_folders", "scoring (Dice, HD95, reading)")
+    _timed(report, "write_report", "report (CSV, JSON, plots)")
+    for label in ("start: predictor + checkpoint", "read + checks (per case)", "preprocessing (per case)",
+                  "prediction (per case x subset)", "export (per case x subset)",
+                  "  of which resampling to the original geometry", "scoring (Dice, HD95, reading)",
+                  "report (CSV, JSON, plots)"):
+        TIMES[label] += 0.0  # print order
+
+    argv = ["evaluate", "-i", str(images), "-l", str(labels), "-m", str(model), "-f", "0", "-o", str(tmp / "out"),
+            "-device", args.device, "-np", str(args.num_processes)]
+    if args.subsets:
+        argv += ["--subsets", args.subsets]
+    if not args.tta:
+        argv.append("--disable_tta")
+    load_start = bench_overhead._load()
+    profiler = None
+    if args.cprofile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    start = time.perf_counter()
+    status = cli.main(argv)
+    total = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+    load_end = bench_overhead._load()
+    if status not in (0, None):
+        raise SystemExit(f"evaluate failed with status {status}")
+
+    n_predictions = len(cases) * n_subsets
+    print(f"\nmachine: {bench_overhead._cpu_model()}, {os.cpu_count()} logical CPUs, torch threads "
+          f"{torch.get_num_threads()} (evaluate sets them: all CPUs); torch {torch.__version__}; "
+          f"load average {load_start} -> {load_end}")
+    if note:
+        print(f"note: {note}")
+    print(f"evaluate: {len(cases)} cases x {n_subsets} subsets = {n_predictions} predictions, TTA "
+          f"{'on' if args.tta else 'off'}, scoring -np {args.num_processes}, device {args.device}")
+    print(f"total {total:.1f} s: {n_predictions / total * 60:.1f} case x subset predictions per minute "
+          f"({total / n_predictions:.2f} s each, everything included)")
+    accounted = sum(v for k, v in TIMES.items() if not k.startswith("  "))
+    for label, value in TIMES.items():
+        print(f"  {label:48s} {value:7.2f} s  {value / total * 100:5.1f} %  ({CALLS[label]} calls)")
+    print(f"  {'other (discovery, checks, progress, ...)':48s} {total - accounted:7.2f} s  "
+          f"{(total - accounted) / total * 100:5.1f} %")
+    if profiler is not None:
+        import pstats
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
