@@ -243,3 +243,20 @@ def test_discriminator_for_network():
     with torch.no_grad():
         fused = network(torch.randn(2, N_IN, *configuration_manager.patch_size), return_features=True)[FUSED]
         assert discriminator(fused).shape == (2, 1)
+
+
+def test_feature_api_works_through_torch_compile():
+    """``network(x, return_features=True)`` goes through ``__call__``, so torch.compile (inductor, as nnU-Net
+    compiles on GPUs) compiles the feature path too; nnU-Net disables compile on CPU, so it is exercised here."""
+    torch.manual_seed(0)
+    plans_manager, configuration_manager = tiny_3d()
+    network = build_mstkd_network(plans_manager, configuration_manager, 4, 3, True, transformer=SMALL).eval()
+    x = torch.randn(1, 4, *configuration_manager.patch_size)
+    compiled = torch.compile(network)
+    with torch.no_grad():
+        ours, eager = compiled(x, return_features=True), network(x, return_features=True)
+    assert isinstance(compiled, torch._dynamo.OptimizedModule)
+    for key in (LOGITS, ATTENTION, MST_FEATURES, GSME_FEATURES):
+        assert len(ours[key]) == len(eager[key])
+        for a, b in zip(ours[key], eager[key]):
+            assert torch.allclose(a, b, atol=1e-4), key
