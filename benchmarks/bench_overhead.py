@@ -86,7 +86,7 @@ def _batch(trainer, seed: int):
 
 def _median_alternating(functions: dict, repeats: int) -> dict:
     times = {name: [] for name in functions}
-    for name, fn in functions.items():  # warm-up
+    for fn in functions.values():  # warm-up
         fn()
     for _ in range(repeats):
         for name, fn in functions.items():

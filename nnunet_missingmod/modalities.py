@@ -179,7 +179,8 @@ def modalities_from_channel_names(channel_names: Mapping[Union[str, int], str]) 
     try:
         indices = sorted(int(k) for k in channel_names)
     except (TypeError, ValueError):
-        raise MissingModError(f"channel_names keys must be channel indices '0', '1', ...; got {list(channel_names)}")
+        raise MissingModError(f"channel_names keys must be channel indices '0', '1', ...; got {list(channel_names)}") \
+            from None
     if indices != list(range(len(indices))):
         raise MissingModError(f"channel_names must be numbered 0..{len(indices) - 1}, got {indices}")
     by_index = {int(k): v for k, v in channel_names.items()}
@@ -269,7 +270,6 @@ def sample_channel_masks(batch_size: int, channel_modalities: Sequence[str], str
                          device=None) -> torch.Tensor:
     """(B, C) bool mask over the dataset's channels, one sampled subset per sample (see
     :func:`sample_subset_indices`)."""
-    import torch
     indices = sample_subset_indices(batch_size, strategy, full_set_probability, generator)
     return subset_channel_masks(channel_modalities)[indices].to(device)
 

@@ -325,7 +325,8 @@ def test_gram_is_float32_under_autocast():
     s = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(3)]
     ref = GramStyleLoss(scale=1.0)(t, s)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        assert torch.bmm(t[0].flatten(2), t[0].flatten(2).transpose(1, 2)).dtype == torch.bfloat16  # autocast is active here
+        # autocast is active here
+        assert torch.bmm(t[0].flatten(2), t[0].flatten(2).transpose(1, 2)).dtype == torch.bfloat16
         loss = GramStyleLoss(scale=1.0)(t, s)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6, abs=0)

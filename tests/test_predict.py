@@ -250,7 +250,8 @@ def test_absent_channels_are_zero_after_any_normalisation(nnunet_root, tiny_prep
     files = {m: str(images / f"{case_id}{RAW_SUFFIX[m]}.nii.gz") for m in ("T1", "T2", "FLAIR")}
 
     data, properties, subset, _ = predictor.load_case(CaseFiles(case_id, dict(files)))
-    assert subset.name == "T1+T2+FLAIR" and subset.channel_mask(predictor.channel_modalities) == (True, False, True, True)
+    assert subset.name == "T1+T2+FLAIR"
+    assert subset.channel_mask(predictor.channel_modalities) == (True, False, True, True)
     preprocessed, _ = predictor.preprocess(data, properties)
     assert (preprocessed[1] != 0).all()  # nnU-Net's CT normalisation of the zero-filled T1ce
 

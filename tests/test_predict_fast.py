@@ -30,7 +30,8 @@ def _plans() -> dict:
             "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
             "nonlin_kwargs": {"inplace": True}}
     return {
-        "dataset_name": "Dataset998_Fast", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1.0] * 3,
+        "dataset_name": "Dataset998_Fast", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1.0] * 3,
         "original_median_shape_after_transp": list(SHAPE_ZYX), "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "by hand",
         "label_manager": "LabelManager",
@@ -49,7 +50,8 @@ def _plans() -> dict:
                                                    "force_separate_z": None},
             "batch_dice": False,
             "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+                             "arch_kwargs": arch,
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
         }},
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality

@@ -60,7 +60,8 @@ def prediction_files(pred_dir: Path) -> List[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS))
 
 
-def convert_labels_back(fmt_key: str, pred_dir: os.PathLike, out_dir: os.PathLike, progress: bool = True) -> Dict[str, Path]:
+def convert_labels_back(fmt_key: str, pred_dir: os.PathLike, out_dir: os.PathLike,
+                        progress: bool = True) -> Dict[str, Path]:
     """Write every prediction of ``pred_dir`` to ``out_dir`` with the original label values of the format.
 
     File names and geometry are kept. Returns {input file name: written path}.

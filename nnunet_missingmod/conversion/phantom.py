@@ -343,7 +343,8 @@ def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats
     fmt = get_format(format_key)
     out = Path(out_dir)
     if n < 0 or n_unlabelled < 0 or n + n_unlabelled == 0:
-        raise MissingModError(f"number of phantom cases must be positive, got {n} labelled and {n_unlabelled} unlabelled")
+        raise MissingModError(f"number of phantom cases must be positive, got {n} labelled and "
+                              f"{n_unlabelled} unlabelled")
     if extension not in (".nii.gz", ".nii") or (fmt.is_msd and extension != ".nii.gz"):
         raise MissingModError(f"extension must be .nii.gz or .nii (MSD: .nii.gz), got {extension!r}")
     if first_index is not None and first_index < 0:

@@ -95,7 +95,7 @@ def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
 
 @dataclass
 class ExtraModule:
-    """A module the base trainer owns beside ``self.network`` (see :meth:`MissingModalityTrainerBase.build_extra_modules`).
+    """A module the base trainer owns beside ``self.network`` (see ``build_extra_modules``).
 
     * ``optimizer``: ``None`` → its parameters join the main optimiser (nnU-Net's SGD and poly schedule; e.g. the
       jointly trained MST-KDNet teacher); a factory ``params -> torch.optim.Optimizer`` → its own optimiser, its
@@ -123,7 +123,7 @@ class MaskedBatch:
 
     * ``data``: (B, C, *patch) normalised, all channels present (a teacher's input);
     * ``channel_mask``: (B, C) bool, ``True`` = the sample keeps that channel;
-    * ``subset_indices``: (B,) long, each sample's subset as an index into :data:`~nnunet_missingmod.modalities.SUBSETS`;
+    * ``subset_indices``: (B,) long, each sample's subset as an index into ``modalities.SUBSETS``;
     * ``target``: nnU-Net's target (a list over deep-supervision scales, or a tensor).
     """
 
