@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_missingmod.inference.cli",
     "nnunet_missingmod.conversion.cli",
     "nnunet_missingmod.evaluation.cli",
+    "nnunet_missingmod.demo.cli",
 )
 
 

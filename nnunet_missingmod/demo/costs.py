@@ -1,0 +1,106 @@
+"""How long the demo takes: measured seconds per stage, used for the first line the demo prints and for each
+progress bar's estimate (the bars also show tqdm's own estimate from the rate so far).
+
+CPU numbers: measured 2026-11-23 on the development machine (2 CPU cores, shared with other jobs: load average 3-13
+during the runs, so they are pessimistic for an idle 2-core machine), ``nnUNet_n_proc_DA=0``. Training:
+``nnUNetv2_train ... all -tr ModalityDropoutTrainer_demoSmall`` on 8 cases at 8 mm (patch 20x24x20, batch 2): epochs
+of 50
+iterations took 108.8, 218.8, 160.5, 92.8, 68.8 and 21.7 s as the load average fell from ~9 to ~5 (0.43 s per
+iteration in the least contended epoch; the table takes 0.6 s); final validation 1.3-2.6 s per case; the whole
+300-iteration run 11.5 min under that load (at 6 mm, patch 28x32x24: 711 s for the first epoch at load 8-15).
+Fixed costs from ``--budget debug`` demo runs (3 training, 2 test cases, load ~10):
+plan and preprocess 167 s, nnUNetv2_train 91-117 s for 2 iterations and 3 validation cases, evaluate 21-33 s for
+2 cases x 15 subsets, phantoms 30 s for 5 cases (mostly imports).
+CUDA numbers: not measured (no GPU during development); typical figures for nnU-Net on one data-centre GPU at these
+patch sizes, where a step is bound by data augmentation and kernel launches rather than by the voxel count.
+Teacher/student trainers: the time factors are the targets of their issues (MST-KD <= 2.2x, CCSD <= 3x stock per
+iteration), not measurements.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+REFERENCE_SPACING_MM = 8.0  # the spacing the per-voxel costs were measured at
+
+
+@dataclass(frozen=True)
+class DeviceCosts:
+    seconds_per_iteration: float  # one training iteration of stock nnU-Net (forward, backward, augmentation)
+    train_startup_s: float  # nnUNetv2_train: imports, plans, network, data loaders, checkpoint writing
+    validation_per_case_s: float  # nnU-Net's final validation (mirroring on), per training case
+    evaluate_startup_s: float  # evaluate: imports, model loading, scoring and plots
+    prediction_s: float  # evaluate: one case under one subset (no mirroring), including export
+    plan_fixed_s: float  # nnUNetv2_plan_and_preprocess with one worker
+    plan_per_case_s: float
+    phantom_per_case_s: float
+    convert_per_case_s: float
+
+
+COSTS: Dict[str, DeviceCosts] = {
+    # wall seconds on 2 shared cores, load average 3-13 (see module doc)
+    "cpu": DeviceCosts(seconds_per_iteration=0.6, train_startup_s=60.0, validation_per_case_s=2.0,
+                       evaluate_startup_s=12.0, prediction_s=0.35, plan_fixed_s=150.0, plan_per_case_s=2.0,
+                       phantom_per_case_s=1.5, convert_per_case_s=0.5),
+    # not measured (see module doc)
+    "cuda": DeviceCosts(seconds_per_iteration=0.08, train_startup_s=30.0, validation_per_case_s=0.5,
+                        evaluate_startup_s=20.0, prediction_s=0.1, plan_fixed_s=30.0, plan_per_case_s=0.5,
+                        phantom_per_case_s=0.5, convert_per_case_s=0.2),
+}
+
+# Time per iteration relative to stock nnU-Net (targets of the method issues; see module doc).
+TRAINER_TIME_FACTOR = {"MSTKDTrainer": 2.2, "CCSDTrainer": 3.0}
+
+
+def budget_iterations(budget: str) -> Tuple[int, int]:
+    """(epochs, iterations per epoch) of the trainers' budget variant, read from the training package."""
+    from nnunet_missingmod.demo.pipeline import BUDGET_SUFFIXES
+    from nnunet_missingmod.training.base import BUDGET_VARIANTS
+    variant = BUDGET_VARIANTS[BUDGET_SUFFIXES[budget]]
+    return variant["num_epochs"], variant["num_iterations_per_epoch"]
+
+
+def _voxel_scale(spacing_mm: float) -> float:
+    return (REFERENCE_SPACING_MM / spacing_mm) ** 3
+
+
+def _factor(trainer: str) -> float:
+    base = trainer[:-len("_small")] if trainer.endswith("_small") else trainer
+    return TRAINER_TIME_FACTOR.get(base, 1.0)
+
+
+def _device_costs(device: str) -> DeviceCosts:
+    return COSTS["cuda" if device == "cuda" else "cpu"]
+
+
+def phantom_seconds(n_cases: int, spacing_mm: float) -> float:
+    return n_cases * COSTS["cpu"].phantom_per_case_s * max(_voxel_scale(spacing_mm), 0.2) + 10.0
+
+
+def convert_seconds(data) -> float:
+    return (data.cases + data.test_cases) * COSTS["cpu"].convert_per_case_s + 3.0
+
+
+def plan_seconds(data) -> float:
+    c = COSTS["cpu"]
+    return c.plan_fixed_s + data.cases * c.plan_per_case_s * _voxel_scale(data.spacing_mm)
+
+
+def training_seconds(trainer: str, budget: str, device: str, data) -> float:
+    epochs, per_epoch = budget_iterations(budget)
+    c = _device_costs(device)
+    scale = _voxel_scale(data.spacing_mm) if device != "cuda" else 1.0
+    return (c.train_startup_s + epochs * per_epoch * c.seconds_per_iteration * scale * _factor(trainer)
+            + data.cases * c.validation_per_case_s * scale)
+
+
+def evaluation_seconds(trainer: str, device: str, data) -> float:
+    c = _device_costs(device)
+    scale = _voxel_scale(data.spacing_mm) if device != "cuda" else 1.0
+    return c.evaluate_startup_s + data.test_cases * 15 * c.prediction_s * scale
+
+
+def total_seconds(trainers, budget: str, device: str, data) -> float:
+    return (phantom_seconds(data.cases + data.test_cases, data.spacing_mm) + convert_seconds(data)
+            + plan_seconds(data)
+            + sum(training_seconds(t, budget, device, data) + evaluation_seconds(t, device, data) for t in trainers))
