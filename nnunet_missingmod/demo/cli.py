@@ -123,7 +123,7 @@ def register(subparsers) -> None:
     # "debug" (2 iterations, the _debug variants) is for the tests and left out of the help
     p.add_argument("--budget", choices=("small", "medium", "large", "debug"), default=None,
                    metavar="{small,medium,large}",
-                   help="training iterations per trainer, equal for all: small 300, medium 1000, large 3000 "
+                   help="training iterations per trainer, equal for all: small 200, medium 1000, large 3000 "
                         "(default: small on cpu, medium on cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train and predict (default auto: cuda when PyTorch sees a GPU, else cpu)")

@@ -11,6 +11,8 @@ iteration in the least contended epoch; the table takes 0.6 s); final validation
 Fixed costs from ``--budget debug`` demo runs (3 training, 2 test cases, load ~10):
 plan and preprocess 167 s, nnUNetv2_train 91-117 s for 2 iterations and 3 validation cases, evaluate 21-33 s for
 2 cases x 15 subsets, phantoms 30 s for 5 cases (mostly imports).
+Re-measured 2026-11-23 22:30 on the idle machine (load average < 2): FullSetTrainer_demoSmall at 8 mm took 0.4 s per
+iteration (50 iterations in about 20 s), which the table now uses.
 CUDA numbers: not measured (no GPU during development); typical figures for nnU-Net on one data-centre GPU at these
 patch sizes, where a step is bound by data augmentation and kernel launches rather than by the voxel count.
 Teacher/student trainers: the time factors are the targets of their issues (MST-KD <= 2.2x, CCSD <= 3x stock per
@@ -39,7 +41,7 @@ class DeviceCosts:
 
 COSTS: Dict[str, DeviceCosts] = {
     # wall seconds on 2 shared cores, load average 3-13 (see module doc)
-    "cpu": DeviceCosts(seconds_per_iteration=0.6, train_startup_s=60.0, validation_per_case_s=2.0,
+    "cpu": DeviceCosts(seconds_per_iteration=0.4, train_startup_s=60.0, validation_per_case_s=2.0,
                        evaluate_startup_s=12.0, prediction_s=0.35, plan_fixed_s=150.0, plan_per_case_s=2.0,
                        phantom_per_case_s=1.5, convert_per_case_s=0.5),
     # not measured (see module doc)

@@ -18,7 +18,7 @@ What it owns (subclasses configure it through class attributes and a few hooks):
 * checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
   everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
 * training budgets: every concrete subclass ``X`` gets siblings ``X_debug`` (1 epoch, 2 training iterations,
-  1 validation iteration) and ``X_demoSmall``/``_demoMedium``/``_demoLarge`` (300/1000/3000 iterations, the
+  1 validation iteration) and ``X_demoSmall``/``_demoMedium``/``_demoLarge`` (200/1000/3000 iterations, the
   demo's equal-iteration budgets), generated here (:data:`BUDGET_VARIANTS`), so no variant is written by hand.
 
 The ``__init__`` signature must stay exactly nnU-Net's: it records its arguments by introspection.
@@ -57,7 +57,7 @@ BUDGET_VARIANTS: Dict[str, Dict[str, int]] = {
     DEBUG_SUFFIX: DEBUG_BUDGET,
     # equal-iteration budgets of the demo and the robustness benchmark (50 iterations per epoch so that the
     # progress plot has points; 5 validation iterations: the demo's validation cases are tiny)
-    "_demoSmall": {"num_epochs": 6, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
+    "_demoSmall": {"num_epochs": 4, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
     "_demoMedium": {"num_epochs": 20, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
     "_demoLarge": {"num_epochs": 60, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
 }

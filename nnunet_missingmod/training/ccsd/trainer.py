@@ -184,3 +184,24 @@ class CCSDTrainer_small(CCSDTrainer):
 
     specific_width = 0.25
     max_level_subsets = 2
+
+
+class CCSDTrainer_noHMSD_small(CCSDTrainer_noHMSD):
+    """``CCSDTrainer_noHMSD`` sized as ``CCSDTrainer_small``."""
+
+    specific_width = CCSDTrainer_small.specific_width
+    max_level_subsets = CCSDTrainer_small.max_level_subsets
+
+
+class CCSDTrainer_noDMCD_small(CCSDTrainer_noDMCD):
+    """``CCSDTrainer_noDMCD`` sized as ``CCSDTrainer_small``."""
+
+    specific_width = CCSDTrainer_small.specific_width
+    max_level_subsets = CCSDTrainer_small.max_level_subsets
+
+
+class CCSDTrainer_noKD_small(CCSDTrainer_noKD):
+    """``CCSDTrainer_noKD`` sized as ``CCSDTrainer_small``."""
+
+    specific_width = CCSDTrainer_small.specific_width
+    max_level_subsets = CCSDTrainer_small.max_level_subsets
