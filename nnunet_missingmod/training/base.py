@@ -406,7 +406,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         for term in self.loss_terms:
             value = self._mean_over_ranks(outputs[term])
             self.logger.log(loss_term_key(term), value, self.current_epoch)
-            self.print_to_log_file(loss_term_key(term), np.round(value, decimals=6))
+            self.print_to_log_file(loss_term_key(term), f"{value:.4g}")  # 4 significant digits: 1e-8 terms show
 
     def _mean_over_ranks(self, values) -> float:
         if not self.is_ddp:
