@@ -16,7 +16,7 @@ DDP) with at least these keys; methods add their own (documented by the network)
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,7 +26,8 @@ ENCODER = "encoder"
 DECODER = "decoder"
 
 
-def decode_with_features(decoder: nn.Module, skips: Sequence[torch.Tensor]) -> Tuple[object, List[torch.Tensor]]:
+def decode_with_features(decoder: nn.Module, skips: Sequence[torch.Tensor], return_upsampled: bool = False
+                         ) -> Tuple:
     """Run a ``dynamic_network_architectures`` ``UNetDecoder`` on ``skips`` and also return its stage outputs.
 
     Same computation as ``UNetDecoder.forward`` (dynamic-network-architectures 0.4.x, used by nnunetv2 2.8.1),
@@ -35,17 +36,19 @@ def decode_with_features(decoder: nn.Module, skips: Sequence[torch.Tensor]) -> T
     Args:
         decoder: a ``UNetDecoder`` (``transpconvs``, ``stages``, ``seg_layers``, ``deep_supervision``).
         skips: encoder outputs, highest resolution first, bottleneck last; skip ``l`` is (B, C_l, *spatial_l).
+        return_upsampled: also return each stage's transposed-convolution output (before it meets its skip).
     Returns:
         ``(logits, decoder_features)``: logits exactly as ``decoder(skips)``; decoder_features: one
-        (B, C_l, *spatial_l) tensor per decoder stage, lowest resolution first.
+        (B, C_l, *spatial_l) tensor per decoder stage, lowest resolution first; with ``return_upsampled`` a third
+        list, the upsampled inputs of the stages in the same order.
     """
     lres_input = skips[-1]
-    seg_outputs, features = [], []
+    seg_outputs, features, upsampled = [], [], []
     last = len(decoder.stages) - 1
     for s in range(len(decoder.stages)):
-        x = decoder.transpconvs[s](lres_input)
-        x = torch.cat((x, skips[-(s + 2)]), 1)
-        x = decoder.stages[s](x)
+        up = decoder.transpconvs[s](lres_input)
+        upsampled.append(up)
+        x = decoder.stages[s](torch.cat((up, skips[-(s + 2)]), 1))
         features.append(x)
         if decoder.deep_supervision:
             seg_outputs.append(decoder.seg_layers[s](x))
@@ -53,7 +56,8 @@ def decode_with_features(decoder: nn.Module, skips: Sequence[torch.Tensor]) -> T
             seg_outputs.append(decoder.seg_layers[-1](x))
         lres_input = x
     seg_outputs = seg_outputs[::-1]
-    return (seg_outputs if decoder.deep_supervision else seg_outputs[0]), features
+    logits = seg_outputs if decoder.deep_supervision else seg_outputs[0]
+    return (logits, features, upsampled) if return_upsampled else (logits, features)
 
 
 def planned_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,

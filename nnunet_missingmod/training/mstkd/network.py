@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_missingmod.training.features import DECODER, ENCODER, LOGITS, planned_network
+from nnunet_missingmod.training.features import DECODER, ENCODER, LOGITS, decode_with_features, planned_network
 
 ATTENTION = "attention"          # list over extract layers of (B, heads, N, N) post-softmax, pre-dropout, fp32
 MST_FEATURES = "mst_features"    # [z3, z6, z9, z12] UNETR-decoder maps (official ``unetr_fs``)
@@ -358,22 +358,9 @@ class MSTKDNetwork(nn.Module):
 
     def _decode(self, skips: List[torch.Tensor]):
         """``decode_with_features`` plus the transposed-conv output at the transformer stage (the content map)."""
-        decoder = self.decoder
-        lres_input, seg_outputs, features, content = skips[-1], [], [], None
-        last = len(decoder.stages) - 1
-        for s in range(len(decoder.stages)):
-            upsampled = decoder.transpconvs[s](lres_input)
-            if s == self._content_decoder_stage:
-                content = upsampled
-            x = decoder.stages[s](torch.cat((upsampled, skips[-(s + 2)]), 1))
-            features.append(x)
-            if decoder.deep_supervision:
-                seg_outputs.append(decoder.seg_layers[s](x))
-            elif s == last:
-                seg_outputs.append(decoder.seg_layers[-1](x))
-            lres_input = x
-        seg_outputs = seg_outputs[::-1]
-        return (seg_outputs if decoder.deep_supervision else seg_outputs[0]), features, content
+        logits, features, upsampled = decode_with_features(self.decoder, skips, return_upsampled=True)
+        content = upsampled[self._content_decoder_stage] if self._content_decoder_stage >= 0 else None
+        return logits, features, content
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """x (B, C_in, *patch) -> logits as the planned network returns them (list over deep-supervision scales,
