@@ -9,7 +9,7 @@ from conftest import plans_and_dataset_json
 from nnunet_missingmod.training.registry import trainer_registry
 from trainer_helpers import make_batch
 
-RESENC = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet"
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"  # as nnU-Net's ResEnc planners write it
 
 
 def _resenc_plans(nnunet_root):

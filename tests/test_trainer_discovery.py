@@ -130,7 +130,7 @@ def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
 
 
 def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnunet_root, tiny_preprocessed,
-                                                                             tmp_path):
+                                                                             tmp_path, monkeypatch):
     """What nnU-Net's predictor does with a checkpoint: ``trainer_class.build_network_architecture(...,
     enable_deep_supervision=False)`` then a strict ``load_state_dict(checkpoint['network_weights'])``."""
     import torch
@@ -139,6 +139,10 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
     for name, cls in sorted(trainer_registry().items()):
         if cls.budget is not None:
             continue  # a budget variant has its parent's network
+        if getattr(cls, "frozen_teacher", False):  # its teacher: the MSTKDTeacherTrainer checkpoint saved before
+            teacher = tmp_path / f"MSTKDTeacherTrainer{'_small' if name.endswith('_small') else ''}.pth"
+            assert teacher.is_file()
+            monkeypatch.setenv("nnUNet_missingmod_teacher", str(teacher))
         trainer = make_trainer(nnunet_root, cls)
         path = str(tmp_path / f"{name}.pth")
         trainer.save_checkpoint(path)
