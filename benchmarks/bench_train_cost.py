@@ -179,6 +179,27 @@ def build_trainer(cls, plans: dict, device):
     return trainer
 
 
+def provide_frozen_teacher(trainer_classes, plans: dict, root: Path) -> None:
+    """Frozen-teacher variants load a finished teacher run named by ``nnUNet_missingmod_teacher``. Its weights do
+    not change the cost, so unless the variable is set, write an initialised teacher of the right size on these
+    plans and point the variable at it (before the memory phase's child processes start: they inherit it)."""
+    from nnunet_missingmod.training.mstkd.trainer import TEACHER_ENV
+    from nnunet_missingmod.training.registry import trainer_registry
+    frozen = [cls for cls in trainer_classes if getattr(cls, "frozen_teacher", False)]
+    if not frozen or os.environ.get(TEACHER_ENV):
+        return
+    import torch
+    # One teacher per run: a frozen variant of another transformer size fails to load it and is skipped with a note.
+    teacher_name = frozen[0].teacher_trainer_name()
+    path = root / "teachers" / teacher_name / "checkpoint_final.pth"
+    teacher = build_trainer(trainer_registry()[teacher_name], plans, torch.device("cpu"))
+    path.parent.mkdir(parents=True)
+    torch.save({"network_weights": teacher.network.state_dict(), "trainer_name": teacher_name}, path)
+    os.environ[TEACHER_ENV] = str(path)
+    print(f"note: {TEACHER_ENV} unset: frozen-teacher variants load an initialised {teacher_name} "
+          f"(the cost does not depend on its weights)")
+
+
 def make_batch(trainer, plans: dict, seed: int) -> dict:
     """Random normalised data and region targets at every deep-supervision scale (tests/trainer_helpers.py)."""
     import torch
@@ -354,6 +375,7 @@ def run(args, root: Path, plans: dict) -> None:
     names = [n for n in names if n in registered]
     if STOCK not in names:
         names.insert(0, STOCK)
+    provide_frozen_teacher([registered[n] for n in names], plans, root)
     configuration = plans["configurations"][CONFIGURATION]
     load_start = load_average()
     print(f"config {args.config}: patch {configuration['patch_size']}, batch {configuration['batch_size']}, "

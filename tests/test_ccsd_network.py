@@ -24,11 +24,13 @@ SOME_SUBSETS = (0, 3, 6, 9, 13, FULL)
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-def _build(plan="3d", deep_supervision=True, missing_slot="shaspec", channel_modalities=MODALITIES, seed=0):
+def _build(plan="3d", deep_supervision=True, missing_slot="shaspec", channel_modalities=MODALITIES, seed=0,
+           shared_width=1.0):
     plans_manager, configuration_manager = PLANS[plan]()
     torch.manual_seed(seed)
     network = build_ccsd_network(plans_manager, configuration_manager, N_IN, N_OUT, deep_supervision,
-                                 missing_slot=missing_slot, channel_modalities=channel_modalities)
+                                 missing_slot=missing_slot, channel_modalities=channel_modalities,
+                                 shared_width=shared_width)
     # nnU-Net's init zeroes conv biases and sets norm affine to (1, 0), which makes E_sh(0) exactly 0 everywhere; a
     # bug that puts zeros where E_sh(0) belongs would then go unnoticed. Random parameters make every slot matter.
     with torch.no_grad():
@@ -59,10 +61,11 @@ def _shapes(output):
 
 
 # ------------------------------------------------------------------------------------- cache == direct computation
-@pytest.mark.parametrize("plan,deep_supervision,missing_slot", [
-    (plan, ds, slot) for plan, ds, slot in itertools.product(PLANS, (True, False), ("shaspec", "literal"))])
-def test_subset_logits_from_the_cache_equal_direct_masked_calls(plan, deep_supervision, missing_slot):
-    network, _, configuration_manager = _build(plan, deep_supervision, missing_slot)
+@pytest.mark.parametrize("plan,deep_supervision,missing_slot,shared_width", [
+    (plan, ds, slot, 1.0) for plan, ds, slot in itertools.product(PLANS, (True, False), ("shaspec", "literal"))] + [
+    ("3d", True, "shaspec", 0.5), ("3d_residual", False, "literal", 0.5), ("2d", True, "shaspec", 0.5)])
+def test_subset_logits_from_the_cache_equal_direct_masked_calls(plan, deep_supervision, missing_slot, shared_width):
+    network, _, configuration_manager = _build(plan, deep_supervision, missing_slot, shared_width=shared_width)
     x = _input(configuration_manager)
     masks = subset_channel_masks(MODALITIES)
     with torch.no_grad():
@@ -166,9 +169,9 @@ def test_channel_order_maps_to_canonical_modalities():
 
 
 # -------------------------------------------------------------------------------------------------------- no leak
-@pytest.mark.parametrize("missing_slot", ["shaspec", "literal"])
-def test_values_of_a_missing_sequence_never_reach_the_output(missing_slot):
-    network, _, configuration_manager = _build(missing_slot=missing_slot)
+@pytest.mark.parametrize("missing_slot,shared_width", [("shaspec", 1.0), ("literal", 1.0), ("shaspec", 0.5)])
+def test_values_of_a_missing_sequence_never_reach_the_output(missing_slot, shared_width):
+    network, _, configuration_manager = _build(missing_slot=missing_slot, shared_width=shared_width)
     x = _input(configuration_manager)
     masks = subset_channel_masks(MODALITIES)
     generator = torch.Generator().manual_seed(7)
@@ -255,6 +258,28 @@ def test_specific_encoders_have_scaled_widths():
         assert list(encoder.output_channels) == [max(1, round(w * 0.25)) for w in planned_widths]
 
 
+@pytest.mark.parametrize("plan", ["3d", "3d_residual"])
+def test_narrow_shared_encoder_keeps_the_planned_decoder_and_registers_no_unused_encoder(plan):
+    network, plans_manager, configuration_manager = _build(plan, shared_width=0.5)
+    planned = planned_network(plans_manager, configuration_manager, N_IN, N_OUT, True)
+    planned_widths = list(planned.encoder.output_channels)
+    assert list(network.shared_encoder.output_channels) == [max(1, round(w * 0.5)) for w in planned_widths]
+    assert [r.out_channels for r in network.reductions] == planned_widths
+    assert [r.in_channels for r in network.reductions] == [len(MODALITIES) * max(1, round(w * 0.5))
+                                                           for w in planned_widths]
+    decoder_parameters = {k: v.shape for k, v in network.decoder.state_dict().items() if not k.startswith("encoder.")}
+    assert decoder_parameters == {k: v.shape for k, v in planned.decoder.state_dict().items()
+                                  if not k.startswith("encoder.")}
+    # the decoder's encoder reference is the encoder that runs: the state_dict holds no planned-width encoder
+    assert network.decoder.encoder is network.shared_encoder
+    registered = sum(p.numel() for p in network.parameters())  # parameters() deduplicates shared modules
+    full_width, _, _ = _build(plan)
+    assert registered < sum(p.numel() for p in full_width.parameters())
+    x = _input(configuration_manager)
+    with torch.no_grad():
+        assert _shapes(network(x)) == _shapes(planned(x))
+
+
 def test_encoders_run_once_per_step_and_subsets_share_one_decoder_call():
     network, _, configuration_manager = _build()
     calls = {"shared": 0, "specific": 0, "decoder": 0}
@@ -269,9 +294,9 @@ def test_encoders_run_once_per_step_and_subsets_share_one_decoder_call():
 
 
 # ----------------------------------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("missing_slot", ["shaspec", "literal"])
-def test_every_parameter_gets_a_gradient_from_full_subsets_and_auxiliary_losses(missing_slot):
-    network, _, configuration_manager = _build("3d_residual", True, missing_slot)
+@pytest.mark.parametrize("missing_slot,shared_width", [("shaspec", 1.0), ("literal", 1.0), ("shaspec", 0.5)])
+def test_every_parameter_gets_a_gradient_from_full_subsets_and_auxiliary_losses(missing_slot, shared_width):
+    network, _, configuration_manager = _build("3d_residual", True, missing_slot, shared_width=shared_width)
     out = network(_input(configuration_manager), return_features=True, decode_subsets=(0, 7, 12))
     loss = sum(o.square().mean() for o in out[LOGITS])
     loss = loss + sum(o.square().mean() for logits in out[SUBSET_LOGITS].values() for o in logits)
@@ -332,3 +357,5 @@ def test_invalid_arguments_are_rejected():
         build_ccsd_network(plans_manager, configuration_manager, 3, N_OUT, True)
     with pytest.raises(MissingModError):
         build_ccsd_network(plans_manager, configuration_manager, N_IN, N_OUT, True, missing_slot="mean")
+    with pytest.raises(MissingModError, match="shared_width"):
+        build_ccsd_network(plans_manager, configuration_manager, N_IN, N_OUT, True, shared_width=0)

@@ -14,7 +14,8 @@ Per sequence m (the dataset's channels are reordered to the canonical modalities
   bottleneck ``s_{first(S)}`` (``missing_slot="shaspec"``, ShaSpec code) or ``E_sh(0)`` (``"literal"``, CCSD text), and
   skips ``E_sh(0)^l``; the unified representation at level l is ``reduce_l(cat_m slot_m^l)`` (a 1×1 conv back to the
   planned width), decoded by one planned ``UNetDecoder`` (``self.decoder``; nnU-Net toggles
-  ``decoder.deep_supervision``).
+  ``decoder.deep_supervision``). Widths: C_l of the shared encoder, D_l of the decoder (the planned ones; C_l = D_l
+  unless ``shared_width`` narrows the shared encoder to save cost).
 
 Because every encoder sees one sequence at a time (InstanceNorm, batch-folded sequences), the features of a present
 sequence do not depend on which others are present, so one encoder pass (the *cache*) serves every subset: a subset only
@@ -44,7 +45,7 @@ __all__ = ["SUBSET_LOGITS", "FUSED", "MODALITY_FEATURES", "SHARED_FEATURES", "SP
            "PRESENT", "MISSING_SLOT_CHOICES", "CCSDNetwork", "build_ccsd_network"]
 
 SUBSET_LOGITS = "subset_logits"          # {subset index: logits like LOGITS} for every index in decode_subsets
-FUSED = "fused"                          # (B, 15, C_b, *s_b) unified bottleneck F_S (post 1x1), SUBSETS order
+FUSED = "fused"                          # (B, 15, D_b, *s_b) unified bottleneck F_S (post 1x1), SUBSETS order
 MODALITY_FEATURES = "modality_features"  # (B, M, C_b, *s_b) fused per-sequence features f_m of the input images
 SHARED_FEATURES = "shared_features"      # (B, M, C_b, *s_b) shared-encoder bottleneck s_m of the input images
 SPECIFIC_FEATURES = "specific_features"  # (B, M, C_spec, *s_b) specific-encoder bottleneck p_m of the input images
@@ -73,15 +74,18 @@ class CCSDNetwork(nn.Module):
     """ShaSpec's shared-specific U-Net with CCSD's one-pass subset cache (see the module docstring).
 
     Args:
-        shared_encoder: planned encoder with 1 input channel (``return_skips=True``); widths C_l.
+        shared_encoder: planned encoder with 1 input channel (``return_skips=True``), possibly narrowed; widths C_l.
         specific_encoders: one encoder per canonical modality (1 input channel), bottleneck width C_spec.
-        decoder: the planned ``UNetDecoder`` built for ``shared_encoder`` (consumes skips of widths C_l).
+        decoder: the planned ``UNetDecoder`` (consumes skips of widths ``decoder_widths``).
         channel_modalities: canonical modality of each input channel (a permutation of :data:`MODALITIES`).
         missing_slot: one of :data:`MISSING_SLOT_CHOICES`.
+        decoder_widths: the skip widths the decoder expects (the planned widths); default C_l. The per-level 1x1
+            reductions map the M concatenated slots (M x C_l) to them.
     """
 
     def __init__(self, shared_encoder: nn.Module, specific_encoders: Sequence[nn.Module], decoder: nn.Module,
-                 channel_modalities: Sequence[str] = MODALITIES, missing_slot: str = "shaspec"):
+                 channel_modalities: Sequence[str] = MODALITIES, missing_slot: str = "shaspec",
+                 decoder_widths: Optional[Sequence[int]] = None):
         super().__init__()
         if missing_slot not in MISSING_SLOT_CHOICES:
             raise MissingModError(f"missing_slot must be one of {MISSING_SLOT_CHOICES}, got {missing_slot!r}")
@@ -100,6 +104,10 @@ class CCSDNetwork(nn.Module):
 
         conv = shared_encoder.conv_op
         widths = list(shared_encoder.output_channels)
+        decoder_widths = widths if decoder_widths is None else list(decoder_widths)
+        if len(decoder_widths) != len(widths):
+            raise MissingModError(f"decoder_widths {decoder_widths} must have one width per encoder stage "
+                                  f"({len(widths)})")
         bottleneck, specific_channels = widths[-1], specific_encoders[0].output_channels[-1]
         self.bottleneck_channels, self.specific_channels = bottleneck, specific_channels
 
@@ -110,9 +118,9 @@ class CCSDNetwork(nn.Module):
         if shared_encoder.nonlin is not None:
             fusion.append(shared_encoder.nonlin(**(shared_encoder.nonlin_kwargs or {})))
         self.fusion = nn.Sequential(*fusion)
-        # Unified representation: cat over the M slots, brought back to the planned width by a 1x1 conv per level
-        # (ours: keeps the planned decoder; ShaSpec's decoder takes the M-times wider input).
-        self.reductions = nn.ModuleList(conv(num_modalities * w, w, 1) for w in widths)
+        # Unified representation: cat over the M slots, brought to the decoder's (planned) width by a 1x1 conv per
+        # level (ours: keeps the planned decoder; ShaSpec's decoder takes the M-times wider input).
+        self.reductions = nn.ModuleList(conv(num_modalities * w, d, 1) for w, d in zip(widths, decoder_widths))
         # ShaSpec dom_classifier: Linear(C_spec -> M) on the globally pooled specific feature.
         self.domain_classifier = nn.Linear(specific_channels, num_modalities)
         from dynamic_network_architectures.initialization.weight_init import InitWeights_He
@@ -189,7 +197,7 @@ class CCSDNetwork(nn.Module):
         return torch.where(presence, rank, torch.full_like(rank, len(self.channel_modalities))).argmin(-1)
 
     def _unified_bottleneck(self, cache: _EncoderCache, presence: torch.Tensor) -> torch.Tensor:
-        """presence (B, K, M) bool -> F_S (B, K, C_b, *s_b): cat over the M slots, 1x1-reduced."""
+        """presence (B, K, M) bool -> F_S (B, K, D_b, *s_b): cat over the M slots, 1x1-reduced to the decoder width."""
         fused = cache.fused  # (B, M, C, *s)
         batch, k, m = presence.shape
         spatial_dims = fused.ndim - 3
@@ -234,7 +242,7 @@ class CCSDNetwork(nn.Module):
     def _decode(self, cache: _EncoderCache, presence: torch.Tensor, unified_bottleneck: torch.Tensor):
         """Decode K subsets in one batched decoder call.
 
-        presence (B, K, M); unified_bottleneck (B, K, C_b, *s_b). Returns (list over K of logits, skips, decoder
+        presence (B, K, M); unified_bottleneck (B, K, D_b, *s_b). Returns (list over K of logits, skips, decoder
         features), the last two batched as (B*K, ...)."""
         batch, k = presence.shape[:2]
         skips = [self._unified_skip(level, cache, presence) for level in range(len(cache.shared_skips) - 1)]
@@ -261,7 +269,7 @@ class CCSDNetwork(nn.Module):
           its decoder stage outputs; PRESENT: (B, M) bool availability it used (canonical modality order);
         * SUBSET_LOGITS: {i: logits of SUBSETS[i]} for each i in ``decode_subsets``, from the same encoder pass
           (x must then hold every sequence: a subset's present sequences are read from x);
-        * FUSED: (B, 15, C_b, *s_b) unified bottleneck F_S of every subset; MODALITY_FEATURES (f_m),
+        * FUSED: (B, 15, D_b, *s_b) unified bottleneck F_S of every subset (decoder width); MODALITY_FEATURES (f_m),
           SHARED_FEATURES (s_m): (B, M, C_b, *s_b); SPECIFIC_FEATURES (p_m): (B, M, C_spec, *s_b);
           DOMAIN_LOGITS: (B, M, M).
 
@@ -319,18 +327,30 @@ def _scaled_encoder(configuration_manager, num_output_channels: int, width: floa
 
 def build_ccsd_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
                        enable_deep_supervision: bool, specific_width: float = 0.5, missing_slot: str = "shaspec",
-                       channel_modalities: Sequence[str] = MODALITIES) -> CCSDNetwork:
+                       channel_modalities: Sequence[str] = MODALITIES, shared_width: float = 1.0) -> CCSDNetwork:
     """:class:`CCSDNetwork` on the plans' architecture (PlainConvUNet or ResidualEncoderUNet, 2d or 3d).
 
-    The shared encoder and the decoder are those of ``planned_network`` with 1 input channel (the decoder keeps the
-    planned widths thanks to the per-level 1x1 reductions); each of the M specific encoders is the planned encoder at
-    ``specific_width`` x the planned widths. ``num_input_channels`` must equal ``len(channel_modalities)``."""
+    The decoder is that of ``planned_network`` with 1 input channel, at the planned widths (the per-level 1x1
+    reductions bring the unified representation to them); the shared encoder is the planned encoder at
+    ``shared_width`` x the planned widths (1.0: exactly the planned encoder; it runs on every sequence, so its width
+    is the main cost control); each of the M specific encoders is the planned encoder at ``specific_width`` x the
+    planned widths. ``num_input_channels`` must equal ``len(channel_modalities)``."""
     channel_modalities = tuple(channel_modalities)
     if num_input_channels != len(channel_modalities):
         raise MissingModError(f"CCSD needs one input channel per modality {channel_modalities}, "
                               f"got num_input_channels={num_input_channels}")
-    if not specific_width > 0:
-        raise MissingModError(f"specific_width must be > 0, got {specific_width}")
+    for name, width in (("specific_width", specific_width), ("shared_width", shared_width)):
+        if not width > 0:
+            raise MissingModError(f"{name} must be > 0, got {width}")
     base = planned_network(plans_manager, configuration_manager, 1, num_output_channels, enable_deep_supervision)
+    planned_widths = list(base.encoder.output_channels)
+    shared_encoder = base.encoder
+    if shared_width != 1.0:
+        shared_encoder = _scaled_encoder(configuration_manager, num_output_channels, shared_width)
+        # UNetDecoder registers the encoder it was built for (it reads it only for its feature-map size estimate);
+        # point it at the encoder that runs, so that no unused planned-width encoder sits in the state_dict (and
+        # DDP sees no parameter without a gradient).
+        base.decoder.encoder = shared_encoder
     specific = [_scaled_encoder(configuration_manager, num_output_channels, specific_width) for _ in MODALITIES]
-    return CCSDNetwork(base.encoder, specific, base.decoder, channel_modalities, missing_slot)
+    return CCSDNetwork(shared_encoder, specific, base.decoder, channel_modalities, missing_slot,
+                       decoder_widths=planned_widths)

@@ -34,7 +34,8 @@ class CCSDTrainer(MissingModalityTrainerBase):
 
     Class attributes:
 
-    * network: ``specific_width`` (specific encoders' width × the planned widths; cost control), ``missing_slot``
+    * network: ``specific_width`` (specific encoders' width × the planned widths; cost control), ``shared_width``
+      (the shared encoder's, 1.0 = planned; it runs on all four sequences, so it sets most of the cost), ``missing_slot``
       (``"shaspec"``: a missing sequence's bottleneck slot holds the shared feature of the first available one, as
       ShaSpec's code; ``"literal"``: the shared encoder's output for a zero image, the paper's wording);
     * HMSD: ``use_hmsd``, ``hmsd_weight``, ``temperature``, ``hierarchy_levels`` (k drawn uniformly),
@@ -49,6 +50,7 @@ class CCSDTrainer(MissingModalityTrainerBase):
     """
 
     specific_width: float = 0.5
+    shared_width: float = 1.0
     missing_slot: str = "shaspec"
     use_hmsd: bool = True
     use_dmcd: bool = True
@@ -69,7 +71,7 @@ class CCSDTrainer(MissingModalityTrainerBase):
         # A classmethod (nnU-Net's is static) so that thin subclasses set the network by class attributes.
         return build_ccsd_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                   enable_deep_supervision, specific_width=cls.specific_width,
-                                  missing_slot=cls.missing_slot)
+                                  missing_slot=cls.missing_slot, shared_width=cls.shared_width)
 
     def subset_weights(self, epoch: int) -> torch.Tensor:
         # The network sees every sequence; the students are decoded from its cache, so the sampler keeps all.
@@ -179,16 +181,19 @@ class CCSDTrainer_2subsets(CCSDTrainer):
 
 
 class CCSDTrainer_small(CCSDTrainer):
-    """Sized for CPU demos and tests: specific encoders at 1/4 of the planned widths and at most 2 students
-    decoded per step; the method is otherwise CCSDTrainer's."""
+    """The variant within the cost target (at most 3x a stock step; ``docs/benchmarks.md``), also the CPU one:
+    shared encoder at half the planned widths (it runs on all four sequences: the largest cost), specific encoders
+    at 1/4, one student of the drawn hierarchy level decoded per step. The method is otherwise CCSDTrainer's."""
 
+    shared_width = 0.5
     specific_width = 0.25
-    max_level_subsets = 2
+    max_level_subsets = 1
 
 
 class CCSDTrainer_noHMSD_small(CCSDTrainer_noHMSD):
     """``CCSDTrainer_noHMSD`` sized as ``CCSDTrainer_small``."""
 
+    shared_width = CCSDTrainer_small.shared_width
     specific_width = CCSDTrainer_small.specific_width
     max_level_subsets = CCSDTrainer_small.max_level_subsets
 
@@ -196,6 +201,7 @@ class CCSDTrainer_noHMSD_small(CCSDTrainer_noHMSD):
 class CCSDTrainer_noDMCD_small(CCSDTrainer_noDMCD):
     """``CCSDTrainer_noDMCD`` sized as ``CCSDTrainer_small``."""
 
+    shared_width = CCSDTrainer_small.shared_width
     specific_width = CCSDTrainer_small.specific_width
     max_level_subsets = CCSDTrainer_small.max_level_subsets
 
@@ -203,5 +209,6 @@ class CCSDTrainer_noDMCD_small(CCSDTrainer_noDMCD):
 class CCSDTrainer_noKD_small(CCSDTrainer_noKD):
     """``CCSDTrainer_noKD`` sized as ``CCSDTrainer_small``."""
 
+    shared_width = CCSDTrainer_small.shared_width
     specific_width = CCSDTrainer_small.specific_width
     max_level_subsets = CCSDTrainer_small.max_level_subsets

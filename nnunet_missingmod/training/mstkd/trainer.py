@@ -122,7 +122,7 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
         if not path:
             raise MissingModError(f"{type(self).__name__} needs a trained teacher: set {TEACHER_ENV} to the "
                                   f"checkpoint_final.pth of a finished run of {type(self).__name__}'s network "
-                                  f"(e.g. nnUNetv2_train ... -tr {self._teacher_trainer_name()})")
+                                  f"(e.g. nnUNetv2_train ... -tr {self.teacher_trainer_name()})")
         if os.path.isdir(path):
             path = os.path.join(path, "checkpoint_final.pth")
         if not os.path.isfile(path):
@@ -135,10 +135,12 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
             raise MissingModError(
                 f"{TEACHER_ENV}={path} (trainer {checkpoint.get('trainer_name', '?')}) does not fit "
                 f"{type(self).__name__}'s network (same plans, configuration and transformer size needed; "
-                f"train it with -tr {self._teacher_trainer_name()}): {first_line}") from None
+                f"train it with -tr {self.teacher_trainer_name()}): {first_line}") from None
 
-    def _teacher_trainer_name(self) -> str:
-        return "MSTKDTeacherTrainer_small" if self.transformer == SMALL else "MSTKDTeacherTrainer"
+    @classmethod
+    def teacher_trainer_name(cls) -> str:
+        """The trainer whose finished run a ``_frozenTeacher`` variant of this class loads (same network size)."""
+        return "MSTKDTeacherTrainer_small" if cls.transformer == SMALL else "MSTKDTeacherTrainer"
 
     # ------------------------------------------------------------------ the step
     def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
@@ -249,5 +251,12 @@ class MSTKDTrainer_noGSME_small(MSTKDTrainer_noGSME):
 
 class MSTKDTrainer_noSLKD_small(MSTKDTrainer_noSLKD):
     """``MSTKDTrainer_noSLKD`` with the CPU-sized transformer."""
+
+    transformer = SMALL
+
+
+class MSTKDTrainer_frozenTeacher_small(MSTKDTrainer_frozenTeacher):
+    """``MSTKDTrainer_frozenTeacher`` with the CPU-sized transformer (teacher from ``MSTKDTeacherTrainer_small``):
+    the cheapest MST-KD step, since the teacher only runs forward."""
 
     transformer = SMALL
