@@ -36,8 +36,9 @@ class CCSDTrainer(MissingModalityTrainerBase):
 
     * network: ``specific_width`` (specific encoders' width × the planned widths; cost control), ``shared_width``
       (the shared encoder's, 1.0 = planned; it runs on all four sequences, so it sets most of the cost),
-      ``missing_slot`` (``"shaspec"``: a missing sequence's bottleneck slot holds the shared feature of the first available one, as
-      ShaSpec's code; ``"literal"``: the shared encoder's output for a zero image, the paper's wording);
+      ``missing_slot`` (``"shaspec"``: a missing sequence's bottleneck slot holds the shared feature of the first
+      available one, as ShaSpec's code; ``"literal"``: the shared encoder's output for a zero image, the paper's
+      wording);
     * HMSD: ``use_hmsd``, ``hmsd_weight``, ``temperature``, ``hierarchy_levels`` (k drawn uniformly),
       ``max_level_subsets`` (``None``: decode every subset of level k; an int: at most that many, drawn at random);
     * DMCD: ``use_dmcd``, ``dmcd_weight``, ``path_strategy`` (``max_criticality`` (paper), ``min_criticality``,
