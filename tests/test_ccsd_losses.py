@@ -31,7 +31,8 @@ def angle_features(*degrees):
 # ---------------------------------------------------------------------------------------------------- defaults
 
 def test_defaults_have_sources():
-    assert DEFAULTS == dict(temperature=2.0, hmsd=1.0, dmcd=1.0, shared_alignment=0.1, domain=0.02, levels=(1, 2, 3))
+    assert DEFAULTS == dict(temperature=2.0, hmsd=1.0, dmcd=1.0, dmcd_normalise=True, shared_alignment=0.1, domain=0.02,
+                            levels=(1, 2, 3))
     assert set(DEFAULT_SOURCES) == set(DEFAULTS)
 
 
@@ -254,12 +255,12 @@ def test_path_from_a_partial_start_set_repeats_the_last_subset():
 
 # -------------------------------------------------------------------------------------------------------- DMCD
 
-def test_dmcd_hand_example_and_teacher_side_detached():
+def test_dmcd_raw_mse_hand_example_and_teacher_side_detached():
     values = torch.zeros(15)
     path = [FULL_SET_INDEX, idx(T1, T1CE, T2), idx(T1, T1CE), idx(T1CE)]
     values[path[0]], values[path[1]], values[path[2]], values[path[3]] = 4.0, 3.0, 1.0, 1.0
     fused = values.view(1, 15, 1, 1).clone().requires_grad_(True)
-    loss = DMCDLoss()(fused, torch.tensor([path]))
+    loss = DMCDLoss(normalise=False)(fused, torch.tensor([path]))
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(((3 - 4) ** 2 + (1 - 3) ** 2 + 0) / 3)
     loss.backward()
@@ -291,12 +292,60 @@ def test_dmcd_skips_no_op_steps_and_float32_under_autocast():
     path = torch.tensor([[idx(T1CE, FLAIR), idx(FLAIR), idx(FLAIR), idx(FLAIR)]])
     fused = torch.zeros(1, 15, 1, 1)
     fused[0, idx(T1CE, FLAIR)] = 2.0
-    assert DMCDLoss()(fused, path).item() == pytest.approx(4.0)  # one valid step, not 4/3
+    assert DMCDLoss(normalise=False)(fused, path).item() == pytest.approx(4.0)  # one valid step, not 4/3
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = DMCDLoss()(fused.bfloat16(), path)
     assert out.dtype == torch.float32
     with pytest.raises(MissingModError):
         DMCDLoss()(torch.zeros(1, 14, 1, 1), path)
+
+
+def test_dmcd_normalised_hand_example_is_scale_invariant_with_student_side_gradient():
+    path = torch.tensor([[FULL_SET_INDEX, idx(T1, T1CE, T2), idx(T1, T1CE), idx(T1CE)]])
+    fused = torch.zeros(1, 15, 2, 1, 1)
+    fused[0, path[0, 0], :, 0, 0] = torch.tensor([3.0, 0.0])   # unit (1, 0)
+    fused[0, path[0, 1], :, 0, 0] = torch.tensor([0.0, 0.5])   # unit (0, 1): squared distance 2
+    fused[0, path[0, 2], :, 0, 0] = torch.tensor([-4.0, 0.0])  # unit (-1, 0): squared distance 2
+    fused[0, path[0, 3], :, 0, 0] = torch.tensor([-1.0, 0.0])  # same direction: 0
+    fused.requires_grad_(True)
+    loss = DMCDLoss()(fused, path)
+    assert loss.item() == pytest.approx((2 + 2 + 0) / 3)
+    assert DMCDLoss()(fused.detach() * 1e3, path).item() == pytest.approx(loss.item())  # no scale to grow into
+    loss.backward()
+    grad = fused.grad.view(15, 2)
+    assert grad[path[0, 0]].abs().sum().item() == 0.0  # the full set only teaches
+    assert grad[path[0, 1]].abs().sum().item() > 0
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_dmcd_with_shared_weights_diverges_only_as_raw_mse(normalise):
+    """Teacher and student through the same weights (as F_S through the shared 1x1 reduction), a substitute slot
+    weaker than but aligned with the removed sequence's feature (as s_first vs f_m = s_m + fusion), SGD with
+    nnU-Net's momentum and clipping: the raw MSE grows without bound (the divergence measured in training), the
+    normalised form decreases."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.eye(8) + 0.1 * torch.randn(8, 8))
+    optimizer = torch.optim.SGD([weight], lr=1e-2, momentum=0.99, nesterov=True)
+    teacher_input = torch.rand(2, 8, 16) + 0.5  # (B, C, voxels), non-negative like post-ReLU features
+    student_input = teacher_input.clone()
+    student_input[:, 4:] = 0.5 * teacher_input[:, 4:]
+    path = torch.tensor([[FULL_SET_INDEX, idx(T1, T1CE, T2)]] * 2)
+    rows = torch.arange(2)
+    losses = []
+    for _ in range(250):
+        fused = torch.zeros(2, 15, 8, 16)
+        fused = fused.index_put((rows, path[:, 0]), torch.einsum("oc,bcv->bov", weight, teacher_input))
+        fused = fused.index_put((rows, path[:, 1]), torch.einsum("oc,bcv->bov", weight, student_input))
+        loss = DMCDLoss(normalise=normalise)(fused, path)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([weight], 12)  # as nnU-Net's train_step
+        optimizer.step()
+        losses.append(loss.item())
+    if normalise:
+        assert losses[-1] < 0.1 * losses[0]
+    else:
+        assert losses[-1] > 1000 * losses[0]
 
 
 # ------------------------------------------------------------------------------------------------ ShaSpec terms

@@ -41,7 +41,8 @@ class CCSDTrainer(MissingModalityTrainerBase):
       wording);
     * HMSD: ``use_hmsd``, ``hmsd_weight``, ``temperature``, ``hierarchy_levels`` (k drawn uniformly),
       ``max_level_subsets`` (``None``: decode every subset of level k; an int: at most that many, drawn at random);
-    * DMCD: ``use_dmcd``, ``dmcd_weight``, ``path_strategy`` (``max_criticality`` (paper), ``min_criticality``,
+    * DMCD: ``use_dmcd``, ``dmcd_weight``, ``dmcd_normalise`` (compare channel-L2-normalised features; the raw MSE
+      diverges), ``path_strategy`` (``max_criticality`` (paper), ``min_criticality``,
       ``random``, ``gradient`` (paper's Eq. 9));
     * ``student_segmentation``: nnU-Net's loss also on every decoded subset (the paper does not say; without it a
       student learns only from the teacher);
@@ -57,6 +58,7 @@ class CCSDTrainer(MissingModalityTrainerBase):
     use_dmcd: bool = True
     hmsd_weight: float = DEFAULTS["hmsd"]
     dmcd_weight: float = DEFAULTS["dmcd"]
+    dmcd_normalise: bool = DEFAULTS["dmcd_normalise"]
     temperature: float = DEFAULTS["temperature"]
     hierarchy_levels: tuple = DEFAULTS["levels"]
     max_level_subsets: Optional[int] = None
@@ -116,7 +118,7 @@ class CCSDTrainer(MissingModalityTrainerBase):
             if self.use_dmcd and self.path_strategy == "gradient" else None
         path = decremental_path(out[MODALITY_FEATURES].detach(), strategy=self.path_strategy,
                                 generator=self.subset_generator, gradient_norms=gradient_norms)
-        dmcd = DMCDLoss()(out[FUSED], path.to(out[FUSED].device))
+        dmcd = DMCDLoss(normalise=self.dmcd_normalise)(out[FUSED], path.to(out[FUSED].device))
         terms["dmcd"] = dmcd
         if self.use_dmcd:
             loss = loss + self.dmcd_weight * dmcd
