@@ -11,8 +11,10 @@ iteration in the least contended epoch; the table takes 0.6 s); final validation
 Fixed costs from ``--budget debug`` demo runs (3 training, 2 test cases, load ~10):
 plan and preprocess 167 s, nnUNetv2_train 91-117 s for 2 iterations and 3 validation cases, evaluate 21-33 s for
 2 cases x 15 subsets, phantoms 30 s for 5 cases (mostly imports).
-Re-measured 2026-11-23 22:30 on the idle machine (load average < 2): FullSetTrainer_demoSmall at 8 mm took 0.4 s per
-iteration (50 iterations in about 20 s), which the table now uses.
+Re-measured 2026-11-24 01:14-01:23 on the idle machine (load average < 1), a default demo from scratch in 8 min 33 s:
+phantoms 6 s, convert 2 s, planning 34 s, nnUNetv2_train 70 s (stock; epochs of 50 iterations 10.9-11.8 s, i.e.
+0.23 s per iteration), 69 s (dropout), 150 s (MSTKDTrainer_small, 30.2-31.1 s per epoch), 127 s (CCSDTrainer_small,
+25.0-25.1 s per epoch), evaluate 12-14 s per model (3 cases x 15 subsets). The table uses these.
 CUDA numbers: not measured (no GPU during development); typical figures for nnU-Net on one data-centre GPU at these
 patch sizes, where a step is bound by data augmentation and kernel launches rather than by the voxel count.
 Teacher/student trainers: see ``TRAINER_TIME_FACTOR`` (CPU measured 2026-11-24; CUDA the targets of their issues).
@@ -39,10 +41,10 @@ class DeviceCosts:
 
 
 COSTS: Dict[str, DeviceCosts] = {
-    # wall seconds on 2 shared cores, load average 3-13 (see module doc)
-    "cpu": DeviceCosts(seconds_per_iteration=0.4, train_startup_s=60.0, validation_per_case_s=2.0,
-                       evaluate_startup_s=12.0, prediction_s=0.35, plan_fixed_s=150.0, plan_per_case_s=2.0,
-                       phantom_per_case_s=1.5, convert_per_case_s=0.5),
+    # wall seconds on the idle 2-core machine (see module doc; a loaded machine takes up to 2x)
+    "cpu": DeviceCosts(seconds_per_iteration=0.23, train_startup_s=15.0, validation_per_case_s=1.0,
+                       evaluate_startup_s=5.0, prediction_s=0.16, plan_fixed_s=25.0, plan_per_case_s=1.0,
+                       phantom_per_case_s=0.3, convert_per_case_s=0.2),
     # not measured (see module doc)
     "cuda": DeviceCosts(seconds_per_iteration=0.08, train_startup_s=30.0, validation_per_case_s=0.5,
                         evaluate_startup_s=20.0, prediction_s=0.1, plan_fixed_s=30.0, plan_per_case_s=0.5,
@@ -54,7 +56,7 @@ COSTS: Dict[str, DeviceCosts] = {
 # figures) and, for the full-size networks, bench_train_cost.py at 32^3. CUDA: the targets of the method issues (not
 # measured). A name not listed takes its family's entry (the longest listed prefix), else 1.
 TRAINER_TIME_FACTOR: Dict[str, Dict[str, float]] = {
-    "cpu": {"MSTKDTrainer": 2.5, "MSTKDTrainer_small": 3.2, "CCSDTrainer": 7.5, "CCSDTrainer_small": 2.6},
+    "cpu": {"MSTKDTrainer": 2.5, "MSTKDTrainer_small": 2.7, "CCSDTrainer": 7.5, "CCSDTrainer_small": 2.2},
     "cuda": {"MSTKDTrainer": 2.2, "CCSDTrainer": 3.0},
 }
 
