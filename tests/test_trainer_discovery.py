@@ -140,7 +140,7 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
         if cls.budget is not None:
             continue  # a budget variant has its parent's network
         if getattr(cls, "frozen_teacher", False):  # its teacher: the MSTKDTeacherTrainer checkpoint saved before
-            teacher = tmp_path / f"MSTKDTeacherTrainer{'_small' if name.endswith('_small') else ''}.pth"
+            teacher = tmp_path / f"{cls.teacher_trainer_name()}.pth"
             assert teacher.is_file()
             monkeypatch.setenv("nnUNet_missingmod_teacher", str(teacher))
         trainer = make_trainer(nnunet_root, cls)

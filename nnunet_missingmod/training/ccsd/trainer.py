@@ -183,35 +183,28 @@ class CCSDTrainer_2subsets(CCSDTrainer):
     max_level_subsets = 2
 
 
-class CCSDTrainer_small(CCSDTrainer):
-    """The variant within the cost target (at most 3x a stock step; ``docs/benchmarks.md``), also the CPU one:
-    shared encoder at half the planned widths (it runs on all four sequences: the largest cost), specific encoders
-    at 1/4, one student of the drawn hierarchy level decoded per step. The method is otherwise CCSDTrainer's."""
+class _SmallSize:
+    """The sizes of ``CCSDTrainer_small``, shared with its ablations (a mixin, not a trainer): shared encoder at
+    half the planned widths (it runs on all four sequences: the largest cost), specific encoders at 1/4, one student
+    of the drawn hierarchy level decoded per step."""
 
     shared_width = 0.5
     specific_width = 0.25
     max_level_subsets = 1
 
 
-class CCSDTrainer_noHMSD_small(CCSDTrainer_noHMSD):
+class CCSDTrainer_small(_SmallSize, CCSDTrainer):
+    """The variant within the cost target (at most 3x a stock step; ``docs/benchmarks.md``), also the CPU one, with
+    the sizes of :class:`_SmallSize`. The method is otherwise CCSDTrainer's."""
+
+
+class CCSDTrainer_noHMSD_small(_SmallSize, CCSDTrainer_noHMSD):
     """``CCSDTrainer_noHMSD`` sized as ``CCSDTrainer_small``."""
 
-    shared_width = CCSDTrainer_small.shared_width
-    specific_width = CCSDTrainer_small.specific_width
-    max_level_subsets = CCSDTrainer_small.max_level_subsets
 
-
-class CCSDTrainer_noDMCD_small(CCSDTrainer_noDMCD):
+class CCSDTrainer_noDMCD_small(_SmallSize, CCSDTrainer_noDMCD):
     """``CCSDTrainer_noDMCD`` sized as ``CCSDTrainer_small``."""
 
-    shared_width = CCSDTrainer_small.shared_width
-    specific_width = CCSDTrainer_small.specific_width
-    max_level_subsets = CCSDTrainer_small.max_level_subsets
 
-
-class CCSDTrainer_noKD_small(CCSDTrainer_noKD):
+class CCSDTrainer_noKD_small(_SmallSize, CCSDTrainer_noKD):
     """``CCSDTrainer_noKD`` sized as ``CCSDTrainer_small``."""
-
-    shared_width = CCSDTrainer_small.shared_width
-    specific_width = CCSDTrainer_small.specific_width
-    max_level_subsets = CCSDTrainer_small.max_level_subsets
