@@ -1,4 +1,6 @@
 """The base trainer's mechanism on the real nnU-Net network: masking in train_step, loss terms, checkpoints."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,38 @@ def test_dataset_without_the_four_sequences_is_rejected(nnunet_root, tiny_prepro
 def test_base_class_is_not_exported_as_a_trainer():
     from nnunet_missingmod.training.registry import trainer_registry
     assert MissingModalityTrainerBase.__name__ not in trainer_registry()
+
+
+class _StatefulDropoutTrainer(ModalityDropoutTrainer):
+    """A method whose own state is set by the test (what ``extra_checkpoint_state`` returns)."""
+    method_state: dict = {}
+
+    def extra_checkpoint_state(self):
+        return self.method_state
+
+
+def test_checkpoint_with_tensors_aliasing_one_storage_as_two_dtypes_is_saved(nnunet_root, tiny_preprocessed,
+                                                                             tmp_path):
+    trainer = make_trainer(nnunet_root, _StatefulDropoutTrainer)
+    values = torch.arange(6, dtype=torch.float32)
+    trainer.method_state = {"values": values, "bits": values.view(torch.int32)}  # plain torch.save refuses this
+    with pytest.raises(RuntimeError, match="view the same data as different types"):
+        torch.save(trainer.method_state, io.BytesIO())
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    state = torch.load(path, weights_only=False)[CHECKPOINT_EXTRA_KEY]["method"]
+    assert torch.equal(state["values"], values) and torch.equal(state["bits"], values.view(torch.int32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_failed_checkpoint_save_keeps_the_previous_file_and_leaves_no_partial_file(nnunet_root, tiny_preprocessed,
+                                                                                  tmp_path):
+    trainer = make_trainer(nnunet_root, _StatefulDropoutTrainer)
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    before = path.read_bytes()
+    trainer.method_state = {"unpicklable": lambda: None}
+    with pytest.raises(Exception, match="lambda|pickle"):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]

@@ -45,6 +45,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_missingmod import __version__
+from nnunet_missingmod.io_checks import atomic_output
 from nnunet_missingmod.modalities import (
     SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names, sample_subset_indices,
     subset_channel_masks, subset_distribution)
@@ -92,6 +93,40 @@ def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
         for p, flag in zip(plain.parameters(), flags):
             p.requires_grad_(flag)
 
+
+_ALIASED_STORAGE_ERROR = "view the same data as different types"
+
+
+def write_checkpoint(checkpoint: dict, filename: str) -> None:
+    """``torch.save(checkpoint, filename)``, written atomically: a crash or a failed save during training leaves the
+    previous ``checkpoint_latest.pth`` as it was (nnU-Net 2.8.1 writes in place, and ``--c`` then fails on a
+    half-written file).
+
+    ``torch.save`` refuses two tensors whose storages start at one address with different dtypes (pytorch#91325;
+    e.g. a method state holding ``t`` and ``t.view(torch.int32)``), and CI once raised it while saving an
+    untrained MSTKDTrainer checkpoint in which we found no such pair (not reproduced since; cause not found).
+    Rather than lose a run at an epoch end, that one error is answered by saving private copies of the tensors:
+    the same values, without the sharing between them, which nothing of ours relies on."""
+    with atomic_output(filename) as tmp:
+        try:
+            torch.save(checkpoint, tmp)
+        except RuntimeError as e:
+            if _ALIASED_STORAGE_ERROR not in str(e):
+                raise
+            print(f"torch.save refused aliased tensors in {filename} ({e}); saving copies of the tensors instead",
+                  file=sys.stderr)
+            torch.save(_with_copied_tensors(checkpoint), tmp)
+
+
+def _with_copied_tensors(tree):
+    """``tree`` (nested dicts, lists, tuples) with every tensor replaced by a detached copy of its own."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return type(tree)((k, _with_copied_tensors(v)) for k, v in tree.items())
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_with_copied_tensors(v) for v in tree)
+    return tree
 
 @dataclass
 class ExtraModule:
@@ -448,7 +483,8 @@ class MissingModalityTrainerBase(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         # Copied from nnunetv2 2.8.1 nnUNetTrainer.save_checkpoint (it builds and saves the dict in one go, so
-        # there is no hook for extra keys); added: the missingmod config and our extra state under one key.
+        # there is no hook for extra keys); added: the missingmod config and our extra state under one key, and the
+        # file is written by write_checkpoint (atomically) instead of torch.save.
         if self.local_rank == 0:
             if not self.disable_checkpointing:
                 checkpoint = {
@@ -464,7 +500,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                     CHECKPOINT_CONFIG_KEY: self.missingmod_config(),
                     CHECKPOINT_EXTRA_KEY: self._extra_state(),
                 }
-                torch.save(checkpoint, filename)
+                write_checkpoint(checkpoint, filename)
             else:
                 self.print_to_log_file('No checkpoint written, checkpointing is disabled')
 
