@@ -115,18 +115,19 @@ def write_checkpoint(checkpoint: dict, filename: str) -> None:
                 raise
             print(f"torch.save refused aliased tensors in {filename} ({e}); saving copies of the tensors instead",
                   file=sys.stderr)
-            torch.save(_with_copied_tensors(checkpoint), tmp)
+            torch.save(map_tensors(lambda t: t.detach().clone(), checkpoint), tmp)
 
 
-def _with_copied_tensors(tree):
-    """``tree`` (nested dicts, lists, tuples) with every tensor replaced by a detached copy of its own."""
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree):
+    """``tree`` (nested dicts, lists, tuples; other leaves kept) with every tensor ``t`` replaced by ``fn(t)``."""
     if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
+        return fn(tree)
     if isinstance(tree, dict):
-        return type(tree)((k, _with_copied_tensors(v)) for k, v in tree.items())
+        return type(tree)((k, map_tensors(fn, v)) for k, v in tree.items())
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_with_copied_tensors(v) for v in tree)
+        return type(tree)(map_tensors(fn, v) for v in tree)
     return tree
+
 
 @dataclass
 class ExtraModule:

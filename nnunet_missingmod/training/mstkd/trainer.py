@@ -15,7 +15,8 @@ from torch import nn
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.base import (
-    ExtraModule, MaskedBatch, MissingModalityTrainerBase, StepResult, frozen_parameters, unwrap_network)
+    ExtraModule, MaskedBatch, MissingModalityTrainerBase, StepResult, frozen_parameters, map_tensors,
+    unwrap_network)
 from nnunet_missingmod.training.features import LOGITS
 from nnunet_missingmod.training.mstkd.discriminator import style_discriminator_for
 from nnunet_missingmod.training.mstkd.losses import (
@@ -28,17 +29,6 @@ from nnunet_missingmod.training.dropout import FullSetTrainer
 TEACHER_ENV = "nnUNet_missingmod_teacher"
 """Environment variable naming the checkpoint (``checkpoint_final.pth``) of a finished run whose network the
 ``_frozenTeacher`` variants load as their frozen teacher."""
-
-
-def _detached(features):
-    """A copy of a feature dict/list/tensor tree with every tensor detached."""
-    if isinstance(features, torch.Tensor):
-        return features.detach()
-    if isinstance(features, dict):
-        return {k: _detached(v) for k, v in features.items()}
-    if isinstance(features, (list, tuple)):
-        return type(features)(_detached(v) for v in features)
-    return features
 
 
 class _MSTKDNetworkMixin:
@@ -148,7 +138,8 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
         student_out = self.network(batch.masked_data, return_features=True)
         with torch.no_grad() if self.frozen_teacher else torch.enable_grad():
             teacher_out = teacher(batch.data, return_features=True)
-        kd_teacher = _detached(teacher_out) if (self.detach_teacher or self.frozen_teacher) else teacher_out
+        stop_at_teacher = self.detach_teacher or self.frozen_teacher
+        kd_teacher = map_tensors(torch.Tensor.detach, teacher_out) if stop_at_teacher else teacher_out
         w = self.weights
         regions = self.label_manager.has_regions
 
