@@ -26,7 +26,7 @@ def _trainer_class(name):
 
 def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
     import sys
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/, for trainer_helpers
     from trainer_helpers import make_batch, make_trainer, module_parameters
     torch.manual_seed(0)  # identical initial weights; DDP also broadcasts rank 0's at wrap time
     torch.set_num_threads(1)

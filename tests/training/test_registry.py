@@ -13,7 +13,7 @@ from nnunet_missingmod.training.registry import trainer_registry
 from nnunet_missingmod.training.base import BUDGET_VARIANTS, DEBUG_SUFFIX
 from nnunet_missingmod.training.registry import trainer_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_trainer_dir_cli_prints_an_existing_directory_with_the_shim():

@@ -317,7 +317,7 @@ def test_cli_convert_and_labels_back(tmp_path, raw, capsys):
 
 def test_dataset_conversion_script(tmp_path, raw):
     source, _ = _phantom(tmp_path, "brats2021", n=1)
-    script = Path(__file__).resolve().parents[1] / "dataset_conversion" / "convert_brats.py"
+    script = Path(__file__).resolve().parents[2] / "dataset_conversion" / "convert_brats.py"
     run = subprocess.run([sys.executable, str(script), "brats2021", str(source), "11"], capture_output=True,
                          text=True, env=os.environ.copy())
     assert run.returncode == 0, run.stderr
