@@ -44,10 +44,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from nnunet_missingmod.training.budgets import BUDGETS
+
 STOCK = "nnUNetTrainer"
 DATASET = "Dataset999_TrainCost"
 CONFIGURATION = "3d_fullres"
-BUDGET_SUFFIXES = ("_debug", "_demoSmall", "_demoMedium", "_demoLarge")
+BUDGET_SUFFIXES = tuple(b.suffix for b in BUDGETS.values())
 FAMILIES = ("ModalityDropoutTrainer", "MSTKDTrainer", "CCSDTrainer")
 TARGETS = {"MSTKDTrainer": (2.2, 2.5), "CCSDTrainer": (3.0, 3.0)}  # (time, memory) vs stock, GPU brats config
 

@@ -19,7 +19,7 @@ def make_batch(trainer, batch_size=2, seed=0):
     """Random normalised data and region targets at every deep-supervision scale."""
     g = torch.Generator().manual_seed(seed)
     patch = trainer.configuration_manager.patch_size
-    n_channels = len(trainer.channel_modalities)
+    n_channels = trainer.num_input_channels
     data = torch.randn(batch_size, n_channels, *patch, generator=g)
     labels = torch.randint(0, 4, (batch_size, 1, *patch), generator=g)
     regions = torch.cat([labels >= 1, labels >= 2, labels == 3], dim=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.training.budgets import BUDGETS
 
 DEFAULT_OUT = "demo_output"
 DEFAULT_CASES = 9  # and 3 held-out test cases
@@ -15,13 +16,14 @@ DEFAULT_CASES = 9  # and 3 held-out test cases
 DEMO_SPACING_MM = 8.0
 
 
-def test_case_count(cases: int) -> int:
+def held_out_case_count(cases: int) -> int:
     """Held-out test cases for ``cases`` training cases: a third, at least 2 and at most 5 (each is predicted 15
     times per model)."""
     return min(5, max(2, cases // 3))
 
 
-def resolve_device(name: str) -> str:
+def resolve_demo_device(name: str) -> str:
+    """``cpu`` or ``cuda`` for ``--device`` (``auto``: cuda when PyTorch sees a GPU)."""
     import torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,14 +36,14 @@ def resolve_device(name: str) -> str:
 def resolve_trainers(requested: Optional[Sequence[str]], device: str, budget: str):
     """(trainers to run, default trainers skipped because they are not registered). ``requested`` names are checked
     against the registry: an unknown name is an error listing the valid ones."""
-    from nnunet_missingmod.demo.pipeline import BUDGET_SUFFIXES, DEFAULT_TRAINERS
+    from nnunet_missingmod.demo.pipeline import DEFAULT_TRAINERS
     from nnunet_missingmod.training.registry import trainer_registry
     try:
         registry = trainer_registry()
     except ImportError as e:  # a trainer module that fails to import breaks nnUNetv2_train's lookup too
         raise MissingModError(f"the trainers of this package cannot be imported ({e}); nnU-Net could not find them "
                               f"either") from e
-    suffix = BUDGET_SUFFIXES[budget]
+    suffix = BUDGETS[budget].suffix
     available = sorted(n[:-len(suffix)] for n in registry if n.endswith(suffix))
     if requested is None:
         chosen = [t for t in DEFAULT_TRAINERS[device] if t in available]
@@ -64,12 +66,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.cases < 2:
         raise MissingModError(f"--cases must be at least 2, got {args.cases}")
-    device = resolve_device(args.device)
+    device = resolve_demo_device(args.device)
     budget = args.budget or DEFAULT_BUDGET[device]
     trainers, skipped = resolve_trainers(args.trainers, device, budget)
     if not trainers:
         raise MissingModError("no trainer to run: none of the default trainers is registered")
-    data = DataSettings(cases=args.cases, test_cases=test_case_count(args.cases), spacing_mm=DEMO_SPACING_MM)
+    data = DataSettings(cases=args.cases, test_cases=held_out_case_count(args.cases), spacing_mm=DEMO_SPACING_MM)
     out = Path(args.out).absolute()
     state = claim_output_folder(out, data)
     settings = DemoSettings(out=out, trainers=trainers, budget=budget, device=device, data=data,
@@ -121,10 +123,12 @@ def register(subparsers) -> None:
                         f"{' '.join(DEFAULT_TRAINERS['cpu'])}; on cuda: {' '.join(DEFAULT_TRAINERS['cuda'])}; "
                         "default trainers that are not registered are skipped)")
     # "debug" (2 iterations, the _debug variants) is for the tests and left out of the help
-    p.add_argument("--budget", choices=("small", "medium", "large", "debug"), default=None,
-                   metavar="{small,medium,large}",
-                   help="training iterations per trainer, equal for all: small 200, medium 1000, large 3000 "
-                        "(default: small on cpu, medium on cuda)")
+    public = [b for b in BUDGETS.values() if b.name != "debug"]
+    p.add_argument("--budget", choices=tuple(BUDGETS), default=None,
+                   metavar="{" + ",".join(b.name for b in public) + "}",
+                   help="training iterations per trainer, equal for all: "
+                        + ", ".join(f"{b.name} {b.iterations}" for b in public)
+                        + " (default: small on cpu, medium on cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train and predict (default auto: cuda when PyTorch sees a GPU, else cpu)")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES, metavar="N",

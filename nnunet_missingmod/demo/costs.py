@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from nnunet_missingmod.training.budgets import BUDGETS
+
 REFERENCE_SPACING_MM = 8.0  # the spacing the per-voxel costs were measured at
 
 
@@ -62,11 +64,10 @@ TRAINER_TIME_FACTOR: Dict[str, Dict[str, float]] = {
 
 
 def budget_iterations(budget: str) -> Tuple[int, int]:
-    """(epochs, iterations per epoch) of the trainers' budget variant, read from the training package."""
-    from nnunet_missingmod.demo.pipeline import BUDGET_SUFFIXES
-    from nnunet_missingmod.training.base import BUDGET_VARIANTS
-    variant = BUDGET_VARIANTS[BUDGET_SUFFIXES[budget]]
-    return variant["num_epochs"], variant["num_iterations_per_epoch"]
+    """(epochs, iterations per epoch) of the budget named ``budget`` (:data:`~nnunet_missingmod.training.budgets.
+    BUDGETS`)."""
+    entry = BUDGETS[budget]
+    return entry.num_epochs, entry.num_iterations_per_epoch
 
 
 def _voxel_scale(spacing_mm: float) -> float:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from nnunet_missingmod.demo import costs
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.training.budgets import BUDGETS
 
 MARKER_NAME = ".nnunet-missingmod-demo"  # the same name run_demo.sh used, so old demo folders are recognised
 TRAIN_DATASET_ID, TRAIN_DATASET_NAME = 500, "DemoTrain"
@@ -39,8 +40,6 @@ CONFIGURATION = "3d_fullres"
 FOLD = "all"  # train on every training case: the held-out test dataset is the evaluation
 PLANS = "nnUNetPlans"
 
-BUDGET_SUFFIXES = {"debug": "_debug", "small": "_demoSmall", "medium": "_demoMedium", "large": "_demoLarge"}
-PUBLIC_BUDGETS = ("small", "medium", "large")  # "debug" (2 iterations) exists for the tests
 DEFAULT_BUDGET = {"cpu": "small", "cuda": "medium"}
 # Stock nnU-Net first; the teacher/student methods use their reduced (_small) networks on a CPU.
 DEFAULT_TRAINERS = {
@@ -71,7 +70,7 @@ class DemoSettings:
     skipped: List[str] = field(default_factory=list)  # default trainers that are not registered here
 
     def trainer_class(self, trainer: str) -> str:
-        return trainer + BUDGET_SUFFIXES[self.budget]
+        return trainer + BUDGETS[self.budget].suffix
 
 
 def column_label(trainer: str) -> str:

@@ -1,2 +1,2 @@
 """Trainers of this package (``base``: the mechanism; one module per method). Nothing is imported here, so that
-the command line starts fast; :func:`nnunet_missingmod.training.base.trainer_registry` imports them all."""
+the command line starts fast; :func:`nnunet_missingmod.training.registry.trainer_registry` imports them all."""

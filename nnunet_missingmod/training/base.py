@@ -17,15 +17,18 @@ What it owns (subclasses configure it through class attributes and a few hooks):
 * logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted;
 * checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
   everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
-* training budgets: every concrete subclass ``X`` gets siblings ``X_debug`` (1 epoch, 2 training iterations,
-  1 validation iteration) and ``X_demoSmall``/``_demoMedium``/``_demoLarge`` (200/1000/3000 iterations, the
-  demo's equal-iteration budgets), generated here (:data:`BUDGET_VARIANTS`), so no variant is written by hand.
+* a frozen **teacher** (``teacher_source``): a finished run's network (``nnUNet_missingmod_teacher``), or a
+  snapshot of the run's own network taken at a switch epoch (two-phase training), distilled into the student on
+  every sample (:meth:`~MissingModalityTrainerBase.teacher_distillation`);
+* training budgets: every concrete subclass ``X`` gets one sibling per entry of :data:`BUDGETS` (``X_debug``,
+  ``X_demoSmall``, ``X_demoMedium``, ``X_demoLarge``), so no variant is written by hand.
 
 The ``__init__`` signature must stay exactly nnU-Net's: it records its arguments by introspection.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
@@ -45,24 +48,18 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_missingmod import __version__
+from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.io_checks import atomic_output
 from nnunet_missingmod.modalities import (
     SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names, sample_subset_indices,
     subset_channel_masks, subset_distribution)
+from nnunet_missingmod.training.distillation import (
+    TEACHER_ENV, build_network_of_run, check_teacher_fits, float32_autocast_off, full_resolution, load_finished_run,
+    load_network_weights, logit_kl, soft_dice_loss)
+from nnunet_missingmod.training.budgets import BUDGET_VARIANTS, BUDGETS, DEBUG_SUFFIX  # noqa: F401 (re-exported)
 from nnunet_missingmod.training.logging import LossTermLocalLogger, loss_term_key
 from nnunet_missingmod.training.registry import register_trainer
 
-DEBUG_SUFFIX = "_debug"
-DEBUG_BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
-BUDGET_VARIANTS: Dict[str, Dict[str, int]] = {
-    DEBUG_SUFFIX: DEBUG_BUDGET,
-    # equal-iteration budgets of the demo and the robustness benchmark (50 iterations per epoch so that the
-    # progress plot has points; 5 validation iterations: the demo's validation cases are tiny)
-    "_demoSmall": {"num_epochs": 4, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
-    "_demoMedium": {"num_epochs": 20, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
-    "_demoLarge": {"num_epochs": 60, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5},
-}
-"""Suffix -> nnU-Net budget. Every concrete trainer ``X`` gets a sibling ``X<suffix>`` for each entry."""
 CHECKPOINT_CONFIG_KEY = "missingmod_config"
 CHECKPOINT_EXTRA_KEY = "missingmod_extra"
 """All training state of ours beyond nnU-Net's keys: extra modules, their optimisers and scalers, the subset
@@ -103,10 +100,9 @@ def write_checkpoint(checkpoint: dict, filename: str) -> None:
     half-written file).
 
     ``torch.save`` refuses two tensors whose storages start at one address with different dtypes (pytorch#91325;
-    e.g. a method state holding ``t`` and ``t.view(torch.int32)``), and CI once raised it while saving an
-    untrained MSTKDTrainer checkpoint in which we found no such pair (not reproduced since; cause not found).
-    Rather than lose a run at an epoch end, that one error is answered by saving private copies of the tensors:
-    the same values, without the sharing between them, which nothing of ours relies on."""
+    e.g. a method state holding ``t`` and ``t.view(torch.int32)``). Rather than lose a run at an epoch end, that
+    one error is answered by saving private copies of the tensors: the same values, without the sharing between
+    them, which nothing of ours relies on."""
     with atomic_output(filename) as tmp:
         try:
             torch.save(checkpoint, tmp)
@@ -127,6 +123,11 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree):
     if isinstance(tree, (list, tuple)):
         return type(tree)(map_tensors(fn, v) for v in tree)
     return tree
+
+
+TEACHER = "teacher"
+"""Name of the teacher among the extra modules (the base's frozen teacher, or a method's own)."""
+_TEACHER_SOURCES = (None, "checkpoint", "snapshot")
 
 
 @dataclass
@@ -198,6 +199,23 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     * ``loss_terms``: names of the terms the hooks return in ``StepResult.terms`` (logged as ``train_<term>``).
     * ``budget``: overrides of nnU-Net's epoch and iteration counts (used by the generated ``_debug`` variants);
       an attribute nnU-Net does not have fails loudly.
+    * ``nnunet_overrides``: other nnU-Net attributes set after its ``__init__`` (e.g. ``initial_lr``), checked
+      the same way.
+
+    The teacher (``teacher_source``; a frozen extra module named :data:`TEACHER`):
+
+    * ``None``: no teacher of the base (a method may build its own);
+    * ``"checkpoint"``: the network of the finished run named by ``nnUNet_missingmod_teacher`` (a fold folder or
+      its checkpoint), of any trainer, stock ``nnUNetTrainer`` included, trained with the same plans and
+      configuration; ``start_from_teacher`` = ``"strict"`` (the student starts from its weights and must have the
+      same architecture), ``"matching"`` (from the weights whose names and shapes match) or ``None``;
+    * ``"snapshot"`` (two-phase): the run trains on the full set until epoch ``teacher_switch_epoch()``
+      (``teacher_switch`` × the epochs), copies its network into the teacher then, and draws subsets afterwards.
+
+    With ``distillation_weight > 0`` the default loss adds :meth:`teacher_distillation` on every sample while the
+    teacher is active: a KL at ``distillation_temperature`` on the full-resolution output (per region for region
+    outputs, over the classes for label outputs; τ² · voxel mean) and, with ``distillation_dice_weight > 0``, a
+    soft Dice towards the teacher's probabilities, which weighs each region alike whatever its size.
     """
 
     subset_sampling: str = "uniform"
@@ -205,16 +223,24 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     subset_seed: Optional[int] = None
     loss_terms: tuple = ()
     budget: Optional[Dict[str, int]] = None
+    nnunet_overrides: Optional[Dict[str, Any]] = None
+    teacher_source: Optional[str] = None
+    teacher_switch: float = 0.5
+    start_from_teacher: Optional[str] = None
+    distillation_weight: float = 0.0
+    distillation_temperature: float = 1.0
+    distillation_dice_weight: float = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.channel_modalities = modalities_from_channel_names(dataset_json["channel_names"])
-        for attribute, value in (self.budget or {}).items():
-            if not hasattr(self, attribute):  # a renamed nnU-Net attribute must not silently train 1000 epochs
-                raise AttributeError(f"{type(self).__name__}.budget sets {attribute!r}, which nnUNetTrainer does "
-                                     f"not have (budget: {self.budget})")
-            setattr(self, attribute, value)
+        for source in ("budget", "nnunet_overrides"):
+            for attribute, value in (getattr(self, source) or {}).items():
+                if not hasattr(self, attribute):  # a renamed nnU-Net attribute must not silently train 1000 epochs
+                    raise AttributeError(f"{type(self).__name__}.{source} sets {attribute!r}, which nnUNetTrainer "
+                                         f"does not have ({source}: {getattr(self, source)})")
+                setattr(self, attribute, value)
         self.logger.local_logger = LossTermLocalLogger(self.loss_terms)
         self.subset_generator = torch.Generator()
         if self.subset_seed is None:
@@ -228,6 +254,12 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         self.extra_lr_schedulers: Dict[str, Any] = {}
         self.extra_grad_scalers: Dict[str, Any] = {}
         self._iteration_in_epoch = 0
+        self.teacher_snapshot_epoch: Optional[int] = None  # the epoch whose start the snapshot was taken at
+        if self.teacher_source not in _TEACHER_SOURCES:
+            raise ValueError(f"{type(self).__name__}.teacher_source must be one of {_TEACHER_SOURCES}, got "
+                             f"{self.teacher_source!r}")
+        if self.start_from_teacher not in (None, "strict", "matching"):
+            raise ValueError(f"{type(self).__name__}.start_from_teacher must be None, 'strict' or 'matching'")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -240,7 +272,10 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     # ------------------------------------------------------------------ subsets
     def subset_weights(self, epoch: int) -> torch.Tensor:
         """(15,) weights over :data:`~nnunet_missingmod.modalities.SUBSETS` for ``epoch`` (need not sum to 1).
-        Override for a curriculum; the default follows ``subset_sampling`` and ``full_set_probability``."""
+        Override for a curriculum; the default follows ``subset_sampling`` and ``full_set_probability``, and draws
+        only the full set before a snapshot teacher's switch epoch."""
+        if self.teacher_source == "snapshot" and epoch < self.teacher_switch_epoch():
+            return subset_distribution(self.subset_sampling, full_set_probability=1.0)
         return subset_distribution(self.subset_sampling, self.full_set_probability)
 
     def sample_subset_indices(self, batch_size: int) -> torch.Tensor:
@@ -265,9 +300,87 @@ class MissingModalityTrainerBase(nnUNetTrainer):
 
         Called once in ``initialize()`` after the network is built (``self.num_input_channels``,
         ``self.plans_manager``, ``self.configuration_manager`` and ``self.label_manager`` are set) and before the
-        optimisers; build on ``self.device``'s CPU side freely, the base moves them to the device.
+        optimisers; build on ``self.device``'s CPU side freely, the base moves them to the device. The default
+        returns the base's frozen teacher when ``teacher_source`` is set; an override that wants it too calls
+        ``super().build_extra_modules()``.
         """
-        return {}
+        if self.teacher_source is None:
+            return {}
+        return {TEACHER: ExtraModule(self.build_teacher(), trainable=False, deep_supervision=True)}
+
+    # ------------------------------------------------------------------ the teacher
+    def teacher_switch_epoch(self) -> int:
+        """The epoch at whose start a snapshot teacher is taken: ``teacher_switch`` of the epochs, rounded, at
+        least 1 and at most the last epoch (a 1-epoch run snapshots at its start)."""
+        return min(max(round(self.teacher_switch * self.num_epochs), 1), max(self.num_epochs - 1, 0))
+
+    def build_teacher(self) -> nn.Module:
+        """The frozen teacher's network. ``"snapshot"``: the student's architecture (weights copied at the switch).
+        ``"checkpoint"``: the finished run's network, built by its own trainer class from its own plans and
+        checked against ours; with ``start_from_teacher`` the student is loaded from it too."""
+        if self.teacher_source == "snapshot":
+            return self.build_network_architecture(
+                self.plans_manager, self.configuration_manager, self.num_input_channels,
+                self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
+        location = os.environ.get(TEACHER_ENV)
+        if not location:
+            raise MissingModError(f"{type(self).__name__} needs a finished run as its teacher: set {TEACHER_ENV} to "
+                                  f"its fold folder or checkpoint_final.pth (train it with nnUNetv2_train ... -tr "
+                                  f"{self.teacher_trainer_name()})")
+        run = load_finished_run(location)
+        check_teacher_fits(run, self.plans_manager.plans, self.configuration_name, self.dataset_json,
+                           type(self).__name__, self.teacher_trainer_name())
+        teacher = build_network_of_run(run, self.enable_deep_supervision)
+        load_network_weights(teacher, run, f"the network of {run.trainer_name}", run.trainer_name, strict=True)
+        self.check_teacher_network(teacher, run)
+        if self.start_from_teacher is not None:
+            loaded = load_network_weights(unwrap_network(self.network), run, f"{type(self).__name__}'s network",
+                                          self.teacher_trainer_name(), strict=self.start_from_teacher == "strict")
+            self.print_to_log_file(f"student starts from {len(loaded)} tensors of {run.path}")
+        self.print_to_log_file(f"teacher: {run.describe()}")
+        return teacher
+
+    def check_teacher_network(self, teacher: nn.Module, run) -> None:
+        """Refuse a checkpoint teacher that this method cannot use (e.g. one without the features it distils);
+        raise :class:`MissingModError` naming ``run.path``, ``run.trainer_name`` and the trainer to use."""
+
+    @classmethod
+    def teacher_trainer_name(cls) -> str:
+        """The trainer whose finished run this trainer's checkpoint teacher should come from."""
+        return "nnUNetTrainer"
+
+    def take_teacher_snapshot(self) -> None:
+        """Copy the student's current weights into the frozen snapshot teacher."""
+        unwrap_network(self.extra_modules[TEACHER]).load_state_dict(unwrap_network(self.network).state_dict())
+        self.teacher_snapshot_epoch = self.current_epoch
+        self.print_to_log_file(f"teacher snapshot taken at the start of epoch {self.current_epoch}; subsets are "
+                               f"drawn from now on")
+
+    def teacher_active(self) -> bool:
+        """Whether the base's teacher distils in this step (a snapshot teacher only after its switch)."""
+        if self.teacher_source == "snapshot":
+            return self.teacher_snapshot_epoch is not None
+        return self.teacher_source is not None
+
+    def teacher_distillation(self, teacher_output, student_output) -> StepResult:
+        """The base's distillation from the teacher's to the student's full-resolution output, on every sample.
+
+        ``loss = distillation_weight · τ² · mean KL + distillation_dice_weight · (1 − soft Dice)``, the KL per
+        region (Bernoulli) for region outputs, over the classes for label outputs; the soft Dice
+        (:func:`~nnunet_missingmod.training.distillation.soft_dice_loss`, per region or foreground class) compares
+        the student's probabilities with the teacher's. Both are 0 when the outputs agree.
+        Terms are float32 (autocast off). Returns the weighted loss and the unweighted terms ``distill_kl`` and
+        ``distill_dice``.
+        """
+        regions = self.label_manager.has_regions
+        teacher_logits = full_resolution(teacher_output).detach()
+        student_logits = full_resolution(student_output)
+        tau = self.distillation_temperature
+        kl = logit_kl(teacher_logits, student_logits, regions=regions, temperature=tau).mean() * tau * tau
+        with float32_autocast_off(student_logits):
+            dice = soft_dice_loss(teacher_logits.float(), student_logits.float(), regions=regions)
+        loss = self.distillation_weight * kl + self.distillation_dice_weight * dice
+        return StepResult(loss, {"distill_kl": kl.detach(), "distill_dice": dice.detach()})
 
     def jointly_optimised_parameters(self) -> List[nn.Parameter]:
         """What the main optimiser updates and ``train_step`` clips: the network and the extra modules that join it."""
@@ -360,6 +473,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._iteration_in_epoch = 0
+        if self.teacher_source == "snapshot" and self.teacher_snapshot_epoch is None \
+                and self.current_epoch >= self.teacher_switch_epoch():
+            self.take_teacher_snapshot()
         for name, spec in self.extra_specs.items():
             self.extra_modules[name].train(spec.trainable)
         for scheduler in self.extra_lr_schedulers.values():
@@ -374,9 +490,26 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
         """The hook a method overrides. Runs under autocast on CUDA; compute small terms in float32.
 
-        The default is modality dropout: the network on the masked batch, nnU-Net's loss.
+        The default is modality dropout: the network on the masked batch, nnU-Net's loss, plus the teacher's
+        distillation (:meth:`teacher_distillation`) when the trainer has one and ``distillation_weight`` or
+        ``distillation_dice_weight`` is set.
         """
-        return StepResult(loss=self.loss(self.network(batch.masked_data), batch.target))
+        output = self.network(batch.masked_data)
+        loss = self.loss(output, batch.target)
+        if not self.distils_from_teacher():
+            return StepResult(loss=loss)
+        if not self.teacher_active():  # phase 1 of two-phase training: logged as zeros
+            zero = loss.detach().new_zeros(())
+            return StepResult(loss, {"distill_kl": zero, "distill_dice": zero})
+        with torch.no_grad():
+            teacher_output = self.extra_modules[TEACHER](batch.data)
+        distilled = self.teacher_distillation(teacher_output, output)
+        return StepResult(loss + distilled.loss, distilled.terms)
+
+    def distils_from_teacher(self) -> bool:
+        """Whether the default loss adds the base teacher's distillation."""
+        return self.teacher_source is not None and (self.distillation_weight > 0 or
+                                                    self.distillation_dice_weight > 0)
 
     def extra_module_loss(self, name: str, batch: MaskedBatch, context: Dict[str, Any]) -> StepResult:
         """Loss of an extra module that has its own optimiser (e.g. the discriminator), computed after the main
@@ -471,6 +604,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             "full_set_probability": self.full_set_probability,
             "trained_subsets": self.trainable_subsets(),
             "extra_modules": sorted(self.extra_specs),
+            "teacher_source": self.teacher_source,
         }
 
     def _extra_state(self) -> dict:
@@ -479,6 +613,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             "optimizers": {name: o.state_dict() for name, o in self.extra_optimizers.items()},
             "grad_scalers": {name: s.state_dict() for name, s in self.extra_grad_scalers.items() if s is not None},
             "subset_generator": self.subset_generator.get_state(),
+            "teacher_snapshot_epoch": self.teacher_snapshot_epoch,
             "method": self.extra_checkpoint_state(),
         }
 
@@ -552,6 +687,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             if scaler is not None and name in extra["grad_scalers"]:
                 scaler.load_state_dict(extra["grad_scalers"][name])
         self.subset_generator.set_state(extra["subset_generator"])
+        self.teacher_snapshot_epoch = extra.get("teacher_snapshot_epoch")
         self.load_extra_checkpoint_state(extra["method"])
 
 

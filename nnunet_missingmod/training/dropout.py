@@ -1,8 +1,5 @@
 """Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences; and the
 stock baseline itself with our budget variants."""
-import torch
-
-from nnunet_missingmod.modalities import SUBSETS
 from nnunet_missingmod.training.base import MissingModalityTrainerBase
 
 
@@ -12,10 +9,7 @@ class FullSetTrainer(MissingModalityTrainerBase):
     exactly what ``nnUNetTrainer`` feeds it). It exists so that the stock baseline gets the same budget variants
     (``FullSetTrainer_demoSmall``, ...) as our trainers for equal-iteration comparisons."""
 
-    def subset_weights(self, epoch):
-        weights = torch.zeros(len(SUBSETS), dtype=torch.float64)
-        weights[-1] = 1.0
-        return weights
+    full_set_probability = 1.0
 
 
 class ModalityDropoutTrainer(MissingModalityTrainerBase):

@@ -30,8 +30,9 @@ def decode_with_features(decoder: nn.Module, skips: Sequence[torch.Tensor], retu
                          ) -> Tuple:
     """Run a ``dynamic_network_architectures`` ``UNetDecoder`` on ``skips`` and also return its stage outputs.
 
-    Same computation as ``UNetDecoder.forward`` (dynamic-network-architectures 0.4.x, used by nnunetv2 2.8.1),
-    which returns only the logits.
+    Same computation as ``UNetDecoder.forward`` of dynamic-network-architectures 0.4.x (used by nnunetv2 2.8.1;
+    ``pyproject.toml`` pins ``<0.5`` and ``tests/training/test_features.py`` checks the logits against
+    ``decoder(skips)``), which returns only the logits.
 
     Args:
         decoder: a ``UNetDecoder`` (``transpconvs``, ``stages``, ``seg_layers``, ``deep_supervision``).

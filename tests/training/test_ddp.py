@@ -38,8 +38,11 @@ def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     trainer.is_ddp, trainer.local_rank = True, rank
     trainer.wrap_modules_for_ddp()
+    if trainer.teacher_source == "snapshot":
+        trainer.take_teacher_snapshot()  # phase 2: the frozen snapshot distils
     modules = {"network": trainer.network, **trainer.extra_modules}
-    wrapped = {name: isinstance(m, DDP) for name, m in modules.items()}
+    wrapped = {name: isinstance(m, DDP) for name, m in modules.items()
+               if name == "network" or trainer.extra_specs[name].trainable}
     batch = make_batch(trainer, batch_size=2, seed=rank)  # different data per rank
     masks = trainer.sample_channel_masks(2)
     trainer.subset_generator.manual_seed(1000 + rank)
@@ -54,18 +57,29 @@ def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
 
 MODULES = {"TeacherDiscriminatorTrainer": {"network", "teacher", "discriminator"},
            "MSTKDTrainer_small": {"network", "teacher", "discriminator"},
-           "CCSDTrainer_small": {"network"}}
+           "CCSDTrainer_small": {"network"},
+           "TwoPhaseDistillTrainer": {"network", "teacher"},
+           "RobustifyTrainer": {"network", "teacher"}}
+FROZEN = {"TwoPhaseDistillTrainer": {"teacher"}, "RobustifyTrainer": {"teacher"}}
 
 
 @pytest.mark.parametrize("trainer_name", sorted(MODULES))
-def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preprocessed, tmp_path, trainer_name):
+def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preprocessed, tmp_path, trainer_name,
+                                                       monkeypatch):
+    if trainer_name == "RobustifyTrainer":  # its teacher and start: a stock checkpoint (the workers inherit the env)
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from trainer_helpers import make_trainer
+        make_trainer(nnunet_root, nnUNetTrainer).save_checkpoint(str(tmp_path / "stock.pth"))
+        monkeypatch.setenv("nnUNet_missingmod_teacher", str(tmp_path / "stock.pth"))
     mp.spawn(_worker, args=(2, _free_port(), nnunet_root, str(tmp_path), trainer_name), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert set(r0["after"]) == MODULES[trainer_name]
     assert all(r0["wrapped"].values())  # every trainable module was DDP-wrapped by the base class
+    assert set(r0["wrapped"]) == MODULES[trainer_name] - FROZEN.get(trainer_name, set())  # a frozen one is not
     for name in r0["after"]:
         assert torch.equal(r0["before"][name], r1["before"][name]), name
-        assert not torch.equal(r0["before"][name], r0["after"][name]), name  # the step changed the weights
+        changed = not torch.equal(r0["before"][name], r0["after"][name])
+        assert changed != (name in FROZEN.get(trainer_name, set())), name  # the step changed the trainable ones
         assert torch.equal(r0["after"][name], r1["after"][name]), name  # averaged gradients: identical on ranks
     if trainer_name != "CCSDTrainer_small":  # CCSD feeds every sequence and draws its students per step
         assert not torch.equal(r0["masks"], r1["masks"])  # while each rank trained on its own subsets

@@ -1,43 +1,30 @@
-"""Our trainers on nnU-Net's residual-encoder presets (``-p nnUNetResEncUNet*Plans``): the same tiny dataset with
-its 3d_fullres configuration switched to ResidualEncoderUNet, as those planners write it."""
-import copy
-
+"""``features.decode_with_features`` re-implements the forward of dynamic-network-architectures' ``UNetDecoder``:
+it must return exactly what ``decoder(skips)`` returns, for both decoders the plans can describe."""
 import pytest
 import torch
 
-from conftest import plans_and_dataset_json
-from nnunet_missingmod.training.registry import trainer_registry
-from trainer_helpers import make_batch
-
-RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"  # as nnU-Net's ResEnc planners write it
+from nnunet_missingmod.training.features import decode_with_features, planned_network
+from plans_helpers import tiny_2d, tiny_3d
 
 
-def _resenc_plans(nnunet_root):
-    plans, dataset_json = plans_and_dataset_json(nnunet_root)
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    architecture = plans["configurations"]["3d_fullres"]["architecture"]
-    kwargs = architecture["arch_kwargs"]
-    n_stages = kwargs["n_stages"]
-    kwargs["n_blocks_per_stage"] = [1] + [2] * (n_stages - 1)
-    del kwargs["n_conv_per_stage"]
-    architecture["network_class_name"] = RESENC
-    return plans, dataset_json
-
-
-@pytest.mark.parametrize("name", ["ModalityDropoutTrainer", "MSTKDTrainer_small", "CCSDTrainer_small"])
-def test_trainer_steps_and_exports_on_residual_encoder_plans(nnunet_root, tiny_preprocessed, tmp_path, name):
-    plans, dataset_json = _resenc_plans(nnunet_root)
-    cls = trainer_registry()[name]
-    trainer = cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
-    trainer.initialize()
-    encoder = getattr(trainer.network, "shared_encoder", None) or trainer.network.encoder
-    assert type(encoder).__name__ == "ResidualEncoder"
-    out = trainer.train_step(make_batch(trainer))
-    assert torch.isfinite(torch.as_tensor(out["loss"]))
-    trainer.save_checkpoint(str(tmp_path / "c.pth"))
-    inference = cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
-                                               trainer.num_input_channels,
-                                               trainer.label_manager.num_segmentation_heads,
-                                               enable_deep_supervision=False)
-    inference.load_state_dict(torch.load(tmp_path / "c.pth", weights_only=False)["network_weights"], strict=True)
+@pytest.mark.parametrize("managers, dims", [(lambda: tiny_3d(residual=False), 3), (lambda: tiny_3d(residual=True), 3),
+                                            (tiny_2d, 2)], ids=["PlainConvUNet-3d", "ResidualEncoderUNet-3d",
+                                                                "PlainConvUNet-2d"])
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_decode_with_features_returns_the_decoders_own_logits(managers, dims, deep_supervision):
+    plans_manager, configuration_manager = managers()
+    torch.manual_seed(0)
+    network = planned_network(plans_manager, configuration_manager, 4, 3, deep_supervision).eval()
+    x = torch.randn(2, 4, *configuration_manager.patch_size)
+    with torch.no_grad():
+        skips = network.encoder(x)
+        expected = network.decoder(skips)
+        logits, features, upsampled = decode_with_features(network.decoder, skips, return_upsampled=True)
+    expected_list = expected if deep_supervision else [expected]
+    got_list = logits if deep_supervision else [logits]
+    assert isinstance(logits, list) == deep_supervision
+    assert len(got_list) == len(expected_list)
+    for got, want in zip(got_list, expected_list):
+        assert torch.equal(got, want)
+    assert len(features) == len(upsampled) == len(network.decoder.stages)
+    assert features[-1].shape[2:] == x.shape[2:]  # the last decoder stage is at full resolution

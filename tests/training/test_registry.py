@@ -136,10 +136,12 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from trainer_helpers import make_trainer
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    make_trainer(nnunet_root, nnUNetTrainer).save_checkpoint(str(tmp_path / "nnUNetTrainer.pth"))  # stock teacher
     for name, cls in sorted(trainer_registry().items()):
         if cls.budget is not None:
             continue  # a budget variant has its parent's network
-        if getattr(cls, "frozen_teacher", False):  # its teacher: the MSTKDTeacherTrainer checkpoint saved before
+        if cls.teacher_source == "checkpoint":  # its teacher: a checkpoint saved before (stock, MSTKDTeacherTrainer)
             teacher = tmp_path / f"{cls.teacher_trainer_name()}.pth"
             assert teacher.is_file()
             monkeypatch.setenv("nnUNet_missingmod_teacher", str(teacher))

@@ -22,9 +22,11 @@ from torch import nn
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, SUBSETS
+from nnunet_missingmod.training.distillation import float32_autocast_off as _fp32
+from nnunet_missingmod.training.distillation import logit_kl
 
-__all__ = ["DEFAULTS", "DEFAULT_SOURCES", "hierarchy_level_subsets", "sample_hierarchy_level", "bernoulli_kl",
-           "softmax_kl", "HMSDLoss", "DMCDLoss", "shared_alignment_loss", "domain_classification_loss"]
+__all__ = ["DEFAULTS", "DEFAULT_SOURCES", "hierarchy_level_subsets", "sample_hierarchy_level", "HMSDLoss",
+           "DMCDLoss", "shared_alignment_loss", "domain_classification_loss"]
 
 DEFAULTS = dict(temperature=2.0, hmsd=1.0, dmcd=1.0, dmcd_normalise=True, shared_alignment=0.1, domain=0.02,
                 levels=(1, 2, 3))
@@ -41,10 +43,6 @@ DEFAULT_SOURCES = dict(
     levels="[RECON] k in {1, ..., N-1} (N = 4): the full set is the teacher, so k = N has no student",
 )
 """Source of each value in :data:`DEFAULTS`."""
-
-
-def _fp32(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------------------------- hierarchy (Eq. 1)
@@ -80,24 +78,6 @@ def sample_hierarchy_level(generator: Optional[torch.Generator] = None, levels: 
     if w.shape != (len(levels),) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise MissingModError(f"weights must be {len(levels)} non-negative numbers with a positive sum, got {weights}")
     return levels[int(torch.multinomial(w, 1, generator=generator))]
-
-
-# ------------------------------------------------------------------------------------------------- KL primitives
-
-def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Element-wise ``KL(Bern(σ(a)) ‖ Bern(σ(b)))`` from logits ``a`` (teacher) and ``b`` (student), stable via
-    ``logsigmoid``. Same shape as the inputs; compute in float32."""
-    p = torch.sigmoid(teacher_logits)
-    log_p, log_not_p = F.logsigmoid(teacher_logits), F.logsigmoid(-teacher_logits)
-    log_q, log_not_q = F.logsigmoid(student_logits), F.logsigmoid(-student_logits)
-    return p * (log_p - log_q) + (1.0 - p) * (log_not_p - log_not_q)
-
-
-def softmax_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """``KL(softmax(a) ‖ softmax(b))`` over ``dim`` (the class axis), from logits; the class axis is summed out."""
-    log_p = F.log_softmax(teacher_logits, dim=dim)
-    log_q = F.log_softmax(student_logits, dim=dim)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=dim)
 
 
 # ------------------------------------------------------------------------------------------------- HMSD (Eqs. 2-3)
@@ -141,14 +121,10 @@ class HMSDLoss(nn.Module):
                 raise MissingModError(f"student logits {tuple(s.shape)} do not match teacher logits "
                                       f"{tuple(teacher_logits.shape)}")
         tau = self.temperature
+        teacher = teacher_logits.detach()
         with _fp32(teacher_logits.device):
-            teacher = teacher_logits.detach().float() / tau
-            per_student = []
-            for student_logits in student_logits_list:
-                student = student_logits.float() / tau
-                kl = bernoulli_kl(teacher, student) if self.regions else softmax_kl(teacher, student, dim=1)
-                per_student.append(kl.mean())
-            loss = torch.stack(per_student).mean()
+            loss = torch.stack([logit_kl(teacher, student, regions=self.regions, temperature=tau).mean()
+                                for student in student_logits_list]).mean()
             if self.scale_by_temperature_squared:
                 loss = loss * tau ** 2
             return loss

@@ -25,7 +25,7 @@ re-assembles slots and decodes. The features of a missing sequence's real image 
 :meth:`CCSDNetwork.set_modality_mask`). ``network(x, return_features=True, decode_subsets=...)`` returns a dict with the
 :mod:`~nnunet_missingmod.training.features` keys plus :data:`SUBSET_LOGITS`, :data:`FUSED`, :data:`MODALITY_FEATURES`,
 :data:`SHARED_FEATURES`, :data:`SPECIFIC_FEATURES`, :data:`DOMAIN_LOGITS` and :data:`PRESENT`. See
-``docs/_fragments/ccsd_network.md`` for every choice and its source.
+``docs/methods.md`` ("CCSD network on nnU-Net") for every choice and its source.
 """
 from __future__ import annotations
 
@@ -88,13 +88,13 @@ class CCSDNetwork(nn.Module):
                  decoder_widths: Optional[Sequence[int]] = None):
         super().__init__()
         if missing_slot not in MISSING_SLOT_CHOICES:
-            raise MissingModError(f"missing_slot must be one of {MISSING_SLOT_CHOICES}, got {missing_slot!r}")
+            raise ValueError(f"missing_slot must be one of {MISSING_SLOT_CHOICES}, got {missing_slot!r}")
         channel_modalities = tuple(channel_modalities)
         if sorted(channel_modalities) != sorted(MODALITIES):
             raise MissingModError(f"channel_modalities {channel_modalities} must name each of {MODALITIES} once")
         if len(specific_encoders) != len(MODALITIES):
-            raise MissingModError(f"need one specific encoder per modality ({len(MODALITIES)}), "
-                                  f"got {len(specific_encoders)}")
+            raise ValueError(f"need one specific encoder per modality ({len(MODALITIES)}), "
+                             f"got {len(specific_encoders)}")
         self.missing_slot = missing_slot
         self.channel_modalities = channel_modalities
         self.num_modalities = num_modalities = len(MODALITIES)
@@ -106,8 +106,8 @@ class CCSDNetwork(nn.Module):
         widths = list(shared_encoder.output_channels)
         decoder_widths = widths if decoder_widths is None else list(decoder_widths)
         if len(decoder_widths) != len(widths):
-            raise MissingModError(f"decoder_widths {decoder_widths} must have one width per encoder stage "
-                                  f"({len(widths)})")
+            raise ValueError(f"decoder_widths {decoder_widths} must have one width per encoder stage "
+                             f"({len(widths)})")
         bottleneck, specific_channels = widths[-1], specific_encoders[0].output_channels[-1]
         self.bottleneck_channels, self.specific_channels = bottleneck, specific_channels
 
@@ -146,10 +146,10 @@ class CCSDNetwork(nn.Module):
         mask = torch.as_tensor(mask, dtype=torch.bool).detach()
         channels = len(self.channel_modalities)
         if mask.ndim not in (1, 2) or mask.shape[-1] != channels:
-            raise MissingModError(f"modality mask must be (C={channels},) or (B, C={channels}) bool, "
-                                  f"got shape {tuple(mask.shape)}")
+            raise ValueError(f"modality mask must be (C={channels},) or (B, C={channels}) bool, "
+                             f"got shape {tuple(mask.shape)}")
         if not mask.any(dim=-1).all():
-            raise MissingModError("modality mask: every sample needs at least one present channel")
+            raise ValueError("modality mask: every sample needs at least one present channel")
         self._modality_mask = mask
 
     @property
@@ -167,7 +167,7 @@ class CCSDNetwork(nn.Module):
             if mask.ndim == 1:
                 return mask.unsqueeze(0).expand(batch, -1)
             if mask.shape[0] != batch:
-                raise MissingModError(f"per-sample modality mask has {mask.shape[0]} rows for a batch of {batch}")
+                raise ValueError(f"per-sample modality mask has {mask.shape[0]} rows for a batch of {batch}")
             return mask
         available = x.detach().flatten(2).ne(0).any(dim=2)
         return available | ~available.any(dim=1, keepdim=True)
@@ -275,10 +275,10 @@ class CCSDNetwork(nn.Module):
 
         M axes are in canonical modality order (:data:`MODALITIES`)."""
         if decode_subsets is not None and not return_features:
-            raise MissingModError("decode_subsets needs return_features=True")
+            raise ValueError("decode_subsets needs return_features=True")
         channels = len(self.channel_modalities)
         if x.ndim < 3 or x.shape[1] != channels:
-            raise MissingModError(f"expected input (B, {channels}, *patch), got {tuple(x.shape)}")
+            raise ValueError(f"expected input (B, {channels}, *patch), got {tuple(x.shape)}")
         available = self._channel_availability(x)  # (B, C), channel order
         x = x.masked_fill(~available.view(*available.shape, *([1] * (x.ndim - 2))), 0)  # ShaSpec zeroes missing
         modality_channel = self.modality_channel.to(x.device)
@@ -298,7 +298,7 @@ class CCSDNetwork(nn.Module):
         requested = [] if decode_subsets is None else [int(i) for i in decode_subsets]
         for i in requested:
             if not 0 <= i < len(SUBSETS):
-                raise MissingModError(f"subset index {i} out of range 0..{len(SUBSETS) - 1}")
+                raise ValueError(f"subset index {i} out of range 0..{len(SUBSETS) - 1}")
         requested = list(dict.fromkeys(requested))  # deduplicate, keep order
         if requested:
             chosen = torch.tensor(requested, device=x.device)
@@ -341,7 +341,7 @@ def build_ccsd_network(plans_manager, configuration_manager, num_input_channels:
                               f"got num_input_channels={num_input_channels}")
     for name, width in (("specific_width", specific_width), ("shared_width", shared_width)):
         if not width > 0:
-            raise MissingModError(f"{name} must be > 0, got {width}")
+            raise ValueError(f"{name} must be > 0, got {width}")
     base = planned_network(plans_manager, configuration_manager, 1, num_output_channels, enable_deep_supervision)
     planned_widths = list(base.encoder.output_channels)
     shared_encoder = base.encoder

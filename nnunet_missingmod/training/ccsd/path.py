@@ -16,7 +16,6 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, SUBSETS
 
 __all__ = ["PATH_STRATEGIES", "FULL_SET_INDEX", "subset_index_of", "cosine_similarity_matrix", "criticality",
@@ -38,14 +37,14 @@ def subset_index_of(present: Sequence[bool]) -> int:
     """Index into :data:`SUBSETS` of the subset whose per-modality flags are ``present`` (canonical order)."""
     key = tuple(bool(p) for p in present)
     if key not in _INDEX_OF_PRESENT:
-        raise MissingModError(f"no non-empty subset of {MODALITIES} has presence flags {list(key)}")
+        raise ValueError(f"no non-empty subset of {MODALITIES} has presence flags {list(key)}")
     return _INDEX_OF_PRESENT[key]
 
 
 def _check_features(features: torch.Tensor) -> None:
     if not isinstance(features, torch.Tensor) or features.ndim < 3 or features.shape[1] != len(MODALITIES):
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise MissingModError(f"per-modality features must be (B, M={len(MODALITIES)}, C, *spatial), got {shape}")
+        raise ValueError(f"per-modality features must be (B, M={len(MODALITIES)}, C, *spatial), got {shape}")
 
 
 def _check_present(present: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
@@ -56,9 +55,9 @@ def _check_present(present: Optional[torch.Tensor], batch: int, device) -> torch
     if present.ndim == 1:
         present = present.unsqueeze(0).expand(batch, m)
     if tuple(present.shape) != (batch, m):
-        raise MissingModError(f"present must be (B={batch}, M={m}) bool (or (M,)), got {tuple(present.shape)}")
+        raise ValueError(f"present must be (B={batch}, M={m}) bool (or (M,)), got {tuple(present.shape)}")
     if not present.any(dim=1).all():
-        raise MissingModError("every sample needs at least one present modality")
+        raise ValueError("every sample needs at least one present modality")
     return present
 
 
@@ -190,7 +189,7 @@ def decremental_path(features: Optional[torch.Tensor] = None,
         Ties are broken deterministically towards the lowest modality index (canonical order).
     """
     if strategy not in PATH_STRATEGIES:
-        raise MissingModError(f"unknown decremental path strategy {strategy!r}; expected one of {PATH_STRATEGIES}")
+        raise ValueError(f"unknown decremental path strategy {strategy!r}; expected one of {PATH_STRATEGIES}")
     m = len(MODALITIES)
     if features is not None:
         _check_features(features)
@@ -200,13 +199,13 @@ def decremental_path(features: Optional[torch.Tensor] = None,
     elif present_full is not None and torch.as_tensor(present_full).ndim == 2:
         batch = torch.as_tensor(present_full).shape[0]
     else:
-        raise MissingModError("decremental_path needs features, gradient_norms or a (B, M) present_full for the "
-                              "batch size")
+        raise ValueError("decremental_path needs features, gradient_norms or a (B, M) present_full for the "
+                         "batch size")
     present_full = _check_present(present_full, batch, "cpu").cpu()
 
     if strategy in ("max_criticality", "min_criticality"):
         if features is None:
-            raise MissingModError(f"strategy {strategy!r} needs the per-modality features")
+            raise ValueError(f"strategy {strategy!r} needs the per-modality features")
         similarity = cosine_similarity_matrix(features).cpu()
         sign = 1.0 if strategy == "max_criticality" else -1.0
         fixed = criticality_from_similarity(similarity, present_full)
@@ -222,10 +221,10 @@ def decremental_path(features: Optional[torch.Tensor] = None,
             return random_scores.masked_fill(~current, float("-inf"))
     else:
         if gradient_norms is None:
-            raise MissingModError("strategy 'gradient' needs gradient_norms (B, M)")
+            raise ValueError("strategy 'gradient' needs gradient_norms (B, M)")
         norms = torch.as_tensor(gradient_norms).detach().float().cpu()
         if tuple(norms.shape) != (batch, m):
-            raise MissingModError(f"gradient_norms must be (B={batch}, M={m}), got {tuple(norms.shape)}")
+            raise ValueError(f"gradient_norms must be (B={batch}, M={m}), got {tuple(norms.shape)}")
 
         def step_scores(current):
             return norms.masked_fill(~current, float("-inf"))
@@ -242,18 +241,18 @@ def removed_modalities(path: torch.Tensor) -> torch.Tensor:
 
 
 def check_decremental_path(path: torch.Tensor) -> None:
-    """Raise :class:`MissingModError` unless every row of ``path`` (B, M) is a valid chain: each step removes exactly
+    """Raise ``ValueError`` unless every row of ``path`` (B, M) is a valid chain: each step removes exactly
     one modality (or, once at one modality, repeats it), ending with a single modality."""
     if path.ndim != 2 or path.shape[1] != len(MODALITIES):
-        raise MissingModError(f"a decremental path must be (B, M={len(MODALITIES)}), got {tuple(path.shape)}")
+        raise ValueError(f"a decremental path must be (B, M={len(MODALITIES)}), got {tuple(path.shape)}")
     for row in path.tolist():
         if any(not 0 <= i < len(SUBSETS) for i in row):
-            raise MissingModError(f"path {row} holds an index outside 0..{len(SUBSETS) - 1}")
+            raise ValueError(f"path {row} holds an index outside 0..{len(SUBSETS) - 1}")
         sets = [SUBSETS[i] for i in row]
         for a, b in zip(sets[:-1], sets[1:]):
             subset = all(pa or not pb for pa, pb in zip(a.present, b.present))
             ok = subset and (b.cardinality == a.cardinality - 1 or (a == b and a.cardinality == 1))
             if not ok:
-                raise MissingModError(f"path {[s.name for s in sets]} is not a decremental chain ({a} -> {b})")
+                raise ValueError(f"path {[s.name for s in sets]} is not a decremental chain ({a} -> {b})")
         if sets[-1].cardinality != 1:
-            raise MissingModError(f"path {[s.name for s in sets]} does not end with a single modality")
+            raise ValueError(f"path {[s.name for s in sets]} does not end with a single modality")

@@ -25,8 +25,8 @@ from nnunet_missingmod.training.ccsd.losses import (
 from nnunet_missingmod.training.ccsd.network import (
     DOMAIN_LOGITS, FUSED, MODALITY_FEATURES, SHARED_FEATURES, SUBSET_LOGITS, build_ccsd_network)
 from nnunet_missingmod.training.ccsd.path import decremental_path, gradient_criticality
+from nnunet_missingmod.training.distillation import full_resolution
 from nnunet_missingmod.training.features import LOGITS
-from nnunet_missingmod.training.mstkd.losses import full_resolution
 
 
 class CCSDTrainer(MissingModalityTrainerBase):
@@ -46,6 +46,8 @@ class CCSDTrainer(MissingModalityTrainerBase):
       ``random``, ``gradient`` (paper's Eq. 9));
     * ``student_segmentation``: nnU-Net's loss also on every decoded subset (the paper does not say; without it a
       student learns only from the teacher);
+    * ``warmup``: the fraction of the epochs trained on the full set alone (no students, no HMSD/DMCD) before the
+      method's terms start (ShaSpec's recipe warms up on all modalities before dropping any);
     * ShaSpec's auxiliary losses: ``shared_alignment_weight`` (L1 between shared features, 0.1) and
       ``domain_weight`` (modality classification of specific features, 0.02). Both stay in the graph even at
       weight 0, so every parameter gets a gradient each step and DDP needs no ``find_unused_parameters``.
@@ -66,6 +68,9 @@ class CCSDTrainer(MissingModalityTrainerBase):
     student_segmentation: bool = True
     shared_alignment_weight: float = DEFAULTS["shared_alignment"]
     domain_weight: float = DEFAULTS["domain"]
+    warmup: float = 0.0
+    # The network sees every sequence; the students are decoded from its cache, so the sampler keeps all.
+    full_set_probability = 1.0
     loss_terms = ("seg_full", "seg_students", "hmsd", "dmcd", "shared_alignment", "domain", "level")
 
     @classmethod
@@ -76,11 +81,6 @@ class CCSDTrainer(MissingModalityTrainerBase):
                                   enable_deep_supervision, specific_width=cls.specific_width,
                                   missing_slot=cls.missing_slot, shared_width=cls.shared_width)
 
-    def subset_weights(self, epoch: int) -> torch.Tensor:
-        # The network sees every sequence; the students are decoded from its cache, so the sampler keeps all.
-        weights = torch.zeros(len(SUBSETS), dtype=torch.float64)
-        weights[-1] = 1.0
-        return weights
 
     def trainable_subsets(self):
         # What the students cover over training: every subset of the hierarchy levels, and the full set.
@@ -95,10 +95,15 @@ class CCSDTrainer(MissingModalityTrainerBase):
         order = torch.randperm(len(subsets), generator=self.subset_generator)[:self.max_level_subsets]
         return tuple(subsets[i] for i in sorted(order.tolist()))
 
+    def in_warmup(self) -> bool:
+        return self.current_epoch < round(self.warmup * self.num_epochs)
+
     def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
+        unwrap_network(self.network).set_modality_mask(None)  # all sequences are in the batch
+        if self.in_warmup():
+            return self._warmup_step(batch)
         level = sample_hierarchy_level(self.subset_generator, levels=self.hierarchy_levels)
         students = self.level_subsets(level)
-        unwrap_network(self.network).set_modality_mask(None)  # all sequences are in the batch
         out = self.network(batch.data, return_features=True, decode_subsets=students)
         regions = self.label_manager.has_regions
 
@@ -123,11 +128,23 @@ class CCSDTrainer(MissingModalityTrainerBase):
         if self.use_dmcd:
             loss = loss + self.dmcd_weight * dmcd
 
+        return self._with_auxiliary_terms(loss, terms, out)
+
+    def _with_auxiliary_terms(self, loss, terms, out) -> StepResult:
         terms["shared_alignment"] = shared_alignment_loss(out[SHARED_FEATURES])
         terms["domain"] = domain_classification_loss(out[DOMAIN_LOGITS])
         loss = loss + self.shared_alignment_weight * terms["shared_alignment"] + \
             self.domain_weight * terms["domain"]
         return StepResult(loss, terms)
+
+    def _warmup_step(self, batch: MaskedBatch) -> StepResult:
+        """Full set only: nnU-Net's loss on the full-set decode and ShaSpec's auxiliary terms (which keep every
+        parameter in the graph, as DDP needs); the method's terms are logged as 0."""
+        out = self.network(batch.data, return_features=True, decode_subsets=())
+        seg_full = self.loss(out[LOGITS], batch.target)
+        zero = seg_full.detach().new_zeros(())
+        terms = {"seg_full": seg_full, "seg_students": zero, "hmsd": zero, "dmcd": zero, "level": zero}
+        return self._with_auxiliary_terms(seg_full, terms, out)
 
 
 # ---------------------------------------------------------------------- ablations (paper, Tables 3 and 6)
@@ -183,7 +200,7 @@ class CCSDTrainer_2subsets(CCSDTrainer):
     max_level_subsets = 2
 
 
-class _SmallSize:
+class SmallSize:
     """The sizes of ``CCSDTrainer_small``, shared with its ablations (a mixin, not a trainer): shared encoder at
     half the planned widths (it runs on all four sequences: the largest cost), specific encoders at 1/4, one student
     of the drawn hierarchy level decoded per step."""
@@ -193,18 +210,28 @@ class _SmallSize:
     max_level_subsets = 1
 
 
-class CCSDTrainer_small(_SmallSize, CCSDTrainer):
+class CCSDTrainer_small(SmallSize, CCSDTrainer):
     """The variant within the cost target (at most 3x a stock step; ``docs/benchmarks.md``), also the CPU one, with
-    the sizes of :class:`_SmallSize`. The method is otherwise CCSDTrainer's."""
+    the sizes of :class:`SmallSize`. The method is otherwise CCSDTrainer's."""
 
 
-class CCSDTrainer_noHMSD_small(_SmallSize, CCSDTrainer_noHMSD):
+class CCSDTrainer_noHMSD_small(SmallSize, CCSDTrainer_noHMSD):
     """``CCSDTrainer_noHMSD`` sized as ``CCSDTrainer_small``."""
 
 
-class CCSDTrainer_noDMCD_small(_SmallSize, CCSDTrainer_noDMCD):
+class CCSDTrainer_noDMCD_small(SmallSize, CCSDTrainer_noDMCD):
     """``CCSDTrainer_noDMCD`` sized as ``CCSDTrainer_small``."""
 
 
-class CCSDTrainer_noKD_small(_SmallSize, CCSDTrainer_noKD):
+class CCSDTrainer_noKD_small(SmallSize, CCSDTrainer_noKD):
     """``CCSDTrainer_noKD`` sized as ``CCSDTrainer_small``."""
+
+
+class CCSDTrainer_warmup(CCSDTrainer):
+    """The first quarter of the epochs on the full set alone (ShaSpec's warm-up on all modalities), then CCSD."""
+
+    warmup = 0.25
+
+
+class CCSDTrainer_warmup_small(SmallSize, CCSDTrainer_warmup):
+    """``CCSDTrainer_warmup`` sized as ``CCSDTrainer_small``."""

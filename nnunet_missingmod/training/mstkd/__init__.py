@@ -1,1 +1,1 @@
-"""MST-KDNet (Li et al.): teacher/student network and its distillation losses."""
+"""MST-KDNet (Zhu et al., MICCAI 2025): teacher/student network and its distillation losses."""

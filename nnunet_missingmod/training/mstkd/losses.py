@@ -1,4 +1,4 @@
-"""MST-KDNet's distillation losses (Li et al., MICCAI 2025) as small pure-torch modules.
+"""MST-KDNet's distillation losses (Zhu et al., MICCAI 2025) as small pure-torch modules.
 
 Every loss here is computed in **float32 with autocast disabled**, whatever the input dtype: the EVD term is about
 1e-9 before its weight of 1e8, and squared differences of fp16 attention products underflow to 0 in fp16. Every
@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_missingmod.training.distillation import bernoulli_kl, softmax_kl
+from nnunet_missingmod.training.distillation import float32_autocast_off as _fp32_context
+
 __all__ = [
-    "OFFICIAL_WEIGHTS", "SOURCE_LABEL", "TARGET_LABEL", "full_resolution", "consistency_weight", "EVDLoss",
+    "OFFICIAL_WEIGHTS", "SOURCE_LABEL", "TARGET_LABEL", "consistency_weight", "EVDLoss",
     "MultiScaleTransformerLoss", "ContentLoss", "ConsistencyLoss", "LogitStandardisedKD", "GramStyleLoss",
     "generator_adversarial_loss", "discriminator_loss",
 ]
@@ -51,11 +54,6 @@ _STD_EPS = 1e-7  # official slkd.normalize and paper Eq. 6: (l - mu) / (sigma + 
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _fp32_context(x: torch.Tensor):
-    """Autocast switched off on x's device, so that matmuls and reductions run in the dtype we give them."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
-
-
 def _check_pair(teacher: torch.Tensor, student: torch.Tensor, what: str) -> None:
     if teacher.shape != student.shape:
         raise ValueError(f"{what}: teacher shape {tuple(teacher.shape)} != student shape {tuple(student.shape)}")
@@ -67,14 +65,6 @@ def _check_lists(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor
                          f"{len(student)} (student)")
     for t, s in zip(teacher, student):
         _check_pair(t, s, what)
-
-
-def full_resolution(output):
-    """The full-resolution output of a network: ``output[0]`` for a deep-supervision list/tuple, else ``output``.
-    The KD terms (consistency, SLKD) act on this output only (``docs/methods.md`` §5.2)."""
-    if isinstance(output, (list, tuple)):
-        return output[0]
-    return output
 
 
 def consistency_weight(progress: float, max_weight: float = OFFICIAL_WEIGHTS["consistency_max"],
@@ -269,14 +259,9 @@ class LogitStandardisedKD(nn.Module):
             t, s = teacher_logits.float(), student_logits.float()
             if self.regions:
                 spatial = tuple(range(2, t.dim()))
-                z_t, z_s = _zscore(t, spatial) / tau, _zscore(s, spatial) / tau
-                log_p_t, log_q_t = F.logsigmoid(z_t), F.logsigmoid(-z_t)  # log p, log(1 - p)
-                log_p_s, log_q_s = F.logsigmoid(z_s), F.logsigmoid(-z_s)
-                kl = log_p_t.exp() * (log_p_t - log_p_s) + log_q_t.exp() * (log_q_t - log_q_s)
+                kl = bernoulli_kl(_zscore(t, spatial) / tau, _zscore(s, spatial) / tau)
                 return kl.mean() * tau * tau
-            z_t, z_s = _zscore(t, 1) / tau, _zscore(s, 1) / tau
-            log_q_t, log_q_s = F.log_softmax(z_t, dim=1), F.log_softmax(z_s, dim=1)
-            kl = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1)  # (B, *spatial)
+            kl = softmax_kl(_zscore(t, 1) / tau, _zscore(s, 1) / tau, dim=1)  # (B, *spatial)
             return kl.mean() * tau * tau
 
 

@@ -7,7 +7,6 @@ variants are thin subclasses whose names say the one setting they change. Every 
 """
 from __future__ import annotations
 
-import os
 from typing import Dict
 
 import torch
@@ -15,20 +14,19 @@ from torch import nn
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.base import (
-    ExtraModule, MaskedBatch, MissingModalityTrainerBase, StepResult, frozen_parameters, map_tensors,
+    TEACHER, ExtraModule, MaskedBatch, MissingModalityTrainerBase, StepResult, frozen_parameters, map_tensors,
     unwrap_network)
+from nnunet_missingmod.training.distillation import TEACHER_ENV, full_resolution, same_state_dict_layout
+from nnunet_missingmod.training.dropout import FullSetTrainer
 from nnunet_missingmod.training.features import LOGITS
 from nnunet_missingmod.training.mstkd.discriminator import style_discriminator_for
 from nnunet_missingmod.training.mstkd.losses import (
     OFFICIAL_WEIGHTS, ConsistencyLoss, ContentLoss, EVDLoss, GramStyleLoss, LogitStandardisedKD,
-    MultiScaleTransformerLoss, consistency_weight, discriminator_loss, full_resolution, generator_adversarial_loss)
+    MultiScaleTransformerLoss, consistency_weight, discriminator_loss, generator_adversarial_loss)
 from nnunet_missingmod.training.mstkd.network import (
     ATTENTION, CONTENT, FUSED, GSME_FEATURES, MST_FEATURES, SMALL, TransformerConfig, build_mstkd_network)
-from nnunet_missingmod.training.dropout import FullSetTrainer
 
-TEACHER_ENV = "nnUNet_missingmod_teacher"
-"""Environment variable naming the checkpoint (``checkpoint_final.pth``) of a finished run whose network the
-``_frozenTeacher`` variants load as their frozen teacher."""
+__all__ = ["TEACHER_ENV"]  # re-exported: the variable's name is part of the MST-KD trainers' documentation
 
 
 class _MSTKDNetworkMixin:
@@ -50,10 +48,15 @@ class MSTKDTeacherTrainer(_MSTKDNetworkMixin, FullSetTrainer):
     loads (``export nnUNet_missingmod_teacher=.../fold_0/checkpoint_final.pth``)."""
 
 
-class MSTKDTeacherTrainer_small(MSTKDTeacherTrainer):
-    """``MSTKDTeacherTrainer`` with the CPU-sized transformer of ``MSTKDTrainer_small``."""
+class SmallTransformer:
+    """The size of the ``_small`` MST-KD variants (a mixin, not a trainer): the CPU-sized transformer stage
+    (embed 96, 4 heads, 4 layers); everything else as the class it is mixed into."""
 
     transformer = SMALL
+
+
+class MSTKDTeacherTrainer_small(SmallTransformer, MSTKDTeacherTrainer):
+    """``MSTKDTeacherTrainer`` with the CPU-sized transformer of ``MSTKDTrainer_small``."""
 
 
 class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
@@ -61,7 +64,9 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
 
     * teacher: the same architecture on all sequences; jointly trained with the student by the main optimiser, as
       the official code (one optimiser over both, no stop-gradient); ``detach_teacher = True`` stops the
-      distillation gradients at the teacher; ``frozen_teacher`` loads a finished run instead (see ``_frozenTeacher``).
+      distillation gradients at the teacher; ``teacher_source = "checkpoint"`` uses the base trainer's frozen
+      teacher from a finished run instead (``_frozenTeacher``: an MST-KDNet run; ``_stockTeacher``: a stock run,
+      logit distillation only).
     * student: ``self.network`` (saved as ``network_weights``, used at inference) on the same augmented patch with
       each sample's subset zeroed (uniform over the 15 subsets, full set included, as the official code draws).
     * discriminator: GSME's style discriminator on the fused map, with its own persistent Adam and grad scaler.
@@ -70,7 +75,6 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
     """
 
     detach_teacher: bool = False
-    frozen_teacher: bool = False
     use_mstkd: bool = True
     use_gsme: bool = True
     use_slkd: bool = True
@@ -93,51 +97,54 @@ class MSTKDTrainer(_MSTKDNetworkMixin, MissingModalityTrainerBase):
             terms.append("content")
         return tuple(terms)
 
+    @property
+    def frozen_teacher(self) -> bool:
+        return self.teacher_source is not None
+
     # ------------------------------------------------------------------ modules
     def build_extra_modules(self) -> Dict[str, ExtraModule]:
-        teacher = self.build_network_architecture(
-            self.plans_manager, self.configuration_manager, self.num_input_channels,
-            self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
-        modules = {"teacher": ExtraModule(teacher, trainable=not self.frozen_teacher, deep_supervision=True)}
-        if self.frozen_teacher:
-            self._load_frozen_teacher(teacher)
+        if self.frozen_teacher:  # the base's teacher from a finished run
+            modules = super().build_extra_modules()
+        else:
+            teacher = self.build_network_architecture(
+                self.plans_manager, self.configuration_manager, self.num_input_channels,
+                self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
+            modules = {TEACHER: ExtraModule(teacher, deep_supervision=True)}
         if self.use_gsme:
             discriminator = style_discriminator_for(unwrap_network(self.network), ndf=self.discriminator_ndf)
             modules["discriminator"] = ExtraModule(discriminator, optimizer=lambda params: torch.optim.Adam(
                 params, lr=self.discriminator_lr, betas=self.discriminator_betas))
         return modules
 
-    def _load_frozen_teacher(self, teacher: nn.Module) -> None:
-        path = os.environ.get(TEACHER_ENV)
-        if not path:
-            raise MissingModError(f"{type(self).__name__} needs a trained teacher: set {TEACHER_ENV} to the "
-                                  f"checkpoint_final.pth of a finished run of {type(self).__name__}'s network "
-                                  f"(e.g. nnUNetv2_train ... -tr {self.teacher_trainer_name()})")
-        if os.path.isdir(path):
-            path = os.path.join(path, "checkpoint_final.pth")
-        if not os.path.isfile(path):
-            raise MissingModError(f"{TEACHER_ENV}={path}: no such checkpoint file")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        try:
-            teacher.load_state_dict(checkpoint["network_weights"], strict=True)
-        except (KeyError, RuntimeError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    def check_teacher_network(self, teacher: nn.Module, run) -> None:
+        # the feature terms need the teacher's transformer stage: an MST-KDNet network of the student's size
+        if self.teaches_features() and not same_state_dict_layout(unwrap_network(self.network), run.network_weights):
             raise MissingModError(
-                f"{TEACHER_ENV}={path} (trainer {checkpoint.get('trainer_name', '?')}) does not fit "
-                f"{type(self).__name__}'s network (same plans, configuration and transformer size needed; "
-                f"train it with -tr {self.teacher_trainer_name()}): {first_line}") from None
+                f"{TEACHER_ENV}={run.path} (trainer {run.trainer_name}) does not fit {type(self).__name__}'s network "
+                f"(same plans, configuration and transformer size needed; train it with -tr "
+                f"{self.teacher_trainer_name()})")
+
+    @classmethod
+    def teaches_features(cls) -> bool:
+        """Whether a term distils the teacher's features (EVD, MST, Gram, content, discriminator)."""
+        return cls.use_mstkd or cls.use_gsme or cls.use_content
 
     @classmethod
     def teacher_trainer_name(cls) -> str:
-        """The trainer whose finished run a ``_frozenTeacher`` variant of this class loads (same network size)."""
+        """The trainer whose finished run a checkpoint teacher of this class comes from: an MST-KDNet run of the
+        same transformer size when features are distilled, else stock nnU-Net."""
+        if not cls.teaches_features():
+            return "nnUNetTrainer"
         return "MSTKDTeacherTrainer_small" if cls.transformer == SMALL else "MSTKDTeacherTrainer"
 
     # ------------------------------------------------------------------ the step
     def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
-        teacher = self.extra_modules["teacher"]
+        teacher = self.extra_modules[TEACHER]
         student_out = self.network(batch.masked_data, return_features=True)
         with torch.no_grad() if self.frozen_teacher else torch.enable_grad():
-            teacher_out = teacher(batch.data, return_features=True)
+            # a stock teacher (no feature terms) is called as nnU-Net calls it and returns its logits only
+            teacher_out = teacher(batch.data, return_features=True) if self.teaches_features() \
+                else {LOGITS: teacher(batch.data)}
         stop_at_teacher = self.detach_teacher or self.frozen_teacher
         kd_teacher = map_tensors(torch.Tensor.detach, teacher_out) if stop_at_teacher else teacher_out
         w = self.weights
@@ -213,7 +220,19 @@ class MSTKDTrainer_frozenTeacher(MSTKDTrainer):
     """A frozen teacher loaded from the finished run named by ``nnUNet_missingmod_teacher`` (train it with
     ``-tr MSTKDTeacherTrainer``); only the student and the discriminator learn."""
 
-    frozen_teacher = True
+    teacher_source = "checkpoint"
+
+
+class MSTKDTrainer_stockTeacher(MSTKDTrainer):
+    """The frozen teacher is a finished **stock** ``nnUNetTrainer`` run (``nnUNet_missingmod_teacher``), as accurate
+    as stock nnU-Net on complete scans, and the student starts from its encoder and decoder weights (the transformer
+    stage and the fused skip start fresh). A stock network has no transformer stage, so only DMLD's logit terms
+    (consistency MSE, SLKD) distil; MS-TKD and GSME are off."""
+
+    teacher_source = "checkpoint"
+    start_from_teacher = "matching"
+    use_mstkd = False
+    use_gsme = False
 
 
 class MSTKDTrainer_content(MSTKDTrainer):
@@ -222,32 +241,26 @@ class MSTKDTrainer_content(MSTKDTrainer):
     use_content = True
 
 
-class MSTKDTrainer_small(MSTKDTrainer):
+class MSTKDTrainer_small(SmallTransformer, MSTKDTrainer):
     """A CPU-sized transformer (embed 96, 4 heads, 4 layers) for demos and tests; everything else as MSTKDTrainer."""
 
-    transformer = SMALL
 
-
-class MSTKDTrainer_noMSTKD_small(MSTKDTrainer_noMSTKD):
+class MSTKDTrainer_noMSTKD_small(SmallTransformer, MSTKDTrainer_noMSTKD):
     """``MSTKDTrainer_noMSTKD`` with the CPU-sized transformer."""
 
-    transformer = SMALL
 
-
-class MSTKDTrainer_noGSME_small(MSTKDTrainer_noGSME):
+class MSTKDTrainer_noGSME_small(SmallTransformer, MSTKDTrainer_noGSME):
     """``MSTKDTrainer_noGSME`` with the CPU-sized transformer."""
 
-    transformer = SMALL
 
-
-class MSTKDTrainer_noSLKD_small(MSTKDTrainer_noSLKD):
+class MSTKDTrainer_noSLKD_small(SmallTransformer, MSTKDTrainer_noSLKD):
     """``MSTKDTrainer_noSLKD`` with the CPU-sized transformer."""
 
-    transformer = SMALL
 
-
-class MSTKDTrainer_frozenTeacher_small(MSTKDTrainer_frozenTeacher):
+class MSTKDTrainer_frozenTeacher_small(SmallTransformer, MSTKDTrainer_frozenTeacher):
     """``MSTKDTrainer_frozenTeacher`` with the CPU-sized transformer (teacher from ``MSTKDTeacherTrainer_small``):
     the cheapest MST-KD step, since the teacher only runs forward."""
 
-    transformer = SMALL
+
+class MSTKDTrainer_stockTeacher_small(SmallTransformer, MSTKDTrainer_stockTeacher):
+    """``MSTKDTrainer_stockTeacher`` with the CPU-sized transformer."""

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, SUBSETS, apply_channel_mask, subset_channel_masks
 from nnunet_missingmod.training.ccsd.network import DOMAIN_LOGITS, FUSED, MODALITY_FEATURES, PRESENT, \
     SHARED_FEATURES, SPECIFIC_FEATURES, SUBSET_LOGITS, build_ccsd_network
@@ -341,21 +340,21 @@ def test_state_dict_is_unchanged_by_the_mask_and_loads_strictly():
 
 def test_invalid_arguments_are_rejected():
     network, plans_manager, configuration_manager = _build()
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         network.set_modality_mask(torch.tensor([True, False, True]))  # wrong channel count
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         network.set_modality_mask(torch.tensor([[True, True, True, True], [False] * 4]))  # empty row
     x = _input(configuration_manager)
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         network(x, decode_subsets=(0,))  # subsets need the features dict
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         network(x, return_features=True, decode_subsets=(15,))
     network.set_modality_mask(torch.ones(BATCH + 1, N_IN, dtype=torch.bool))
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         network(x)  # per-sample mask for another batch size
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         build_ccsd_network(plans_manager, configuration_manager, 3, N_OUT, True)
-    with pytest.raises(MissingModError):
+    with pytest.raises(ValueError):
         build_ccsd_network(plans_manager, configuration_manager, N_IN, N_OUT, True, missing_slot="mean")
-    with pytest.raises(MissingModError, match="shared_width"):
+    with pytest.raises(ValueError, match="shared_width"):
         build_ccsd_network(plans_manager, configuration_manager, N_IN, N_OUT, True, shared_width=0)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nnunet_missingmod.training.mstkd.losses import (
     OFFICIAL_WEIGHTS, SOURCE_LABEL, TARGET_LABEL, ConsistencyLoss, ContentLoss, EVDLoss, GramStyleLoss,
-    LogitStandardisedKD, MultiScaleTransformerLoss, consistency_weight, discriminator_loss, full_resolution,
+    LogitStandardisedKD, MultiScaleTransformerLoss, consistency_weight, discriminator_loss,
     generator_adversarial_loss)
 
 
@@ -41,14 +41,6 @@ def test_official_weights_and_labels():
     assert (SOURCE_LABEL, TARGET_LABEL) == (0.0, 1.0)
 
 
-def test_full_resolution():
-    a, b = torch.zeros(1), torch.ones(1)
-    assert full_resolution([a, b]) is a
-    assert full_resolution((b, a)) is b
-    assert full_resolution(a) is a
-
-
-# ------------------------------------------------------------------------------------------------------ EVD
 def test_evd_hand_example_2x2():
     # L = 2 layers of 2x2 maps (B = heads = 1).
     t1 = torch.tensor([[0.5, 0.5], [1.0, 0.0]])

@@ -1,0 +1,82 @@
+"""Robust models that keep stock nnU-Net's complete-scan accuracy: cardinality modality dropout with the base
+trainer's frozen teacher distilled on every sample.
+
+* ``TwoPhaseDistillTrainer``: one run, equal iterations. It trains on the full set until the switch epoch
+  (``teacher_switch`` of the epochs), snapshots its own network as the teacher, then draws subsets (ShaSpec's
+  cardinality sampling) and is distilled towards the snapshot's full-set prediction; ``TwoPhaseTrainer`` is the
+  same schedule without distillation (what distillation adds).
+* ``RobustifyTrainer``: on top of a finished stock run (``nnUNet_missingmod_teacher``): starts from its weights,
+  keeps it as the frozen teacher, and trains its budget (e.g. ``RobustifyTrainer_demoSmall``: +200 iterations)
+  with subsets, at a tenth of nnU-Net's initial learning rate (the run it continues has already converged).
+
+The distillation is :meth:`~nnunet_missingmod.training.base.MissingModalityTrainerBase.teacher_distillation`: the
+per-region KL (τ = 1) and a soft Dice towards the teacher's probabilities, each with weight 1 (the Dice term carries
+the small regions, ET above all, that a voxel-mean KL barely weighs). Choices and measurements:
+``docs/methods.md`` ("No trade-off") and ``docs/benchmarks.md``.
+"""
+from nnunet_missingmod.training.dropout import ModalityDropoutTrainer_cardinality
+
+_DISTILL_TERMS = ("distill_kl", "distill_dice")
+
+
+class TwoPhaseTrainer(ModalityDropoutTrainer_cardinality):
+    """Full set until the switch (half of the epochs), cardinality dropout afterwards; no distillation."""
+
+    teacher_source = "snapshot"
+
+
+class TwoPhaseDistillTrainer(TwoPhaseTrainer):
+    """Two-phase training with self-distillation towards the snapshot at the switch: the candidate default."""
+
+    distillation_weight = 1.0
+    distillation_dice_weight = 1.0
+    loss_terms = _DISTILL_TERMS
+
+
+class TwoPhaseDistillTrainer_switch25(TwoPhaseDistillTrainer):
+    """Switch after a quarter of the epochs."""
+
+    teacher_switch = 0.25
+
+
+class TwoPhaseDistillTrainer_switch75(TwoPhaseDistillTrainer):
+    """Switch after three quarters of the epochs."""
+
+    teacher_switch = 0.75
+
+
+class TwoPhaseDistillTrainer_klOnly(TwoPhaseDistillTrainer):
+    """The plain form: the per-region KL alone, no soft-Dice term."""
+
+    distillation_dice_weight = 0.0
+
+
+class TwoPhaseDistillTrainer_weight3(TwoPhaseDistillTrainer):
+    """Both distillation terms weighted 3 instead of 1."""
+
+    distillation_weight = 3.0
+    distillation_dice_weight = 3.0
+
+
+class TwoPhaseDistillTrainer_uniform(TwoPhaseDistillTrainer):
+    """Uniform sampling over the 15 subsets after the switch instead of cardinality sampling."""
+
+    subset_sampling = "uniform"
+
+
+class RobustifyTrainer(ModalityDropoutTrainer_cardinality):
+    """Robustify a finished model: start from ``nnUNet_missingmod_teacher``'s weights (same architecture needed),
+    keep that model as the frozen teacher, and train with cardinality dropout and distillation on every sample."""
+
+    teacher_source = "checkpoint"
+    start_from_teacher = "strict"
+    distillation_weight = 1.0
+    distillation_dice_weight = 1.0
+    loss_terms = _DISTILL_TERMS
+    nnunet_overrides = {"initial_lr": 1e-3}
+
+
+class RobustifyTrainer_klOnly(RobustifyTrainer):
+    """Robustify with the per-region KL alone."""
+
+    distillation_dice_weight = 0.0

@@ -1,0 +1,169 @@
+"""The base trainer's frozen teacher on the real plans of the tiny dataset: two-phase snapshots (switch, sampling,
+checkpoint and resume) and teachers from a finished run (robustify: start, distillation at agreement, refusals)."""
+import pytest
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.modalities import SUBSETS
+from nnunet_missingmod.training.base import TEACHER
+from nnunet_missingmod.training.distillation import TEACHER_ENV
+from nnunet_missingmod.training.mstkd.trainer import MSTKDTeacherTrainer_small, MSTKDTrainer_stockTeacher_small
+from nnunet_missingmod.training.robust import RobustifyTrainer, TwoPhaseDistillTrainer
+from trainer_helpers import make_batch, make_trainer, module_parameters
+
+FULL_SET = len(SUBSETS) - 1
+
+
+class _TwoPhase4Epochs(TwoPhaseDistillTrainer):
+    """4 epochs of 2 iterations: the snapshot is taken at the start of epoch 2."""
+
+    budget = {"num_epochs": 4, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+    subset_seed = 5
+
+
+def _epoch(trainer, epoch, seed):
+    """What nnU-Net's loop does around the steps of one epoch (the epoch counter, the epoch start, 2 steps)."""
+    trainer.current_epoch = epoch
+    trainer.on_train_epoch_start()
+    return [trainer.train_step(make_batch(trainer, seed=seed + i)) for i in range(2)]
+
+
+def _resumed(nnunet_root, trainer, path):
+    """``trainer`` saved at the end of its current epoch and loaded into a new trainer, as ``--c`` does."""
+    trainer.save_checkpoint(path)
+    restored = make_trainer(nnunet_root, type(trainer))
+    restored.load_checkpoint(path)
+    return restored
+
+
+def test_two_phase_draws_the_full_set_then_snapshots_and_keeps_the_teacher_fixed(nnunet_root, tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, _TwoPhase4Epochs)
+    assert trainer.teacher_switch_epoch() == 2
+    assert trainer.extra_modules[TEACHER] is not trainer.network
+    for epoch in (0, 1):
+        terms = _epoch(trainer, epoch, seed=10 * epoch)
+        assert trainer.teacher_snapshot_epoch is None
+        assert all(float(t["distill_kl"]) == 0 for t in terms)  # phase 1: logged as zeros
+        assert (trainer.sample_subset_indices(64) == FULL_SET).all()
+    trainer.current_epoch = 2
+    trainer.on_train_epoch_start()
+    assert trainer.teacher_snapshot_epoch == 2
+    snapshot = module_parameters(trainer.extra_modules[TEACHER])
+    assert torch.equal(snapshot, module_parameters(trainer.network))
+    draws = trainer.sample_subset_indices(64)
+    assert (draws != FULL_SET).any() and (draws == FULL_SET).any()  # cardinality sampling: 1/4 full set
+    for seed in (20, 21):
+        terms = trainer.train_step(make_batch(trainer, seed=seed))
+        assert float(terms["distill_kl"]) > 0
+    assert torch.equal(snapshot, module_parameters(trainer.extra_modules[TEACHER]))  # frozen after the switch
+    assert not torch.equal(snapshot, module_parameters(trainer.network))
+    assert not trainer.extra_modules[TEACHER].training
+    assert not any(p.requires_grad for p in trainer.extra_modules[TEACHER].parameters())
+
+
+def test_two_phase_resume_before_and_after_the_switch_equals_an_uninterrupted_run(nnunet_root, tiny_preprocessed,
+                                                                                  tmp_path):
+    torch.manual_seed(0)
+    uninterrupted = make_trainer(nnunet_root, _TwoPhase4Epochs)
+    torch.manual_seed(0)
+    interrupted = make_trainer(nnunet_root, _TwoPhase4Epochs)
+    for trainer in (uninterrupted, interrupted):
+        _epoch(trainer, 1, seed=0)
+    # killed at the end of epoch 1 (phase 1): the resumed run takes its snapshot at the same epoch
+    interrupted = _resumed(nnunet_root, interrupted, str(tmp_path / "phase1.pth"))
+    assert interrupted.current_epoch == 2 and interrupted.teacher_snapshot_epoch is None
+    for trainer in (uninterrupted, interrupted):
+        _epoch(trainer, 2, seed=100)
+    assert interrupted.teacher_snapshot_epoch == uninterrupted.teacher_snapshot_epoch == 2
+    # killed at the end of epoch 2 (phase 2): the snapshot comes back bit-exact and the next steps are identical
+    interrupted = _resumed(nnunet_root, interrupted, str(tmp_path / "phase2.pth"))
+    assert interrupted.teacher_snapshot_epoch == 2
+    assert torch.equal(module_parameters(interrupted.extra_modules[TEACHER]),
+                       module_parameters(uninterrupted.extra_modules[TEACHER]))
+    steps = [_epoch(trainer, 3, seed=200) for trainer in (uninterrupted, interrupted)]
+    for a, b in zip(*steps):
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    for name in ("network", TEACHER):
+        get = (lambda t: t.network) if name == "network" else (lambda t: t.extra_modules[TEACHER])
+        assert torch.equal(module_parameters(get(uninterrupted)), module_parameters(get(interrupted))), name
+
+
+@pytest.fixture(scope="module")
+def stock_run(nnunet_root, tiny_preprocessed, tmp_path_factory):
+    """A stock ``nnUNetTrainer`` checkpoint after one step (what a user already has, at toy size)."""
+    stock = make_trainer(nnunet_root, nnUNetTrainer)
+    stock.on_train_epoch_start()
+    stock.train_step(make_batch(stock))
+    path = tmp_path_factory.mktemp("stock") / "checkpoint_final.pth"
+    stock.save_checkpoint(str(path))
+    return path, module_parameters(stock.network)
+
+
+def test_robustify_starts_from_the_stock_run_and_distils_nothing_where_the_outputs_agree(
+        nnunet_root, stock_run, monkeypatch):
+    path, stock_weights = stock_run
+    monkeypatch.setenv(TEACHER_ENV, str(path.parent))  # the fold folder, as nnU-Net writes it
+    trainer = make_trainer(nnunet_root, RobustifyTrainer)
+    assert torch.equal(module_parameters(trainer.network), stock_weights)
+    assert torch.equal(module_parameters(trainer.extra_modules[TEACHER]), stock_weights)
+    assert trainer.initial_lr == 1e-3 and trainer.teacher_active()
+    data = make_batch(trainer)["data"]
+    with torch.no_grad():
+        agreed = trainer.teacher_distillation(trainer.extra_modules[TEACHER](data), trainer.network(data))
+        assert float(agreed.loss) == pytest.approx(0.0, abs=1e-6)
+        assert float(agreed.terms["distill_kl"]) == pytest.approx(0.0, abs=1e-6)
+        assert float(agreed.terms["distill_dice"]) == pytest.approx(0.0, abs=1e-6)
+        disagreed = trainer.teacher_distillation(trainer.extra_modules[TEACHER](data), trainer.network(0 * data))
+        assert float(disagreed.terms["distill_kl"]) > 1e-4 and float(disagreed.terms["distill_dice"]) > 1e-4
+    trainer.on_train_epoch_start()
+    trainer.train_step(make_batch(trainer, seed=3))
+    assert torch.equal(module_parameters(trainer.extra_modules[TEACHER]), stock_weights)
+    assert not torch.equal(module_parameters(trainer.network), stock_weights)
+
+
+def test_a_stock_teacher_for_mstkd_seeds_the_student_where_names_and_shapes_match(nnunet_root, stock_run,
+                                                                                   monkeypatch):
+    path, stock_weights = stock_run
+    monkeypatch.setenv(TEACHER_ENV, str(path))
+    trainer = make_trainer(nnunet_root, MSTKDTrainer_stockTeacher_small)
+    stock = torch.load(path, weights_only=False)["network_weights"]
+    student = trainer.network.state_dict()
+    shared = [k for k in stock if k in student and student[k].shape == stock[k].shape]
+    assert len(shared) > len(stock) // 2 and all(torch.equal(student[k], stock[k]) for k in shared)
+    assert torch.equal(module_parameters(trainer.extra_modules[TEACHER]), stock_weights)
+    terms = trainer.train_step(make_batch(trainer))
+    assert "evd" not in terms and torch.isfinite(torch.as_tensor(terms["slkd"]))
+
+
+def test_teachers_that_do_not_fit_are_refused_naming_file_trainer_and_the_trainer_to_use(
+        nnunet_root, stock_run, tmp_path, monkeypatch):
+    monkeypatch.delenv(TEACHER_ENV, raising=False)
+    with pytest.raises(MissingModError, match=f"{TEACHER_ENV}.*-tr nnUNetTrainer"):
+        make_trainer(nnunet_root, RobustifyTrainer)
+
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    monkeypatch.setenv(TEACHER_ENV, str(not_a_checkpoint))
+    with pytest.raises(MissingModError, match="notes.pth is not a PyTorch checkpoint"):
+        make_trainer(nnunet_root, RobustifyTrainer)
+    monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(MissingModError, match="missing: no such checkpoint file or fold folder"):
+        make_trainer(nnunet_root, RobustifyTrainer)
+
+    path, _ = stock_run
+    other_plans = torch.load(path, weights_only=False)
+    configuration = other_plans["init_args"]["plans"]["configurations"]["3d_fullres"]
+    configuration["patch_size"] = [p * 2 for p in configuration["patch_size"]]
+    torch.save(other_plans, tmp_path / "other_plans.pth")
+    monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "other_plans.pth"))
+    with pytest.raises(MissingModError, match=r"other_plans.pth \(trainer nnUNetTrainer.*patch_size.*"
+                                              r"-tr nnUNetTrainer"):
+        make_trainer(nnunet_root, RobustifyTrainer)
+
+    mstkd = make_trainer(nnunet_root, MSTKDTeacherTrainer_small)  # another architecture: robustify cannot start
+    mstkd.save_checkpoint(str(tmp_path / "mstkd.pth"))
+    monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "mstkd.pth"))
+    with pytest.raises(MissingModError, match=r"mstkd.pth \(trainer MSTKDTeacherTrainer_small.*does not fit "
+                                              r"RobustifyTrainer's network.*-tr nnUNetTrainer"):
+        make_trainer(nnunet_root, RobustifyTrainer)
