@@ -1,5 +1,5 @@
 """Import structure of the package: no feature imports another feature's command-line module, there is no import
-loop between ``evaluation.cli`` and ``evaluation.evaluate``, and temporary files are made in one place only."""
+loop (every module imports alone), and temporary files are made in one place only."""
 import ast
 from pathlib import Path
 
@@ -45,13 +45,23 @@ def test_evaluate_and_its_cli_do_not_import_each_other_in_a_loop():
     assert any(name.startswith("nnunet_missingmod.evaluation.options") for name in evaluate_imports)
 
 
-def test_model_folder_helpers_live_in_their_own_module():
-    from nnunet_missingmod.inference import model_folder
-    for name in ("add_model_arguments", "add_prediction_arguments", "resolve_model_folder", "model_folders_from_args",
-                 "check_model_folder", "parse_folds", "resolve_device"):
-        assert callable(getattr(model_folder, name)), name
-    for user in (PACKAGE / "inference" / "cli.py", PACKAGE / "evaluation" / "evaluate.py"):
-        assert "nnunet_missingmod.inference.model_folder" in set(_imports(user)), user.name
+def test_every_module_imports_alone_so_there_is_no_import_loop():
+    """Each module imported first, in a fresh interpreter state for our package (torch stays loaded, so this is
+    fast): an import loop fails for the module that starts it, whatever order other tests imported them in."""
+    import subprocess
+    import sys
+    modules = sorted(_module_name(p).removesuffix(".__init__") for p in PACKAGE.rglob("*.py"))
+    script = (
+        "import importlib, sys, torch, nnunetv2\n"
+        f"failures = []\nfor name in {modules!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'nnunet_missingmod']:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n        importlib.import_module(name)\n"
+        "    except Exception as e:\n        failures.append(f'{name}: {type(e).__name__}: {e}')\n"
+        "print('\\n'.join(failures))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "", result.stdout
 
 
 def test_temporary_files_for_atomic_writes_are_made_only_in_io_checks():

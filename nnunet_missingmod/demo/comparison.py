@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from nnunet_missingmod.io_checks import atomic_write_text
+from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
 from nnunet_missingmod.modalities import FULL_SET
 
 FULL_SET_NAME = FULL_SET.name
@@ -119,10 +119,11 @@ def plot_comparison(comparison: Mapping[str, Any], path: str) -> None:
     axes[0][0].set_ylabel("mean Dice over subsets")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    tmp = path + ".tmp.png"
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    Path(tmp).replace(path)
+    try:
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(figure)
 
 
 def write_comparison(out: Path, columns: Sequence[str], summary_paths: Sequence[Path]) -> Dict[str, Any]:
