@@ -199,9 +199,11 @@ class SelfAttention(nn.Module):
         batch, length, embed_dim = tokens.shape
         q, k, v = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if need_weights:
-            # fp32 softmax: the EVD loss works on ~1e-9 products of these maps and must not see half precision.
-            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
-            probabilities = scores.softmax(dim=-1)
+            # Logits and softmax in float32 with autocast off (under autocast the matmul would run in half precision
+            # whatever its input dtype): the EVD loss works on ~1e-9 products of these maps.
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+                probabilities = scores.softmax(dim=-1)
             context = self.attention_dropout(probabilities).to(v.dtype) @ v
         else:
             probabilities = None
