@@ -76,6 +76,11 @@ SMALL = TransformerConfig(embed_dim=96, num_heads=4, num_layers=4, mlp_dim=192, 
                           decoder_channels=(16, 32, 64, 128))
 
 
+# Half the official widths (ViT-S: embed 384, 6 heads, MLP 1536, 12 layers; UNETR-decoder channels halved), for
+# nnU-Net's BraTS plans on one GPU (``MSTKDTrainer_vitSmall``; costs in docs/benchmarks.md).
+VIT_SMALL = TransformerConfig(embed_dim=384, num_heads=6, mlp_dim=1536, decoder_channels=(32, 64, 128, 256))
+
+
 def cumulative_strides(strides: Sequence[Sequence[int]]) -> List[Tuple[int, ...]]:
     """Per-stage cumulative stride per axis, e.g. [[1,1],[2,2],[2,2]] -> [(1,1),(2,2),(4,4)]."""
     result, current = [], None

@@ -23,7 +23,7 @@ from nnunet_missingmod.training.mstkd.losses import (
     OFFICIAL_WEIGHTS, ConsistencyLoss, ContentLoss, EVDLoss, GramStyleLoss, LogitStandardisedKD,
     MultiScaleTransformerLoss, consistency_weight, discriminator_loss, full_resolution, generator_adversarial_loss)
 from nnunet_missingmod.training.mstkd.network import (
-    ATTENTION, CONTENT, FUSED, GSME_FEATURES, MST_FEATURES, SMALL, TransformerConfig, build_mstkd_network)
+    ATTENTION, CONTENT, FUSED, GSME_FEATURES, MST_FEATURES, SMALL, VIT_SMALL, TransformerConfig, build_mstkd_network)
 from nnunet_missingmod.training.dropout import FullSetTrainer
 
 TEACHER_ENV = "nnUNet_missingmod_teacher"
@@ -251,3 +251,13 @@ class MSTKDTrainer_frozenTeacher_small(MSTKDTrainer_frozenTeacher):
     the cheapest MST-KD step, since the teacher only runs forward."""
 
     transformer = SMALL
+
+
+# ---------------------------------------------------------------------- sizes for nnU-Net's BraTS plans on one GPU
+class MSTKDTrainer_vitSmall(MSTKDTrainer):
+    """MSTKDTrainer with a transformer stage at half the official widths (``VIT_SMALL``: ViT-S, embed 384, 6 heads,
+    12 layers; UNETR-decoder channels halved): 4x fewer transformer parameters per network; cost at nnU-Net's
+    BraTS plans in ``docs/benchmarks.md``. Everything else, the two jointly trained networks included, as
+    MSTKDTrainer."""
+
+    transformer = VIT_SMALL
