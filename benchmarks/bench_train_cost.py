@@ -341,7 +341,10 @@ def main() -> None:
                         help="torch CPU threads (1: robust on a loaded shared machine, where 2 threads spin-wait)")
     parser.add_argument("--compile", action="store_true", help="nnUNet_compile=t (CUDA only; default eager)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory phase")
+    parser.add_argument("--no-time", action="store_true", help="only the peak-memory phase")
     parser.add_argument("--memory-steps", type=int, default=2, help="train steps per trainer in the memory phase")
+    parser.add_argument("--pairwise", action="store_true",
+                        help="time each trainer interleaved with stock, one pair alive at a time (real patch sizes)")
     parser.add_argument("--profile", default=None, metavar="TRAINER",
                         help="also print torch.profiler's top ops by self time for this trainer")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -361,6 +364,64 @@ def main() -> None:
         plans = config_plans(args)
         write_preprocessed_folder(root, plans)
         run(args, root, plans)
+
+
+def time_pairwise(args, names, registered, plans, device, memory, load_start) -> None:
+    """Time each trainer interleaved step by step with stock, only that pair alive (at real patch sizes all
+    trainers at once would not fit in memory); its ratio is to the stock steps of its own pair."""
+    import torch
+    stock = build_trainer(registered[STOCK], plans, device)
+    stock_batch = make_batch(stock, plans, seed=0)
+    rows, stock_all = [], []
+    for name in names:
+        if name == STOCK:
+            continue
+        try:
+            trainer = build_trainer(registered[name], plans, device)
+            batch = make_batch(trainer, plans, seed=0)
+            own, paired = [], []
+            for round_ in range(args.warmup + args.steps):
+                s_time, t_time = timed_step(stock, stock_batch, device), timed_step(trainer, batch, device)
+                if round_ >= args.warmup:
+                    paired.append(s_time)
+                    own.append(t_time)
+        except Exception as e:  # noqa: BLE001
+            print(f"note: {name} failed: {type(e).__name__}: {e}: skipped")
+            continue
+        finally:
+            trainer = batch = None
+            gc.collect()
+        stock_all += paired
+        ratio = statistics.median(own) / statistics.median(paired)
+        mem, stock_mem = memory.get(name), memory.get(STOCK)
+        m_ratio = mem / stock_mem if mem and stock_mem else None
+        rows.append({"trainer": name, "ms_per_step": statistics.median(own) * 1e3, "time_ratio": ratio,
+                     "stock_ms_in_pair": statistics.median(paired) * 1e3, "steps_ms": [t * 1e3 for t in own],
+                     "stock_steps_ms": [t * 1e3 for t in paired],
+                     "peak_mib": None if mem is None else mem / 2**20, "memory_ratio": m_ratio})
+        print(f"  {name}: {statistics.median(own) * 1e3:.0f} ms/step vs stock {statistics.median(paired) * 1e3:.0f}"
+              f" in its pair: {ratio:.2f}x (load {load_average()})", flush=True)
+    stock_mem = memory.get(STOCK)
+    rows.insert(0, {"trainer": STOCK, "ms_per_step": statistics.median(stock_all) * 1e3 if stock_all else None,
+                    "time_ratio": 1.0, "peak_mib": None if stock_mem is None else stock_mem / 2**20,
+                    "memory_ratio": 1.0})
+    print(f"\n{'trainer':34s} {'ms/step':>9s} {'x stock':>8s} {'peak MiB':>9s} {'x stock':>8s}")
+    for row in rows:
+        mib, m_ratio = row["peak_mib"], row["memory_ratio"]
+        print(f"{row['trainer']:34s} {row['ms_per_step'] or 0:9.0f} {row['time_ratio']:8.2f} "
+              f"{'-' if mib is None else f'{mib:.0f}':>9s} {'-' if m_ratio is None else f'{m_ratio:.2f}':>8s}  "
+              f"{target_note(row['trainer'], row['time_ratio'], m_ratio)}")
+    configuration = plans["configurations"][CONFIGURATION]
+    print(f"\ntime: median of {args.steps} steps after {args.warmup} warm-up, each trainer interleaved with stock; "
+          f"memory: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'peak RSS added (VmHWM)'}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}; python "
+          f"{platform.python_version()}, torch {torch.__version__}; load average {load_start} -> {load_average()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "config": args.config, "patch": configuration["patch_size"], "batch": configuration["batch_size"],
+            "device": str(device), "steps": args.steps, "warmup": args.warmup, "pairwise": True,
+            "load_start": load_start, "load_end": load_average(), "cpu": cpu_model(), "torch": torch.__version__,
+            "rows": rows}, indent=1))
 
 
 def run(args, root: Path, plans: dict) -> None:
@@ -397,6 +458,16 @@ def run(args, root: Path, plans: dict) -> None:
             print(f"  peak memory {name}: "
                   f"{'-' if memory[name] is None else f'{memory[name] / 2**20:.0f} MiB'}", flush=True)
 
+    if args.no_time:
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "config": args.config, "patch": configuration["patch_size"], "batch": configuration["batch_size"],
+                "device": str(device), "memory_mib": {n: None if m is None else m / 2**20 for n, m in memory.items()}},
+                indent=1))
+        return
+    if args.pairwise:
+        time_pairwise(args, names, registered, plans, device, memory, load_start)
+        return
     # time: all trainers alive, round-robin
     trainers, batches = {}, {}
     for name in names:

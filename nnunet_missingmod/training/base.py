@@ -557,9 +557,19 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                 torch.nn.utils.clip_grad_norm_(clipped_parameters, 12)
             optimizer.step()
 
+    cpu_autocast_dtype: Optional[torch.dtype] = None
+    """``None`` (default, as nnU-Net): no autocast on the CPU. ``torch.bfloat16``: the training step runs under CPU
+    autocast in bfloat16, so tests on a machine without a GPU exercise the mixed-precision path of CUDA AMP (same
+    casts, a half-precision dtype with fewer mantissa bits than float16; no grad scaler is needed for it)."""
+
     def autocast(self):
-        """Autocast on CUDA only, as nnU-Net does (slow on CPU, unsupported on MPS)."""
-        return torch.autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+        """Autocast on CUDA (float16, as nnU-Net); on the CPU only when ``cpu_autocast_dtype`` is set (slow there;
+        unsupported on MPS)."""
+        if self.device.type == 'cuda':
+            return torch.autocast(self.device.type, enabled=True)
+        if self.device.type == 'cpu' and self.cpu_autocast_dtype is not None:
+            return torch.autocast('cpu', dtype=self.cpu_autocast_dtype)
+        return dummy_context()
 
     def training_progress(self) -> float:
         """Fraction of the planned iterations done before the current one, in [0, 1) (for ramp-ups expressed

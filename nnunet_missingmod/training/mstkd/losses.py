@@ -121,12 +121,15 @@ class EVDLoss(nn.Module):
                 student_attention: Sequence[torch.Tensor]) -> torch.Tensor:
         _check_lists(teacher_attention, student_attention, "EVDLoss")
         with _fp32_context(teacher_attention[0]):
+            # One cast per input: every use below then sums its gradient in float32 before the single cast back.
+            teacher_attention = [a.float() for a in teacher_attention]
+            student_attention = [a.float() for a in student_attention]
             stats_t = self._statistic_maps(teacher_attention)
             stats_s = self._statistic_maps(student_attention)
             loss = teacher_attention[0].new_zeros((), dtype=torch.float32)
             for stat_t, stat_s in zip(stats_t, stats_s):
                 for a_t, a_s in zip(teacher_attention, student_attention):
-                    loss = loss + F.mse_loss(a_t.float() * stat_t, a_s.float() * stat_s, reduction="mean")
+                    loss = loss + F.mse_loss(a_t * stat_t, a_s * stat_s, reduction="mean")
         return loss
 
     @staticmethod
@@ -319,6 +322,9 @@ class GramStyleLoss(nn.Module):
         b, c, spatial = shape[0], shape[1], shape[2:]
         size = math.prod(spatial[:2]) if self.ignore_depth else math.prod(spatial)
         with _fp32_context(teacher_features[0]):
+            # One cast per input (each map enters two Gram products); the casts in _mixes are then no-ops.
+            teacher_features = [f.float() for f in teacher_features]
+            student_features = [f.float() for f in student_features]
             loss = teacher_features[0].new_zeros((), dtype=torch.float32)
             for m_t, m_s in zip(self._mixes(teacher_features), self._mixes(student_features)):
                 loss = loss + (m_t - m_s).square().sum() / (4.0 * c ** 2 * float(size) ** 2)

@@ -76,6 +76,11 @@ SMALL = TransformerConfig(embed_dim=96, num_heads=4, num_layers=4, mlp_dim=192, 
                           decoder_channels=(16, 32, 64, 128))
 
 
+# Half the official widths (ViT-S: embed 384, 6 heads, MLP 1536, 12 layers; UNETR-decoder channels halved), for
+# nnU-Net's BraTS plans on one GPU (``MSTKDTrainer_vitSmall``; costs in docs/benchmarks.md).
+VIT_SMALL = TransformerConfig(embed_dim=384, num_heads=6, mlp_dim=1536, decoder_channels=(32, 64, 128, 256))
+
+
 def cumulative_strides(strides: Sequence[Sequence[int]]) -> List[Tuple[int, ...]]:
     """Per-stage cumulative stride per axis, e.g. [[1,1],[2,2],[2,2]] -> [(1,1),(2,2),(4,4)]."""
     result, current = [], None
@@ -199,9 +204,11 @@ class SelfAttention(nn.Module):
         batch, length, embed_dim = tokens.shape
         q, k, v = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if need_weights:
-            # fp32 softmax: the EVD loss works on ~1e-9 products of these maps and must not see half precision.
-            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
-            probabilities = scores.softmax(dim=-1)
+            # Logits and softmax in float32 with autocast off (under autocast the matmul would run in half precision
+            # whatever its input dtype): the EVD loss works on ~1e-9 products of these maps.
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+                probabilities = scores.softmax(dim=-1)
             context = self.attention_dropout(probabilities).to(v.dtype) @ v
         else:
             probabilities = None

@@ -24,7 +24,7 @@ from nnunet_missingmod.training.mstkd.losses import (
     OFFICIAL_WEIGHTS, ConsistencyLoss, ContentLoss, EVDLoss, GramStyleLoss, LogitStandardisedKD,
     MultiScaleTransformerLoss, consistency_weight, discriminator_loss, generator_adversarial_loss)
 from nnunet_missingmod.training.mstkd.network import (
-    ATTENTION, CONTENT, FUSED, GSME_FEATURES, MST_FEATURES, SMALL, TransformerConfig, build_mstkd_network)
+    ATTENTION, CONTENT, FUSED, GSME_FEATURES, MST_FEATURES, SMALL, VIT_SMALL, TransformerConfig, build_mstkd_network)
 
 __all__ = ["TEACHER_ENV"]  # re-exported: the variable's name is part of the MST-KD trainers' documentation
 
@@ -264,3 +264,13 @@ class MSTKDTrainer_frozenTeacher_small(SmallTransformer, MSTKDTrainer_frozenTeac
 
 class MSTKDTrainer_stockTeacher_small(SmallTransformer, MSTKDTrainer_stockTeacher):
     """``MSTKDTrainer_stockTeacher`` with the CPU-sized transformer."""
+
+
+# ---------------------------------------------------------------------- sizes for nnU-Net's BraTS plans on one GPU
+class MSTKDTrainer_vitSmall(MSTKDTrainer):
+    """MSTKDTrainer with a transformer stage at half the official widths (``VIT_SMALL``: ViT-S, embed 384, 6 heads,
+    12 layers; UNETR-decoder channels halved): 4x fewer transformer parameters per network; cost at nnU-Net's
+    BraTS plans in ``docs/benchmarks.md``. Everything else, the two jointly trained networks included, as
+    MSTKDTrainer."""
+
+    transformer = VIT_SMALL

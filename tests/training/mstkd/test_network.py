@@ -260,3 +260,22 @@ def test_feature_api_works_through_torch_compile():
         assert len(ours[key]) == len(eager[key])
         for a, b in zip(ours[key], eager[key]):
             assert torch.allclose(a, b, atol=1e-4), key
+
+
+def test_attention_maps_are_float32_under_autocast():
+    """Under autocast (CPU bfloat16 here, float16 on CUDA) the attention logits and softmax still run in float32:
+    EVD compares products of these maps whose differences (~1e-8 before its weight 1e8) are below half precision.
+    The maps also agree with the float32 forward's to well within bfloat16's resolution of the logits."""
+    network, _, configuration_manager = _build("3d")
+    network.eval()  # no dropout: both forwards see the same network
+    x = torch.randn(2, N_IN, *configuration_manager.patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = network(x, return_features=True)[ATTENTION]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            maps = network(x, return_features=True)[ATTENTION]
+    assert len(maps) == len(SMALL.extract_layers)
+    assert [m.dtype for m in maps] == [torch.float32] * len(maps)
+    for m, r in zip(maps, reference):
+        # rows still sum to 1 in float32 (a bfloat16 softmax is off by up to ~N * 2^-9)
+        assert torch.allclose(m.sum(-1), torch.ones(()), atol=1e-5)
+        assert (m - r).abs().max() < 0.05  # q, k come from bfloat16 linears: the maps move, but stay close
