@@ -20,10 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, SUBSETS
-from nnunet_missingmod.training.distillation import float32_autocast_off as _fp32
-from nnunet_missingmod.training.distillation import logit_kl
+from nnunet_missingmod.training.distillation import float32_autocast_off, logit_kl
 
 __all__ = ["DEFAULTS", "DEFAULT_SOURCES", "hierarchy_level_subsets", "sample_hierarchy_level", "HMSDLoss",
            "DMCDLoss", "shared_alignment_loss", "domain_classification_loss"]
@@ -53,7 +51,7 @@ def hierarchy_level_subsets(k: int) -> Tuple[int, ...]:
     ``k`` in 1..3 gives 4, 6, 4 subsets (``k = 4`` gives the full set alone, index 14).
     """
     if not isinstance(k, int) or not 1 <= k <= len(MODALITIES):
-        raise MissingModError(f"hierarchy level k must be an integer in 1..{len(MODALITIES)}, got {k!r}")
+        raise ValueError(f"hierarchy level k must be an integer in 1..{len(MODALITIES)}, got {k!r}")
     return tuple(i for i, s in enumerate(SUBSETS) if s.cardinality == k)
 
 
@@ -70,13 +68,13 @@ def sample_hierarchy_level(generator: Optional[torch.Generator] = None, levels: 
     """
     levels = tuple(int(k) for k in levels)
     if not levels:
-        raise MissingModError("levels must name at least one hierarchy level")
+        raise ValueError("levels must name at least one hierarchy level")
     for k in levels:
         hierarchy_level_subsets(k)  # validates
     w = torch.ones(len(levels), dtype=torch.float64) if weights is None else torch.as_tensor(weights,
                                                                                              dtype=torch.float64)
     if w.shape != (len(levels),) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise MissingModError(f"weights must be {len(levels)} non-negative numbers with a positive sum, got {weights}")
+        raise ValueError(f"weights must be {len(levels)} non-negative numbers with a positive sum, got {weights}")
     return levels[int(torch.multinomial(w, 1, generator=generator))]
 
 
@@ -101,7 +99,7 @@ class HMSDLoss(nn.Module):
                  scale_by_temperature_squared: bool = True):
         super().__init__()
         if not temperature > 0:
-            raise MissingModError(f"HMSD temperature must be positive, got {temperature}")
+            raise ValueError(f"HMSD temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.regions = bool(regions)
         self.scale_by_temperature_squared = bool(scale_by_temperature_squared)
@@ -115,14 +113,14 @@ class HMSDLoss(nn.Module):
             float32 scalar.
         """
         if isinstance(student_logits_list, torch.Tensor) or len(student_logits_list) == 0:
-            raise MissingModError("HMSDLoss needs a non-empty list of student logits tensors")
+            raise ValueError("HMSDLoss needs a non-empty list of student logits tensors")
         for s in student_logits_list:
             if s.shape != teacher_logits.shape:
-                raise MissingModError(f"student logits {tuple(s.shape)} do not match teacher logits "
+                raise ValueError(f"student logits {tuple(s.shape)} do not match teacher logits "
                                       f"{tuple(teacher_logits.shape)}")
         tau = self.temperature
         teacher = teacher_logits.detach()
-        with _fp32(teacher_logits.device):
+        with float32_autocast_off(teacher_logits.device):
             loss = torch.stack([logit_kl(teacher, student, regions=self.regions, temperature=tau).mean()
                                 for student in student_logits_list]).mean()
             if self.scale_by_temperature_squared:
@@ -168,11 +166,11 @@ class DMCDLoss(nn.Module):
         """
         path = torch.as_tensor(path, dtype=torch.long).cpu()
         if path.ndim != 2 or path.shape[1] < 2:
-            raise MissingModError(f"path must be (B, M>=2) subset indices, got {tuple(path.shape)}")
+            raise ValueError(f"path must be (B, M>=2) subset indices, got {tuple(path.shape)}")
         if isinstance(fused_by_subset, torch.Tensor):
             if fused_by_subset.ndim < 3 or fused_by_subset.shape[1] != len(SUBSETS) \
                     or fused_by_subset.shape[0] != path.shape[0]:
-                raise MissingModError(f"fused_by_subset must be (B={path.shape[0]}, {len(SUBSETS)}, C, *spatial), "
+                raise ValueError(f"fused_by_subset must be (B={path.shape[0]}, {len(SUBSETS)}, C, *spatial), "
                                       f"got {tuple(fused_by_subset.shape)}")
             device = fused_by_subset.device
             rows = torch.arange(path.shape[0], device=device).unsqueeze(1)
@@ -183,13 +181,13 @@ class DMCDLoss(nn.Module):
             try:
                 cache = {i: fused_by_subset[i] for i in needed}
             except (KeyError, IndexError):
-                raise MissingModError(f"fused_by_subset lacks some of the subsets {needed} on the path") from None
+                raise ValueError(f"fused_by_subset lacks some of the subsets {needed} on the path") from None
             rows = path.tolist()
             # teacher entries are detached before stacking: a subset that is only ever a teacher stays out of the graph
             teacher = torch.stack([torch.stack([cache[i][b].detach() for i in row[:-1]]) for b, row in enumerate(rows)])
             student = torch.stack([torch.stack([cache[i][b] for i in row[1:]]) for b, row in enumerate(rows)])
             device = student.device
-        with _fp32(device):
+        with float32_autocast_off(device):
             teacher, student = teacher.float(), student.float()  # (B, M-1, C, *spatial)
             if self.normalise:
                 teacher = F.normalize(teacher, dim=2, eps=self.eps)
@@ -222,10 +220,10 @@ def shared_alignment_loss(shared_features: torch.Tensor, pair_reduction: str = "
         float32 scalar.
     """
     if shared_features.ndim < 3 or shared_features.shape[1] < 2:
-        raise MissingModError(f"shared features must be (B, M>=2, C, *spatial), got {tuple(shared_features.shape)}")
+        raise ValueError(f"shared features must be (B, M>=2, C, *spatial), got {tuple(shared_features.shape)}")
     if pair_reduction not in ("sum", "mean"):
-        raise MissingModError(f"pair_reduction must be 'sum' or 'mean', got {pair_reduction!r}")
-    with _fp32(shared_features.device):
+        raise ValueError(f"pair_reduction must be 'sum' or 'mean', got {pair_reduction!r}")
+    with float32_autocast_off(shared_features.device):
         f = shared_features.float()
         rolled = torch.roll(f, shifts=-1, dims=1)  # rolled[:, m] = f[:, (m+1) % M]
         per_pair = (f - rolled).abs().flatten(2).mean(dim=2).mean(dim=0)  # (M,)
@@ -244,8 +242,8 @@ def domain_classification_loss(domain_logits: torch.Tensor) -> torch.Tensor:
         float32 scalar.
     """
     if domain_logits.ndim != 3 or domain_logits.shape[1] != domain_logits.shape[2]:
-        raise MissingModError(f"domain logits must be (B, M, M), got {tuple(domain_logits.shape)}")
+        raise ValueError(f"domain logits must be (B, M, M), got {tuple(domain_logits.shape)}")
     b, m, _ = domain_logits.shape
-    with _fp32(domain_logits.device):
+    with float32_autocast_off(domain_logits.device):
         target = torch.arange(m, device=domain_logits.device).repeat(b)
         return F.cross_entropy(domain_logits.float().reshape(b * m, m), target)

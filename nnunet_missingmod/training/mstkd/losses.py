@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_missingmod.training.distillation import bernoulli_kl, softmax_kl
-from nnunet_missingmod.training.distillation import float32_autocast_off as _fp32_context
+from nnunet_missingmod.training.distillation import bernoulli_kl, float32_autocast_off, softmax_kl
 
 __all__ = [
     "OFFICIAL_WEIGHTS", "SOURCE_LABEL", "TARGET_LABEL", "consistency_weight", "EVDLoss",
@@ -120,7 +119,7 @@ class EVDLoss(nn.Module):
     def forward(self, teacher_attention: Sequence[torch.Tensor],
                 student_attention: Sequence[torch.Tensor]) -> torch.Tensor:
         _check_lists(teacher_attention, student_attention, "EVDLoss")
-        with _fp32_context(teacher_attention[0]):
+        with float32_autocast_off(teacher_attention[0]):
             # One cast per input: every use below then sums its gradient in float32 before the single cast back.
             teacher_attention = [a.float() for a in teacher_attention]
             student_attention = [a.float() for a in student_attention]
@@ -162,7 +161,7 @@ class MultiScaleTransformerLoss(nn.Module):
         if len(weights) != len(teacher_features):
             raise ValueError(f"MultiScaleTransformerLoss: {len(weights)} weight factors for "
                              f"{len(teacher_features)} features")
-        with _fp32_context(teacher_features[0]):
+        with float32_autocast_off(teacher_features[0]):
             loss = teacher_features[0].new_zeros((), dtype=torch.float32)
             for w, t, s in zip(weights, teacher_features, student_features):
                 loss = loss + w * F.mse_loss(s.float(), t.float(), reduction="mean")
@@ -178,7 +177,7 @@ class ContentLoss(nn.Module):
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         _check_pair(teacher, student, "ContentLoss")
-        with _fp32_context(teacher):
+        with float32_autocast_off(teacher):
             return F.mse_loss(teacher.float(), student.float(), reduction="mean")
 
 
@@ -211,7 +210,7 @@ class ConsistencyLoss(nn.Module):
 
     def forward(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         _check_pair(teacher_logits, student_logits, "ConsistencyLoss")
-        with _fp32_context(teacher_logits):
+        with float32_autocast_off(teacher_logits):
             p_t = _probabilities(teacher_logits.float(), self.regions)
             p_s = _probabilities(student_logits.float(), self.regions)
             per_channel = (p_t - p_s).square().transpose(0, 1).flatten(1).mean(dim=1)
@@ -258,7 +257,7 @@ class LogitStandardisedKD(nn.Module):
             raise ValueError(f"LogitStandardisedKD: expected (B, C, *spatial) logits, got shape "
                              f"{tuple(teacher_logits.shape)}")
         tau = self.temperature
-        with _fp32_context(teacher_logits):
+        with float32_autocast_off(teacher_logits):
             t, s = teacher_logits.float(), student_logits.float()
             if self.regions:
                 spatial = tuple(range(2, t.dim()))
@@ -321,7 +320,7 @@ class GramStyleLoss(nn.Module):
                              f"got {[tuple(f.shape) for f in teacher_features]}")
         b, c, spatial = shape[0], shape[1], shape[2:]
         size = math.prod(spatial[:2]) if self.ignore_depth else math.prod(spatial)
-        with _fp32_context(teacher_features[0]):
+        with float32_autocast_off(teacher_features[0]):
             # One cast per input (each map enters two Gram products); the casts in _mixes are then no-ops.
             teacher_features = [f.float() for f in teacher_features]
             student_features = [f.float() for f in student_features]
@@ -334,7 +333,7 @@ class GramStyleLoss(nn.Module):
 
 
 def _bce_against(logits: torch.Tensor, label: float) -> torch.Tensor:
-    with _fp32_context(logits):
+    with float32_autocast_off(logits):
         logits = logits.float()
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 

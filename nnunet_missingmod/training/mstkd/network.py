@@ -1,4 +1,4 @@
-"""MST-KDNet's network (Li et al.) on an nnU-Net encoder/decoder.
+"""MST-KDNet's network (Zhu et al., MICCAI 2025) on an nnU-Net encoder/decoder.
 
 The official network (``Quanato607/MST-KDNet``, ``models/MSTKDNet.py`` + ``models/unetr.py``) is a small residual U-Net
 whose 1/8-resolution stage ``c3d`` goes through a ViT with a UNETR-style decoder (``out = UNETR(c3d) + c3d``), and
@@ -18,7 +18,8 @@ transformer stage is inserted at the encoder stage with cumulative stride ``Tran
 
 ``network(x)`` returns what the planned network returns; ``network(x, return_features=True)`` returns a dict with the
 :mod:`~nnunet_missingmod.training.features` keys plus :data:`ATTENTION`, :data:`MST_FEATURES`, :data:`GSME_FEATURES`,
-:data:`FUSED` and :data:`CONTENT`. See ``docs/_fragments/mstkd_network.md`` for every deviation from the official code.
+:data:`FUSED` and :data:`CONTENT`. ``docs/methods.md`` ("MST-KDNet network on nnU-Net") lists every deviation from
+the official code.
 """
 from __future__ import annotations
 
