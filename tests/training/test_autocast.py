@@ -67,6 +67,7 @@ def _losses(trainer, batch, dtype):
 def test_training_step_under_bfloat16_autocast(nnunet_root, tiny_preprocessed, request, trainer_class):
     if getattr(trainer_class, "frozen_teacher", False):
         request.getfixturevalue("frozen_teacher")
+    torch.manual_seed(0)  # the same initial weights whatever ran before (the tolerance was measured on these)
     trainer = make_trainer(nnunet_root, trainer_class)
     raw = make_batch(trainer, seed=1)
     indices = torch.tensor([0, 9])  # T1 alone, T2 + FLAIR: the students differ from the teacher
