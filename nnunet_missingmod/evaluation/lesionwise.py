@@ -28,7 +28,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, dice, hd95
+from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, dice, hd95, union_bounding_box
 
 MISSED_LESION_HD95 = 374.0
 """HD95 (mm) of a missed lesion or a false-positive component in the BraTS 2023 scorer."""
@@ -75,6 +75,13 @@ def lesionwise_scores(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Seque
         raise ValueError(f"need two 3-D masks of one shape, got {pred.shape} and {ref.shape}")
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0, 1.0, 1.0)
     voxel_volume = float(np.prod(spacing))
+    if not pred.any() and not ref.any():
+        return LesionScore(1.0, 0.0, 0, 0, 0, 0)
+    # Everything happens inside the union box grown by the dilation: the same result as on the full volume.
+    margin = protocol.dilation + 1
+    box = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin))
+                for b, n in zip(union_bounding_box(pred, ref), pred.shape))
+    pred, ref = pred[box], ref[box]
     pred_labels, n_pred = ndimage.label(pred, structure=_COMPONENTS)
     if ref.any():
         dilated = ndimage.binary_dilation(ref, structure=_DILATION, iterations=protocol.dilation)
