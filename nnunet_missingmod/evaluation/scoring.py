@@ -128,13 +128,6 @@ def score_label_maps(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float],
     return _score_against(region_masks(gt, regions), pred, spacing, regions, hd95_variant)
 
 
-def score_case_files(gt_path: str, pred_path: str, regions: Regions,
-                     hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, Tuple[float, float]]:
-    """:func:`score_label_maps` of two label files, after checking that their shapes and spacings agree; scores
-    in the ground truth's spacing."""
-    return _score_case_group(gt_path, [pred_path], regions, hd95_variant)[0]
-
-
 def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
                       hd95_variant: str) -> List[Dict[str, Tuple[float, float]]]:
     """Score several predictions of one case (e.g. one per subset), reading the ground truth only once."""
@@ -179,12 +172,6 @@ def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing
     return {name: (dice(pred_masks[name], gt_masks[name]),
                    hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant))
             for name in regions}
-
-
-def make_record(trainer: str, case: str, subset: SubsetLike, region: str, dice_value: float,
-                hd95_value: float) -> Record:
-    """One long-format record (keys :data:`RECORD_FIELDS`)."""
-    return _record(trainer, case, subset_name_and_cardinality(subset), region, dice_value, hd95_value)
 
 
 def _record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str, dice_value: float,

@@ -1,0 +1,127 @@
+"""Lesion-wise Dice and HD95 of one region, following the BraTS 2023 challenges' scorer.
+
+Rules, as read in rachitsaluja/BraTS-2023-Metrics ``metrics.py`` (commit 43c9052; AGPL, read, not copied):
+
+* ground-truth (GT) and predicted components are 26-connected (``cc3d.connected_components(connectivity=26)``);
+* the GT mask is dilated ``dilation`` times with ``generate_binary_structure(3, 2)`` (the 18-connected cross, not
+  the full 3×3×3 cube); GT components that fall into one 26-connected component of the dilated GT are one lesion;
+* every predicted component that touches a lesion's dilated region is a true positive (TP) of that lesion; the
+  lesion's Dice and HD95 are taken between the lesion and the union of those components; a lesion with none is a
+  false negative (Dice 0, HD95 :data:`MISSED_LESION_HD95` = 374 mm, the scorer's ``replace(np.inf, 374)``);
+* predicted components touching no lesion are false positives (FP), Dice 0 and HD95 374 each;
+* lesions whose volume (voxels × voxel volume, mm³) is ``<= min_volume`` are left out of the score and of the
+  TP/FN counts (components touching them are neither TP-counted nor FP);
+* lesion-wise Dice = Σ lesion Dice / (kept lesions + FP); HD95 likewise with 374 per FP; no kept lesion and no FP
+  (e.g. empty GT and empty prediction) gives Dice 1, HD95 0.
+
+Per-challenge parameters (same file, ``get_LesionWiseResults``): GLI, SSA, PED: dilation 3, min volume 50;
+MEN: dilation 1, min volume 50; MET: dilation 1, min volume 2.
+
+Deviation: the per-lesion HD95 is :func:`nnunet_missingmod.evaluation.metrics.hd95` (voxel surfaces, the chosen
+variant), not DeepMind surface-distance's surfel-area-weighted percentiles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, dice, hd95, union_bounding_box
+
+MISSED_LESION_HD95 = 374.0
+"""HD95 (mm) of a missed lesion or a false-positive component in the BraTS 2023 scorer."""
+
+
+@dataclass(frozen=True)
+class LesionProtocol:
+    """Parameters of one BraTS challenge's lesion-wise scorer."""
+    name: str
+    dilation: int
+    min_volume: float  # mm³; lesions with volume <= min_volume are ignored
+
+
+LESION_PROTOCOLS: Dict[str, LesionProtocol] = {
+    "gli": LesionProtocol("BraTS-GLI", 3, 50.0),
+    "ssa": LesionProtocol("BraTS-SSA", 3, 50.0),
+    "ped": LesionProtocol("BraTS-PED", 3, 50.0),
+    "men": LesionProtocol("BraTS-MEN", 1, 50.0),
+    "met": LesionProtocol("BraTS-MET", 1, 2.0),
+}
+DEFAULT_LESION_PROTOCOL = "gli"
+
+_COMPONENTS = ndimage.generate_binary_structure(3, 3)  # 26-connected
+_DILATION = ndimage.generate_binary_structure(3, 2)  # 18-connected, as the official scorer
+
+
+@dataclass(frozen=True)
+class LesionScore:
+    dice: float
+    hd95: float
+    n_gt_lesions: int  # kept lesions (above the size threshold)
+    n_tp: int
+    n_fp: int
+    n_fn: int
+
+
+def lesionwise_scores(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] = None,
+                      protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL],
+                      hd95_variant: str = DEFAULT_HD95_VARIANT) -> LesionScore:
+    """Lesion-wise Dice, HD95 and lesion counts of one region (boolean masks, axis order and spacing as
+    :func:`metrics.hd95`)."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape or pred.ndim != 3:
+        raise ValueError(f"need two 3-D masks of one shape, got {pred.shape} and {ref.shape}")
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0, 1.0, 1.0)
+    voxel_volume = float(np.prod(spacing))
+    if not pred.any() and not ref.any():
+        return LesionScore(1.0, 0.0, 0, 0, 0, 0)
+    # Everything happens inside the union box grown by the dilation: the same result as on the full volume.
+    margin = protocol.dilation + 1
+    box = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin))
+                for b, n in zip(union_bounding_box(pred, ref), pred.shape))
+    pred, ref = pred[box], ref[box]
+    pred_labels, n_pred = ndimage.label(pred, structure=_COMPONENTS)
+    if ref.any():
+        dilated = ndimage.binary_dilation(ref, structure=_DILATION, iterations=protocol.dilation)
+        region_labels, n_lesions = ndimage.label(dilated, structure=_COMPONENTS)
+    else:
+        region_labels, n_lesions = np.zeros(ref.shape, dtype=np.int32), 0
+    lesion_labels = np.where(ref, region_labels, 0)
+    both = (region_labels > 0) & (pred_labels > 0)
+    pairs = np.unique(region_labels[both].astype(np.int64) * (n_pred + 1) + pred_labels[both])
+    matches: Dict[int, list] = {}
+    for code in pairs:
+        matches.setdefault(int(code // (n_pred + 1)), []).append(int(code % (n_pred + 1)))
+    matched_pred = {p for ps in matches.values() for p in ps}
+    volumes = np.bincount(lesion_labels.ravel(), minlength=n_lesions + 1) * voxel_volume
+    pred_boxes = ndimage.find_objects(pred_labels)
+    region_boxes = ndimage.find_objects(region_labels)
+    dice_sum = hd_sum = 0.0
+    kept = tp = fn = 0
+    for lesion in range(1, n_lesions + 1):
+        if volumes[lesion] <= protocol.min_volume:
+            continue
+        kept += 1
+        components = matches.get(lesion, [])
+        if not components:
+            fn += 1
+            hd_sum += MISSED_LESION_HD95
+            continue
+        tp += 1
+        box = _union_box([region_boxes[lesion - 1]] + [pred_boxes[p - 1] for p in components])
+        lesion_mask = lesion_labels[box] == lesion
+        pred_mask = np.isin(pred_labels[box], components)
+        dice_sum += dice(pred_mask, lesion_mask)
+        hd_sum += hd95(pred_mask, lesion_mask, spacing, hd95_variant)
+    n_fp = n_pred - len(matched_pred)
+    denominator = kept + n_fp
+    if denominator == 0:
+        return LesionScore(1.0, 0.0, 0, 0, 0, 0)
+    return LesionScore(dice_sum / denominator, (hd_sum + MISSED_LESION_HD95 * n_fp) / denominator,
+                       kept, tp, n_fp, fn)
+
+
+def _union_box(boxes):
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
