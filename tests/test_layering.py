@@ -45,7 +45,7 @@ def test_evaluate_and_its_cli_do_not_import_each_other_in_a_loop():
     assert any(name.startswith("nnunet_missingmod.evaluation.options") for name in evaluate_imports)
 
 
-def test_every_module_imports_alone_so_there_is_no_import_loop():
+def test_every_module_imports_alone_so_there_is_no_import_loop(tmp_path):
     """Each module imported first, in a fresh interpreter state for our package (torch stays loaded, so this is
     fast): an import loop fails for the module that starts it, whatever order other tests imported them in."""
     import subprocess
@@ -59,7 +59,8 @@ def test_every_module_imports_alone_so_there_is_no_import_loop():
         "    try:\n        importlib.import_module(name)\n"
         "    except Exception as e:\n        failures.append(f'{name}: {type(e).__name__}: {e}')\n"
         "print('\\n'.join(failures))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # cwd outside the checkout: the installed package (with its ext_trainers) is the one imported
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "", result.stdout
 
