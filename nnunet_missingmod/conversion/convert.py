@@ -368,12 +368,16 @@ def _conversion_lock(raw: Path, dataset_id: int) -> Path:
 
 
 def _remove_stale_temp_folders(raw: Path) -> None:
-    """Remove temporary folders of conversions that were killed (of any dataset ID): their lock is no longer held."""
+    """Remove temporary folders (and lock files) of conversions that were killed, of any dataset ID: their lock is
+    no longer held."""
     for stale in sorted(raw.glob(".Dataset*.tmp-*")):
         match = re.match(r"^\.Dataset(\d{3})_.*\.tmp-(\d+)$", stale.name)
         if match and not lock_is_held(str(_conversion_lock(raw, int(match[1])))):
             shutil.rmtree(stale, ignore_errors=True)
             print(f"convert: removed {stale}, left by a conversion that was killed (process {match[2]} is gone)")
+    for lock in raw.glob(".Dataset*.convert.lock"):  # a killed run's; claim_lock copes with a lock file removed
+        if not lock_is_held(str(lock)):
+            lock.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------ writing
