@@ -7,12 +7,14 @@ import atexit
 import datetime
 import errno
 import fcntl
+import gzip
 import json
 import os
 import signal
 import socket
 import sys
 import tempfile
+import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -57,7 +59,7 @@ class DiskFullError(MissingModError):
     """A write failed because its file system is full (or the user's quota is used up)."""
 
 
-DISK_FULL_FREE_BYTES = 1 << 20
+DISK_FULL_FREE_BYTES = 64 << 10
 """After a write, less free space than this counts as a full disk: SimpleITK's NIfTI writer reports a failed write
 only on stderr ("wrote only 0 of N bytes") and returns normally, leaving a truncated file."""
 
@@ -89,6 +91,8 @@ def atomic_outputs(path_truncated: str, suffixes: Sequence[str]) -> Iterator[str
     try:
         with disk_full_reported(path_truncated + suffixes[-1], [t for t, _ in temporaries] + [reserved]):
             yield reserved
+            for tmp, final in temporaries:
+                _check_complete(tmp, final)
         if not temporaries:  # a name without an ending: the writer wrote the reserved file itself
             temporaries = [(reserved, path_truncated)]
         for tmp, final in temporaries:
@@ -113,6 +117,22 @@ def disk_full_reported(path: str, written: Sequence[str] = (), needed_bytes: Opt
         raise
     if free_bytes(os.path.dirname(os.path.abspath(path))) < DISK_FULL_FREE_BYTES:
         raise DiskFullError(_disk_full_message(path, written, needed_bytes))
+
+
+def _check_complete(written: str, final: str) -> None:
+    """A ``.gz`` file must decompress to its end (SimpleITK leaves a truncated one when a write fails and only
+    prints "wrote only 0 of N bytes"); a truncated one is a full disk (``OSError(ENOSPC)``) if little space is left,
+    else an error naming the file."""
+    if not written.endswith(".gz") or not os.path.isfile(written):
+        return
+    try:
+        with gzip.open(written, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error):
+        if free_bytes(os.path.dirname(os.path.abspath(written))) < 16 * DISK_FULL_FREE_BYTES:
+            raise OSError(errno.ENOSPC, "No space left on device", final) from None
+        raise MissingModError(f"writing {final} failed: the file written is truncated") from None
 
 
 def free_bytes(directory: str) -> int:
@@ -244,17 +264,20 @@ def claim_lock(lock_path: str, command: str, what: str, shared: bool = False) ->
                   f"is no longer running", file=sys.stderr)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                   "since": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:  # best effort: on a full disk the flock alone still works, the messages just cannot name us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass
     _held_locks[key] = (fd, shared)
 
 
 def release_lock(lock_path: str) -> None:
     """Give up a lock of :func:`claim_lock` (an exclusive one's file is removed: only a killed process leaves one)."""
-    fd, _ = _held_locks.pop(os.path.realpath(lock_path), (None, None))
+    fd, shared = _held_locks.pop(os.path.realpath(lock_path), (None, None))
     if fd is None:
         return
-    if _read_holder(fd).get("pid") == os.getpid():
+    if not shared:  # the only holder
         _remove_quietly(lock_path)
     os.close(fd)
 

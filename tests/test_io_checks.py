@@ -137,7 +137,7 @@ def test_a_full_disk_is_seen_where_simpleitk_only_prints_it(tmp_path):
     import numpy as np
     import SimpleITK as sitk
     from nnunet_missingmod.io_checks import DiskFullError, atomic_output
-    image = sitk.GetImageFromArray(np.random.default_rng(0).random((60, 60, 60)).astype(np.float32))
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((100, 100, 100)).astype(np.float32))
     with small_filesystem(tmp_path / "small", size_kb=1024) as small:
         target = small / "seg.nii.gz"
         with pytest.raises(DiskFullError, match=f"disk full while writing {target}"):
