@@ -144,3 +144,20 @@ def test_a_full_disk_is_seen_where_simpleitk_only_prints_it(tmp_path):
             with atomic_output(str(target)) as tmp:
                 sitk.WriteImage(image, tmp, useCompression=True)
         assert not target.exists() and _leftovers(small) == []
+
+
+def test_a_second_demo_on_one_folder_is_refused_and_the_first_keeps_its_marker(tmp_path):
+    from nnunet_missingmod.demo.pipeline import MARKER_NAME, DataSettings, claim_output_folder
+    from nnunet_missingmod.io_checks import FolderBusyError, release_folder
+    settings, out = DataSettings(cases=4, test_cases=2, spacing_mm=6.0), tmp_path / "demo"
+    assert claim_output_folder(out, settings) == "new"
+    release_folder(str(out))
+    holder = _holder(out)  # a live process of ours writing there
+    try:
+        with pytest.raises(FolderBusyError, match=f"is being written by process {holder.pid}"):
+            claim_output_folder(out, settings)
+    finally:
+        _stop(holder)
+    assert claim_output_folder(out, settings) == "existing"  # the lock file left by the killed one is not "foreign"
+    release_folder(str(out))
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME]
