@@ -32,15 +32,15 @@ def _predict(args) -> int:
 
 def _predict_folder(args) -> int:
     from nnunet_missingmod.io_checks import claim_folder
+    from nnunet_missingmod.modalities import parse_subset
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
+    requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
+    device = resolve_device(args.device)  # before anything is written
     part = (args.part_id, args.num_parts) if args.num_parts > 1 else None
-    claim_folder(args.o, "predict", part)  # first: a second job on the folder refuses at once, before torch loads
+    claim_folder(args.o, "predict", part)  # a second job on the folder refuses now, before nnU-Net loads
     from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
-    from nnunet_missingmod.modalities import parse_subset
-    requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
-    device = resolve_device(args.device)
     model_folder = resolve_model_folder(args)
     folds = parse_folds(args.f)
     check_model_folder(model_folder, folds, args.chk)
