@@ -1,11 +1,22 @@
-"""Checks of image files that nnU-Net's readers do not make, and writing a file so that no half-written one is
-left behind."""
+"""Checks of image files that nnU-Net's readers do not make, and what a long run on a shared machine needs so that
+nothing half-written is left behind: atomic writes that recognise a full disk, a lock per output folder, and
+SIGTERM turned into an exception that the writers' clean-up code sees."""
 from __future__ import annotations
 
+import atexit
+import datetime
+import errno
+import fcntl
+import gzip
+import json
 import os
+import signal
+import socket
+import sys
 import tempfile
+import zlib
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,21 +54,121 @@ def check_nifti_data(path: str, what: str = "") -> None:
             raise MissingModError(f"{prefix}{path} has {n_bad} NaN/Inf voxels")
 
 
+# ------------------------------------------------------------------------------------------------ atomic writes
+class DiskFullError(MissingModError):
+    """A write failed because its file system is full (or the user's quota is used up)."""
+
+
+DISK_FULL_FREE_BYTES = 64 << 10
+"""After a write, less free space than this counts as a full disk: SimpleITK's NIfTI writer reports a failed write
+only on stderr ("wrote only 0 of N bytes") and returns normally, leaving a truncated file."""
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def atomic_output(path: str) -> Iterator[str]:
     """Yield a temporary path next to ``path`` for a writer that takes a file name (``savefig``, SimpleITK ...);
     when the block ends without an error the file is renamed over ``path``, otherwise it is removed. Readers never
-    see a half-written ``path``, and a failed write leaves an earlier ``path`` as it was."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    see a half-written ``path``, and a failed write leaves an earlier ``path`` as it was. A full disk (an ENOSPC
+    error, or a writer that swallowed it) raises :class:`DiskFullError` naming ``path`` and the space needed."""
+    ending = ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
+    with atomic_outputs(path[:len(path) - len(ending)], (ending,)) as tmp:
+        yield tmp + ending  # the same ending: SimpleITK and savefig choose the format from it
+
+
+@contextmanager
+def atomic_outputs(path_truncated: str, suffixes: Sequence[str]) -> Iterator[str]:
+    """:func:`atomic_output` for a writer that makes several files from one name (nnU-Net's export writes
+    ``NAME.nii.gz`` and, with probabilities, ``NAME.npz`` and ``NAME.pkl``): yields a temporary name; the writer
+    writes ``TEMP + suffix`` for every suffix. They are renamed in the order given (put the file that marks a case
+    as done last) when the block succeeds, and all removed when it fails."""
+    directory = os.path.dirname(os.path.abspath(path_truncated))
+    base = os.path.basename(path_truncated)
+    fd, reserved = tempfile.mkstemp(dir=directory, prefix=f".{base}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
+    temporaries = [(reserved + suffix, path_truncated + suffix) for suffix in suffixes if suffix]
     try:
-        yield tmp
-        _make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
+        with disk_full_reported(path_truncated + suffixes[-1], [t for t, _ in temporaries] + [reserved]):
+            yield reserved
+            for tmp, final in temporaries:
+                _check_complete(tmp, final)
+        if not temporaries:  # a name without an ending: the writer wrote the reserved file itself
+            temporaries = [(reserved, path_truncated)]
+        for tmp, final in temporaries:
+            _make_readable(tmp)
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temporaries:
+            _remove_quietly(tmp)
+        _remove_quietly(reserved)
+
+
+@contextmanager
+def disk_full_reported(path: str, written: Sequence[str] = (), needed_bytes: Optional[int] = None) -> Iterator[None]:
+    """Inside the block, a failed or silently truncated write (see :data:`DISK_FULL_FREE_BYTES`) on a full disk
+    becomes one :class:`DiskFullError` naming ``path``, the free space and what is needed (``needed_bytes``, else
+    what had been written into ``written`` or the size of the existing ``path``); other errors pass unchanged."""
+    try:
+        yield
+    except BaseException as error:
+        if _is_disk_full_error(error):
+            raise DiskFullError(_disk_full_message(path, written, needed_bytes)) from None
         raise
+    if free_bytes(os.path.dirname(os.path.abspath(path))) < DISK_FULL_FREE_BYTES:
+        raise DiskFullError(_disk_full_message(path, written, needed_bytes))
+
+
+def _check_complete(written: str, final: str) -> None:
+    """A ``.gz`` file must decompress to its end (SimpleITK leaves a truncated one when a write fails and only
+    prints "wrote only 0 of N bytes"); a truncated one is a full disk (``OSError(ENOSPC)``) if little space is left,
+    else an error naming the file."""
+    if not written.endswith(".gz") or not os.path.isfile(written):
+        return
+    try:
+        with gzip.open(written, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error):
+        if free_bytes(os.path.dirname(os.path.abspath(written))) < 16 * DISK_FULL_FREE_BYTES:
+            raise OSError(errno.ENOSPC, "No space left on device", final) from None
+        raise MissingModError(f"writing {final} failed: the file written is truncated") from None
+
+
+def free_bytes(directory: str) -> int:
+    """Free space of the file system holding ``directory`` for this user (root may use the reserved blocks)."""
+    stats = os.statvfs(directory)
+    return stats.f_frsize * (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail)
+
+
+def human_size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n_bytes) < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _is_disk_full_error(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(error) or "file write failed" in str(error):
+            return True  # torch.save and ITK wrap the OSError into a RuntimeError
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_full_message(path: str, written: Sequence[str], needed_bytes: Optional[int]) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if needed_bytes is None:
+        sizes = [os.path.getsize(p) for p in written if os.path.isfile(p)]
+        earlier = os.path.getsize(path) if os.path.isfile(path) else 0
+        needed_bytes = max(sum(sizes), earlier)
+    needed = f"at least {human_size(needed_bytes)}" if needed_bytes else "more"
+    kept = "; the earlier file is kept" if os.path.isfile(path) else "; nothing was written"
+    return (f"disk full while writing {path}: {human_size(free_bytes(directory))} free on {directory}, {needed} "
+            f"needed{kept}. Free some space (or write elsewhere) and run again")
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -84,3 +195,204 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------------------------------------------- folder locks
+FOLDER_LOCK_NAME = ".nnunet-missingmod.lock"
+
+
+class FolderBusyError(MissingModError):
+    """Another live process of ours holds the lock."""
+
+
+_held_locks: Dict[str, Tuple[int, bool]] = {}  # lock file (real path) -> (descriptor holding its flock, shared)
+
+
+def claim_folder(folder: str, command: str, part: Optional[Tuple[int, int]] = None) -> None:
+    """Make ``folder`` (created if needed) this process's until it exits, so that a second ``predict``,
+    ``evaluate``, ``convert`` or ``demo`` writing into it refuses at once, naming the process that has it.
+
+    ``part=(part_id, num_parts)``: the calls of one ``-num_parts`` split share the folder (each holds the folder
+    lock shared and its own part exclusively); a whole-folder run and a second call of the same part are refused.
+    A lock left by a process that is gone (killed) is taken over, with a message. Claiming again is a no-op.
+
+    The lock is an ``flock`` on a hidden file in the folder, so the kernel releases it when its process dies, for
+    any reason; ``flock`` works on local disks and on NFS (Linux emulates it with NFS byte-range locks).
+    """
+    os.makedirs(folder, exist_ok=True)
+    lock = os.path.join(folder, FOLDER_LOCK_NAME)
+    if part is None:
+        claim_lock(lock, command, f"{folder}")
+        return
+    part_id, num_parts = part
+    part_lock = os.path.join(folder, f".nnunet-missingmod.part{part_id}of{num_parts}.lock")
+    claim_lock(lock, command, folder, shared=True)
+    try:
+        claim_lock(part_lock, command, f"{folder} (-part_id {part_id} of -num_parts {num_parts})")
+    except FolderBusyError:
+        release_lock(lock)
+        raise
+
+
+def claim_lock(lock_path: str, command: str, what: str, shared: bool = False) -> None:
+    """Hold ``lock_path`` until this process exits (or :func:`release_lock`); raises :class:`FolderBusyError`
+    naming the holder when another live process has it. ``what`` names the locked thing in messages."""
+    key = os.path.realpath(lock_path)
+    if key in _held_locks:
+        if _held_locks[key][1] != shared:
+            raise ValueError(f"{lock_path} is already held by this process in the other mode")
+        return
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusyError(_busy_message(lock_path, what)) from None
+        try:  # the previous holder may have removed the file between our open and our flock: lock the new one
+            same_file = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)
+    if not shared:
+        previous = _read_holder(fd)
+        if previous and previous.get("pid") != os.getpid():
+            print(f"{command}: taking over the lock of {what} left by process {previous.get('pid')} "
+                  f"({previous.get('command')} on {previous.get('host')}, started {previous.get('since')}), which "
+                  f"is no longer running", file=sys.stderr)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        try:  # best effort: on a full disk the flock alone still works, the messages just cannot name us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass
+    _held_locks[key] = (fd, shared)
+
+
+def release_lock(lock_path: str) -> None:
+    """Give up a lock of :func:`claim_lock` (an exclusive one's file is removed: only a killed process leaves one)."""
+    fd, shared = _held_locks.pop(os.path.realpath(lock_path), (None, None))
+    if fd is None:
+        return
+    if not shared:  # the only holder
+        _remove_quietly(lock_path)
+    os.close(fd)
+
+
+def release_folder(folder: str) -> None:
+    for key in [k for k in _held_locks if os.path.dirname(k) == os.path.realpath(folder)]:
+        release_lock(key)
+
+
+def holds_folder_alone(folder: str) -> bool:
+    """Whether this process holds ``folder``'s lock exclusively (claimed without ``part``): no other live process
+    of ours writes there."""
+    held = _held_locks.get(os.path.realpath(os.path.join(folder, FOLDER_LOCK_NAME)))
+    return held is not None and not held[1]
+
+
+def lock_is_held(lock_path: str) -> bool:
+    """Whether a live process (this one included) holds ``lock_path``."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except ValueError:
+        return {}
+
+
+def _busy_message(lock_path: str, what: str) -> str:
+    holders = []
+    folder = os.path.dirname(lock_path)
+    candidates = [lock_path] + sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                                      if n.startswith(".nnunet-missingmod.part") and n.endswith(".lock"))
+    for candidate in candidates:
+        if lock_is_held(candidate):
+            with open(candidate, encoding="utf-8") as f:
+                holder = _read_holder(f.fileno())
+            if holder:
+                holders.append(f"process {holder.get('pid')} ({holder.get('command')} on {holder.get('host')}, "
+                               f"started {holder.get('since')})")
+    who = "; ".join(dict.fromkeys(holders)) or "another process"
+    return (f"{what} is being written by {who}; wait until it ends, or choose another folder. (A lock whose "
+            f"process is gone is taken over by itself.)")
+
+
+@atexit.register
+def _release_all_locks() -> None:
+    for key in list(_held_locks):
+        release_lock(key)
+
+
+# ------------------------------------------------------------------------------------------------------ signals
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (a scheduler's time limit, ``kill``). A
+    ``BaseException``, so that per-case ``except Exception`` handlers let it through, while ``finally`` blocks
+    and :func:`atomic_output` still remove what was being written."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` (Python's default would end the process at once and run
+    no clean-up). The previous handler is restored afterwards."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------------------------ out of memory
+class OutOfMemory(MissingModError):
+    """The GPU ran out of memory; the message says what ran and the fixes, in the order to try them."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """``torch.cuda.OutOfMemoryError`` (or the ``RuntimeError`` older drivers and MPS raise for the same)."""
+    import torch
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def prediction_out_of_memory_message(case: str, patch_size: Sequence[int], device: str) -> str:
+    """The one message for running out of GPU memory in nnU-Net's sliding window (one patch per forward pass)."""
+    patch = "x".join(map(str, patch_size))
+    return (f"case {case}: {device} ran out of memory in the sliding-window prediction (patch {patch}, batch size 1 "
+            f"patch per forward pass). Fixes, in order: (1) --not_on_device keeps the logits of the whole case in "
+            f"CPU memory (nnU-Net's perform_everything_on_device=False); (2) -device cpu (slow, but needs no GPU "
+            f"memory); (3) a model trained with a smaller patch (see nnUNetv2_plan_experiment -gpu_memory_target). "
+            f"A smaller -step_size does not help: it changes how many patches are predicted, not their size")
+
+
+def training_out_of_memory_message(patch_size: Sequence[int], batch_size: int, dataset: str, configuration: str,
+                                   plans: str = "nnUNetPlans", extra_models: str = "") -> str:
+    """The one message for running out of GPU memory in a training step (for the trainers' ``train_step``).
+    ``extra_models``: what else is on the GPU besides the student (e.g. "a teacher and a discriminator")."""
+    patch = "x".join(map(str, patch_size))
+    also = f" together with {extra_models}" if extra_models else ""
+    return (f"the GPU ran out of memory in a training step (patch {patch}, batch size {batch_size}{also}). Fixes, in "
+            f"order: (1) plans for a smaller GPU: nnUNetv2_plan_experiment -d {dataset} -gpu_memory_target GB "
+            f"-overwrite_plans_name {plans}_smaller, then nnUNetv2_preprocess -d {dataset} -plans_name "
+            f"{plans}_smaller -c {configuration} and nnUNetv2_train ... -p {plans}_smaller (a smaller patch or "
+            f"batch); (2) close other processes on the GPU (nvidia-smi lists them); (3) a GPU with more memory")

@@ -1,8 +1,12 @@
-"""Atomic writes of io_checks: a reader never sees a half-written file, and a failed write keeps the old one."""
+"""io_checks: atomic writes (a reader never sees a half-written file, a failed or disk-full write keeps the old one)
+and folder locks between real processes."""
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
+from fs_helpers import small_filesystem
 
 from nnunet_missingmod.io_checks import atomic_output, atomic_write_bytes, atomic_write_text
 
@@ -50,3 +54,110 @@ def test_report_plots_are_written_through_atomic_output(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         _atomic_savefig(FailingFigure(), str(target))
     assert target.read_bytes() == b"earlier plot" and _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- folder locks
+HOLD_LOCK = """
+import sys, time
+from nnunet_missingmod.io_checks import claim_folder
+part = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 2 else None
+claim_folder(sys.argv[1], "predict", part)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(folder, *part):
+    """A real process of ours holding ``folder`` (as predict does), started and waited for."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), *map(str, part)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "holding"
+    return process
+
+
+def _stop(process):
+    process.kill()
+    process.wait()
+
+
+def test_a_second_writer_of_a_folder_is_refused_with_the_other_process_id(tmp_path):
+    from nnunet_missingmod.io_checks import FolderBusyError, claim_folder, release_folder
+    holder = _holder(tmp_path / "out")
+    try:
+        with pytest.raises(FolderBusyError, match=f"is being written by process {holder.pid} \\(predict on "):
+            claim_folder(str(tmp_path / "out"), "evaluate")
+    finally:
+        _stop(holder)
+    claim_folder(str(tmp_path / "out"), "evaluate")  # the kernel released the lock of the killed process
+    release_folder(str(tmp_path / "out"))
+    assert _leftovers(tmp_path / "out") == []  # a clean release removes the lock file
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_message(tmp_path, capsys):
+    from nnunet_missingmod.io_checks import claim_folder, release_folder
+    holder = _holder(tmp_path / "out")
+    _stop(holder)  # SIGKILL: the lock file stays, naming its process
+    claim_folder(str(tmp_path / "out"), "predict")
+    assert f"taking over the lock of {tmp_path / 'out'} left by process {holder.pid}" in capsys.readouterr().err
+    release_folder(str(tmp_path / "out"))
+
+
+def test_parts_of_one_split_share_a_folder_but_not_a_part(tmp_path):
+    from nnunet_missingmod.io_checks import FolderBusyError, claim_folder, release_folder
+    folder = tmp_path / "out"
+    holder = _holder(folder, 0, 2)
+    try:
+        claim_folder(str(folder), "predict", (1, 2))  # the other part: allowed
+        release_folder(str(folder))
+        with pytest.raises(FolderBusyError, match=f"-part_id 0 of -num_parts 2\\) is being written by process "
+                                                  f"{holder.pid}"):
+            claim_folder(str(folder), "predict", (0, 2))
+        with pytest.raises(FolderBusyError, match=f"process {holder.pid}"):
+            claim_folder(str(folder), "predict")  # the whole folder while a part runs
+    finally:
+        _stop(holder)
+
+
+# ------------------------------------------------------------------------------------------------- disk full
+def test_a_full_disk_names_the_file_keeps_the_earlier_one_and_leaves_no_partial_file(tmp_path):
+    from nnunet_missingmod.io_checks import DiskFullError
+    with small_filesystem(tmp_path / "small", size_kb=1024) as small:
+        target = small / "report.json"
+        target.write_bytes(b"earlier report")
+        with pytest.raises(DiskFullError) as raised:
+            atomic_write_bytes(str(target), b"x" * 2_000_000)
+        message = str(raised.value)
+        assert f"disk full while writing {target}" in message and "free on" in message
+        assert "needed; the earlier file is kept" in message
+        assert target.read_bytes() == b"earlier report" and _leftovers(small) == []
+
+
+def test_a_full_disk_is_seen_where_simpleitk_only_prints_it(tmp_path):
+    """SimpleITK's NIfTI writer prints "wrote only 0 of N bytes" and returns normally on a full disk."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nnunet_missingmod.io_checks import DiskFullError, atomic_output
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((100, 100, 100)).astype(np.float32))
+    with small_filesystem(tmp_path / "small", size_kb=1024) as small:
+        target = small / "seg.nii.gz"
+        with pytest.raises(DiskFullError, match=f"disk full while writing {target}"):
+            with atomic_output(str(target)) as tmp:
+                sitk.WriteImage(image, tmp, useCompression=True)
+        assert not target.exists() and _leftovers(small) == []
+
+
+def test_a_second_demo_on_one_folder_is_refused_and_the_first_keeps_its_marker(tmp_path):
+    from nnunet_missingmod.demo.pipeline import MARKER_NAME, DataSettings, claim_output_folder
+    from nnunet_missingmod.io_checks import FolderBusyError, release_folder
+    settings, out = DataSettings(cases=4, test_cases=2, spacing_mm=6.0), tmp_path / "demo"
+    assert claim_output_folder(out, settings) == "new"
+    release_folder(str(out))
+    holder = _holder(out)  # a live process of ours writing there
+    try:
+        with pytest.raises(FolderBusyError, match=f"is being written by process {holder.pid}"):
+            claim_output_folder(out, settings)
+    finally:
+        _stop(holder)
+    assert claim_output_folder(out, settings) == "existing"  # the lock file left by the killed one is not "foreign"
+    release_folder(str(out))
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME]

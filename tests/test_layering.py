@@ -1,7 +1,12 @@
 """Import structure of the package: no feature imports another feature's command-line module, there is no import
-loop (every module imports alone), and temporary files are made in one place only."""
+loop (every module imports alone), and no writer leaves a partial file."""
 import ast
+import os
 from pathlib import Path
+
+import pytest
+from fs_helpers import fill, small_filesystem
+from inference.test_cli import model_folder as tiny_model  # noqa: F401 (the fixture, under this name)
 
 import nnunet_missingmod
 
@@ -65,6 +70,51 @@ def test_every_module_imports_alone_so_there_is_no_import_loop(tmp_path):
     assert result.stdout.strip() == "", result.stdout
 
 
-def test_temporary_files_for_atomic_writes_are_made_only_in_io_checks():
-    makers = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if "mkstemp" in p.read_text())
-    assert makers == ["nnunet_missingmod.io_checks"]
+def test_every_writer_of_inference_and_conversion_leaves_no_partial_file_when_a_write_fails(tmp_path, tiny_model):  # noqa: E501,F811
+    """A real failed write (a full tmpfs) in the predictor's export and sidecar, the converter's images and labels,
+    and labels-back: each raises DiskFullError and leaves no file behind (all go through io_checks' atomic writes)."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from nnunet_missingmod.conversion.convert import convert_dataset
+    from nnunet_missingmod.conversion.labels import convert_labels_back
+    from nnunet_missingmod.conversion.phantom import write_phantom_dataset
+    from nnunet_missingmod.inference.discovery import CaseFiles
+    from nnunet_missingmod.inference.predictor import CaseResult, MissingModalityPredictor
+    from nnunet_missingmod.io_checks import DiskFullError
+    from nnunet_missingmod.modalities import MODALITIES
+
+    predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(tiny_model), (0,))
+    image = str(tmp_path / "case_0000.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 20, (16, 16, 16)).astype(np.float32)),
+                    image)
+    source = tmp_path / "source"
+    write_phantom_dataset(source, 1, "brats2019", spacing=4.0, progress=False)
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 4, (40, 40, 40)).astype(np.uint8)),
+                    str(predictions / "case.nii.gz"))
+    data, properties, subset, _ = predictor.load_case(CaseFiles("case", {MODALITIES[0]: image}))
+    preprocessed, properties = predictor.preprocess(data, properties)
+    logits = predictor.predict_preprocessed(preprocessed, subset)
+
+    with small_filesystem(tmp_path / "full", size_kb=256) as full:
+        fill(full)
+        os.environ["nnUNet_raw"], raw_before = str(full), os.environ.get("nnUNet_raw")
+        writers = {
+            "export": lambda: predictor.export(logits, properties, str(full / "case"), save_probabilities=True),
+            "sidecar": lambda: predictor._write_sidecar(CaseResult("case"), str(full)),
+            "convert": lambda: convert_dataset("brats2019", source, 955, progress=False),
+            "labels-back": lambda: convert_labels_back("brats2019", predictions, full, progress=False),
+        }
+        try:
+            for name, write in writers.items():
+                with pytest.raises(DiskFullError):
+                    write()
+                assert sorted(p.name for p in full.iterdir()) == ["filler"], name
+        finally:
+            if raw_before is None:
+                del os.environ["nnUNet_raw"]
+            else:
+                os.environ["nnUNet_raw"] = raw_before

@@ -1,14 +1,24 @@
 """Subcommands about datasets: ``convert``, ``labels-back`` and ``phantom``."""
 from __future__ import annotations
 
+import sys
+
 from nnunet_missingmod.conversion.formats import FORMAT_KEYS
 
 
 def _convert(args) -> int:
     from nnunet_missingmod.conversion.convert import REPORT_NAME, convert_dataset
+    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
 
-    result = convert_dataset(args.format, args.source_dir, args.dataset_id, name=args.name, link=args.link,
-                             allow_missing=args.allow_missing, keep_rc=args.keep_rc, test_cases=args.test_cases)
+    try:
+        with sigterm_raises():
+            result = convert_dataset(args.format, args.source_dir, args.dataset_id, name=args.name, link=args.link,
+                                     allow_missing=args.allow_missing, keep_rc=args.keep_rc,
+                                     test_cases=args.test_cases)
+    except Terminated:
+        print(f"convert: stopped by SIGTERM; the partial conversion was removed and nothing was written to "
+              f"$nnUNet_raw for dataset ID {args.dataset_id}", file=sys.stderr)
+        return Terminated.exit_code
     if result.already_done:
         print(f"{result.dataset_dir} already holds this conversion (same source, files and options); nothing to do")
         return 0

@@ -27,7 +27,9 @@ import numpy as np
 from nnunet_missingmod.conversion.formats import FORMATS, DatasetFormat, dataset_json_labels, get_format
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import GEOMETRY_ATOL, NIFTI_ENDINGS, check_nifti_data, error_reason
+from nnunet_missingmod.io_checks import (
+    GEOMETRY_ATOL, NIFTI_ENDINGS, DiskFullError, check_nifti_data, claim_lock, disk_full_reported, error_reason,
+    human_size, lock_is_held, release_lock)
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"
@@ -157,7 +159,7 @@ def _msd_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
     return cases
 
 
-def discover_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
+def discover_source_cases(fmt: DatasetFormat, source: Path) -> List[SourceCase]:
     """All cases of ``source`` in format ``fmt``, sorted by case id. Raises if there are none."""
     if not source.is_dir():
         raise MissingModError(f"source folder {str(source)!r} does not exist or is not a folder")
@@ -187,7 +189,7 @@ def other_format_hint(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCa
         if other.is_msd or own_names & other_names:  # same naming (or accepts it): it would find no more files
             continue
         try:
-            other_cases = discover_cases(other, source)
+            other_cases = discover_source_cases(other, source)
         except MissingModError:
             continue
         if all(not c.missing for c in other_cases) and len(other_cases) > complete_here:
@@ -359,22 +361,23 @@ def _existing_fingerprint(target: Path) -> Optional[str]:
         return None
 
 
-def _remove_stale_temp_folders(raw: Path, folder_name: str) -> None:
-    """Temporary folders of runs that were killed (their process is gone) are removed."""
-    for stale in raw.glob(f".{folder_name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+def _conversion_lock(raw: Path, dataset_id: int) -> Path:
+    """Held while dataset ``dataset_id`` is converted: a second ``convert`` of that ID refuses at once, and a
+    temporary folder whose lock is free belongs to a run that is gone."""
+    return raw / f".Dataset{dataset_id:03d}.convert.lock"
+
+
+def _remove_stale_temp_folders(raw: Path) -> None:
+    """Remove temporary folders (and lock files) of conversions that were killed, of any dataset ID: their lock is
+    no longer held."""
+    for stale in sorted(raw.glob(".Dataset*.tmp-*")):
+        match = re.match(r"^\.Dataset(\d{3})_.*\.tmp-(\d+)$", stale.name)
+        if match and not lock_is_held(str(_conversion_lock(raw, int(match[1])))):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            print(f"convert: removed {stale}, left by a conversion that was killed (process {match[2]} is gone)")
+    for lock in raw.glob(".Dataset*.convert.lock"):  # a killed run's; claim_lock copes with a lock file removed
+        if not lock_is_held(str(lock)):
+            lock.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -438,16 +441,19 @@ def _write_label(fmt: DatasetFormat, case: SourceCase, keep_rc: bool, dst: Path)
 
 
 def _write_case(fmt: DatasetFormat, case: SourceCase, geometry: Geometry, folder: Path, link: bool,
-                keep_rc: bool, held_out: bool) -> None:
+                keep_rc: bool, held_out: bool, needed_bytes: int) -> None:
     """Training cases go to imagesTr/labelsTr; held-out labelled cases to imagesTs/labelsTs (labels converted the
-    same way); unlabelled cases to imagesTs."""
+    same way); unlabelled cases to imagesTs. A full disk is one :class:`DiskFullError` naming the file."""
     training = case.labelled and not held_out
     images_dir = folder / ("imagesTr" if training else "imagesTs")
     for channel, modality in enumerate(MODALITIES):
-        _write_image(case.images[modality], geometry, images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}", link)
+        dst = images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}"
+        with disk_full_reported(str(dst), needed_bytes=needed_bytes):
+            _write_image(case.images[modality], geometry, dst, link)
     if case.labelled:
-        labels_dir = folder / ("labelsTr" if training else "labelsTs")
-        _write_label(fmt, case, keep_rc, labels_dir / f"{case.case_id}{FILE_ENDING}")
+        dst = folder / ("labelsTr" if training else "labelsTs") / f"{case.case_id}{FILE_ENDING}"
+        with disk_full_reported(str(dst), needed_bytes=needed_bytes):
+            _write_label(fmt, case, keep_rc, dst)
 
 
 def _description(fmt: DatasetFormat, keep_rc: bool) -> str:
@@ -463,8 +469,7 @@ def _description(fmt: DatasetFormat, keep_rc: bool) -> str:
 
 def _write_dataset(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], geometries: Dict[str, Geometry],
                    folder: Path, dataset_name: str, link: bool, keep_rc: bool, held_out: Sequence[str], report: Dict,
-                   progress: bool) -> None:
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+                   progress: bool, needed_bytes: int) -> None:
     from tqdm import tqdm
 
     held_out = set(held_out)
@@ -472,7 +477,16 @@ def _write_dataset(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase]
             + (("labelsTs",) if held_out else ()):
         (folder / sub).mkdir(parents=True)
     for case in tqdm(cases, desc=f"converting {fmt.key}", disable=not progress):
-        _write_case(fmt, case, geometries[case.case_id], folder, link, keep_rc, case.case_id in held_out)
+        _write_case(fmt, case, geometries[case.case_id], folder, link, keep_rc, case.case_id in held_out,
+                    needed_bytes)
+    with disk_full_reported(str(folder / REPORT_NAME), needed_bytes=needed_bytes):
+        _write_metadata(fmt, source, cases, folder, dataset_name, keep_rc, held_out, report)
+
+
+def _write_metadata(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], folder: Path, dataset_name: str,
+                    keep_rc: bool, held_out: set, report: Dict) -> None:
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
     for sidecar in _sidecar_files(fmt, source):
         shutil.copyfile(sidecar, folder / sidecar.name)
     labels, regions_class_order = dataset_json_labels(fmt.labels, keep_rc)
@@ -513,7 +527,21 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
     if keep_rc:
         dataset_json_labels(fmt.labels, keep_rc)  # raises early for formats without RC
     raw = nnunet_raw_dir()
-    cases = discover_cases(fmt, source)
+    raw.mkdir(parents=True, exist_ok=True)
+    lock = _conversion_lock(raw, dataset_id)
+    claim_lock(str(lock), "convert", f"dataset ID {dataset_id} in {raw}")
+    try:
+        _remove_stale_temp_folders(raw)
+        return _convert_locked(fmt, source, dataset_id, dataset_name, folder_name, raw, link, allow_missing, keep_rc,
+                               test_cases, progress)
+    finally:
+        release_lock(str(lock))
+
+
+def _convert_locked(fmt: DatasetFormat, source: Path, dataset_id: int, dataset_name: str, folder_name: str,
+                    raw: Path, link: bool, allow_missing: bool, keep_rc: bool, test_cases: int,
+                    progress: bool) -> ConversionResult:
+    cases = discover_source_cases(fmt, source)
     hint = other_format_hint(fmt, source, cases, dataset_id)
     if hint:
         raise MissingModError(hint)
@@ -536,17 +564,25 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
               "num_test": sum(not c.labelled for c in cases), "held_out_test_cases": held_out,
               "missing_sequences": missing,
               "note": "missing sequences were written as zero images with the case's geometry"}
-    raw.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_folders(raw, folder_name)
     temp = raw / f".{folder_name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, held_out, report, progress)
+        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, held_out, report, progress,
+                       _source_bytes(cases))
         try:
             os.rename(temp, target)
         except OSError:
             raise MissingModError(f"{str(target)!r} appeared while converting (another run?); "
                                   f"nothing was changed") from None
+    except DiskFullError as e:
+        raise DiskFullError(f"{e} (the converted dataset needs about {human_size(_source_bytes(cases))}, the size of "
+                            f"its source images; the partial conversion was removed)") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return ConversionResult(target, report["num_training"], report["num_test"], missing, held_out=held_out)
+
+
+def _source_bytes(cases: Sequence[SourceCase]) -> int:
+    """About what a converted dataset takes: its source images and labels (compressed as given)."""
+    files = {s.path for c in cases for s in c.images.values() if s} | {c.seg for c in cases if c.seg}
+    return sum(os.path.getsize(f) for f in files)

@@ -10,8 +10,7 @@ import numpy as np
 from nnunet_missingmod.conversion.formats import (
     DatasetFormat, get_format, nnunet_label_of_value, original_value_of_label)
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import NIFTI_ENDINGS, check_nifti_data, error_reason
-
+from nnunet_missingmod.io_checks import NIFTI_ENDINGS, atomic_output, check_nifti_data, error_reason
 
 
 def remap_labels(values: np.ndarray, mapping: Mapping[int, int], where: str, allowed_text: str) -> np.ndarray:
@@ -80,26 +79,23 @@ def convert_labels_back(fmt_key: str, pred_dir: os.PathLike, out_dir: os.PathLik
     if not files:
         raise MissingModError(f"no .nii.gz or .nii predictions in {str(pred_dir)!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Everything is written under temporary names first and renamed at the end: a bad prediction neither leaves a
-    # partial output behind nor destroys the files of an earlier run.
-    temporary: Dict[Path, Path] = {}
-    try:
-        for path in tqdm(files, desc=f"labels-back {fmt.key}", disable=not progress):
-            check_nifti_data(str(path), "prediction")
-            try:
-                image = sitk.ReadImage(str(path))
-            except RuntimeError as e:
-                raise MissingModError(f"cannot read prediction {str(path)!r}: {error_reason(e)}") from None
-            original = to_original_labels(sitk.GetArrayFromImage(image), fmt, where=f"prediction {str(path)!r}")
-            out_image = sitk.GetImageFromArray(original)
-            out_image.CopyInformation(image)
-            target = out_dir / path.name
-            temporary[target] = out_dir / f".tmp-{os.getpid()}-{path.name}"
-            sitk.WriteImage(out_image, str(temporary[target]), useCompression=True)
-        for target, tmp in temporary.items():
-            os.replace(tmp, target)
-    finally:
-        for tmp in temporary.values():
-            tmp.unlink(missing_ok=True)
-    written = {target.name: target for target in temporary}
+    # Every prediction is read and checked before anything is written: a bad prediction leaves the files of an
+    # earlier run as they were. Each file is then written atomically (io_checks.atomic_output).
+    converted = []
+    for path in tqdm(files, desc=f"labels-back {fmt.key}", disable=not progress):
+        check_nifti_data(str(path), "prediction")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise MissingModError(f"cannot read prediction {str(path)!r}: {error_reason(e)}") from None
+        original = to_original_labels(sitk.GetArrayFromImage(image), fmt, where=f"prediction {str(path)!r}")
+        converted.append((path, image, original))
+    written = {}
+    for path, image, original in converted:
+        out_image = sitk.GetImageFromArray(original)
+        out_image.CopyInformation(image)
+        target = out_dir / path.name
+        with atomic_output(str(target)) as tmp:
+            sitk.WriteImage(out_image, tmp, useCompression=True)
+        written[target.name] = target
     return written

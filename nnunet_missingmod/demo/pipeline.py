@@ -79,27 +79,35 @@ def column_label(trainer: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- output folder
 def claim_output_folder(out: Path, data: DataSettings) -> str:
-    """Create or accept ``out``: a new or empty folder gets our marker; a folder with our marker must hold the same
-    data settings; any other non-empty folder is refused (the demo writes and may replace files there).
-    Returns "new" or "existing"."""
+    """Create or accept ``out`` and hold its lock (:func:`~nnunet_missingmod.io_checks.claim_folder`) while the demo
+    runs: a second demo (or any command of ours) writing there refuses, naming this process. A new or empty folder
+    gets our marker; a folder with our marker must hold the same data settings; any other non-empty folder is
+    refused (the demo writes and may replace files there). Returns "new" or "existing"."""
+    from nnunet_missingmod.io_checks import FOLDER_LOCK_NAME, claim_folder, release_folder
+
     marker = out / MARKER_NAME
     if out.exists() and not out.is_dir():
         raise MissingModError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
-        raise MissingModError(f"--out {out}: the folder is not empty and was not made by the demo (no {MARKER_NAME} "
-                              f"in it); choose a new or empty folder")
-    if marker.is_file():
-        try:
-            stored = DataSettings(**json.loads(marker.read_text()))
-        except (ValueError, TypeError) as e:
-            raise MissingModError(f"--out {out}: {marker} is not a marker of this version of the demo ({e}); "
-                                  f"choose a new folder or delete this one") from None
-        if stored != data:
-            raise MissingModError(f"--out {out} holds a demo made with --cases {stored.cases} ({stored.test_cases} "
-                                  f"test cases, {stored.spacing_mm:g} mm), not --cases {data.cases} "
-                                  f"({data.test_cases}, {data.spacing_mm:g} mm); use those or another --out")
-        return "existing"
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(str(out), "demo")
+    try:
+        if any(p.name != FOLDER_LOCK_NAME for p in out.iterdir()) and not marker.is_file():
+            raise MissingModError(f"--out {out}: the folder is not empty and was not made by the demo (no "
+                                  f"{MARKER_NAME} in it); choose a new or empty folder")
+        if marker.is_file():
+            try:
+                stored = DataSettings(**json.loads(marker.read_text()))
+            except (ValueError, TypeError) as e:
+                raise MissingModError(f"--out {out}: {marker} is not a marker of this version of the demo ({e}); "
+                                      f"choose a new folder or delete this one") from None
+            if stored != data:
+                raise MissingModError(f"--out {out} holds a demo made with --cases {stored.cases} "
+                                      f"({stored.test_cases} test cases, {stored.spacing_mm:g} mm), not --cases "
+                                      f"{data.cases} ({data.test_cases}, {data.spacing_mm:g} mm); use those or "
+                                      f"another --out")
+            return "existing"
+    except MissingModError:
+        release_folder(str(out))
+        raise
     marker.write_text(json.dumps(asdict(data)) + "\n")
     return "new"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.model_folder import (
@@ -15,17 +16,35 @@ def _default_from_env(name: str, default: int) -> int:
 
 
 def _predict(args) -> int:
-    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
-    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    with sigterm_raises():
+        try:
+            return _predict_folder(args)
+        except Terminated as stop:
+            done = len(getattr(stop, "results", []))
+            remaining = getattr(stop, "remaining", None)
+            print("predict: stopped by SIGTERM" + (f" after {done} case(s), {remaining} not predicted" if remaining
+                                                     is not None else " before any case was predicted")
+                  + f"; every file in {args.o} is complete. Rerun with --continue_prediction to predict the rest",
+                  file=sys.stderr)
+            return Terminated.exit_code
+
+
+def _predict_folder(args) -> int:
+    from nnunet_missingmod.io_checks import claim_folder
     from nnunet_missingmod.modalities import parse_subset
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
     requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # before anything is written
+    part = (args.part_id, args.num_parts) if args.num_parts > 1 else None
+    claim_folder(args.o, "predict", part)  # a second job on the folder refuses now, before nnU-Net loads
+    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     model_folder = resolve_model_folder(args)
     folds = parse_folds(args.f)
     check_model_folder(model_folder, folds, args.chk)
-    log = start_log(args.o, "predict", args.verbose)
+    log = start_log(args.o, "predict", args.verbose, part)
     with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
         predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
                                              use_mirroring=not args.disable_tta,

@@ -6,16 +6,22 @@ import datetime
 import os
 import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
+
+from nnunet_missingmod.io_checks import claim_folder
 
 
-def start_log(output_folder: str, command: str, verbose: bool) -> Optional[str]:
-    """``OUTPUT/<command>.log`` with a header line for this run appended, or ``None`` when ``verbose`` (nnU-Net's
-    output stays on the terminal). Appended, not replaced, so that ``-num_parts`` calls sharing a folder keep
-    each other's messages."""
+def start_log(output_folder: str, command: str, verbose: bool, part: Optional[Tuple[int, int]] = None) \
+        -> Optional[str]:
+    """Claim ``output_folder`` for this run (:func:`~nnunet_missingmod.io_checks.claim_folder`; ``part``:
+    ``(part_id, num_parts)`` of a ``-num_parts`` split, which share it) and return ``OUTPUT/<command>.log`` with a
+    header line for this run appended, or ``None`` when ``verbose`` (nnU-Net's output stays on the terminal).
+    Appended, not replaced, so that ``-num_parts`` calls sharing a folder keep each other's messages.
+
+    ``predict`` and ``evaluate`` start here before they write anything, so this is where both take the lock."""
+    claim_folder(output_folder, command, part)
     if verbose:
         return None
-    os.makedirs(output_folder, exist_ok=True)
     path = os.path.join(output_folder, f"{command}.log")
     with open(path, "a", encoding="utf-8") as log:
         log.write(f"== {datetime.datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}: "

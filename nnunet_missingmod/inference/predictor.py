@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -39,7 +41,9 @@ from tqdm import tqdm
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, discover_cases, restrict_to
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
-from nnunet_missingmod.io_checks import GEOMETRY_ATOL, atomic_write_text, check_nifti_data, error_reason
+from nnunet_missingmod.io_checks import (
+    GEOMETRY_ATOL, DiskFullError, OutOfMemory, Terminated, atomic_outputs, atomic_write_text, check_nifti_data,
+    error_reason, holds_folder_alone, is_out_of_memory, prediction_out_of_memory_message)
 from nnunet_missingmod.modalities import (
     ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset, subset_of_channel_mask)
 
@@ -119,6 +123,28 @@ def _geometry(props: dict) -> Dict[str, np.ndarray]:
                 except (TypeError, ValueError):
                     pass
     return geometry
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def remove_temporaries_of_dead_runs(output_folder: str) -> None:
+    """Remove temporary files (of :func:`~nnunet_missingmod.io_checks.atomic_outputs`) whose process is gone: a run
+    killed with SIGKILL while it wrote. Only while holding the whole folder (no live writer on another host)."""
+    for name in os.listdir(output_folder):
+        match = _TEMPORARY.match(name)
+        if match and int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"])):
+            os.remove(os.path.join(output_folder, name))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class MissingModalityPredictor(nnUNetPredictor):
@@ -235,21 +261,13 @@ class MissingModalityPredictor(nnUNetPredictor):
 
     def export(self, logits: torch.Tensor, properties: dict, output_file_truncated: str,
                save_probabilities: bool = False) -> str:
-        """nnU-Net's export, written under a temporary name and renamed, so a failure leaves no partial file."""
-        folder, name = os.path.split(output_file_truncated)
-        temporary = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+        """nnU-Net's export, through :func:`~nnunet_missingmod.io_checks.atomic_outputs`: a failure (or a full
+        disk, or SIGTERM) leaves no partial file and an earlier result as it was."""
         ending = self.dataset_json["file_ending"]
-        extra = [".npz", ".pkl"] if save_probabilities else []
-        try:
-            with nnunet_output_to(self.nnunet_log):
-                export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
-                                              self.dataset_json, temporary, save_probabilities)
-            for suffix in extra + [ending]:
-                os.replace(temporary + suffix, output_file_truncated + suffix)
-        finally:
-            for suffix in extra + [ending]:
-                if os.path.exists(temporary + suffix):
-                    os.remove(temporary + suffix)
+        suffixes = ([".npz", ".pkl"] if save_probabilities else []) + [ending]  # the segmentation last: it marks done
+        with atomic_outputs(output_file_truncated, suffixes) as temporary, nnunet_output_to(self.nnunet_log):
+            export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                          self.dataset_json, temporary, save_probabilities)
         return output_file_truncated + ending
 
     def predict_case(self, case: CaseFiles, output_folder: str, save_probabilities: bool = False) -> CaseResult:
@@ -271,9 +289,16 @@ class MissingModalityPredictor(nnUNetPredictor):
             logits = self.predict_preprocessed(preprocessed, subset)
             result.output = self.export(logits, properties, os.path.join(output_folder, case.case_id),
                                         save_probabilities)
+        except DiskFullError:
+            raise  # every later case would fail too; the earlier result of this case is kept
         except MissingModError as e:
             result.error = str(e)
-        except Exception as e:  # anything else (e.g. out of memory) also fails this case alone
+        except Exception as e:  # anything else also fails this case alone, except running out of GPU memory
+            if is_out_of_memory(e):
+                if self.verbose:
+                    traceback.print_exc()
+                raise OutOfMemory(prediction_out_of_memory_message(
+                    case.case_id, self.configuration_manager.patch_size, str(self.device))) from None
             result.error = f"case {case.case_id}: {type(e).__name__}: {error_reason(e)}"
         if result.error:
             self._remove_outputs(os.path.join(output_folder, case.case_id))  # no stale result of an earlier run
@@ -302,7 +327,9 @@ class MissingModalityPredictor(nnUNetPredictor):
         :func:`as_subset`) restricts every case to those sequences.
 
         Cases are processed one after the other in this process (the ``num_processes_*`` arguments are accepted
-        for compatibility); ``overwrite=False`` skips cases whose segmentation and sidecar exist.
+        for compatibility); ``overwrite=False`` skips cases whose segmentation and sidecar exist. Stops with
+        :class:`DiskFullError` or :class:`OutOfMemory` (every later case would fail too), and on SIGTERM (inside
+        :func:`~nnunet_missingmod.io_checks.sigterm_raises`) with :class:`Terminated` carrying ``results`` so far.
         """
         if folder_with_segs_from_prev_stage is not None or self.configuration_manager.previous_stage_name:
             raise MissingModError("cascaded configurations are not supported by the missing-modality predictor")
@@ -324,6 +351,8 @@ class MissingModalityPredictor(nnUNetPredictor):
         if not overwrite:
             cases = [c for c in cases if not (os.path.isfile(os.path.join(output_folder, c.case_id + ending)) and
                                               os.path.isfile(os.path.join(output_folder, c.case_id + SIDECAR_SUFFIX)))]
+        if holds_folder_alone(output_folder):
+            remove_temporaries_of_dead_runs(output_folder)
         results = []
         show_cases = self.allow_tqdm
         self.allow_tqdm = False  # one bar, over cases: nnU-Net's sliding-window bar would nest inside it
@@ -332,6 +361,9 @@ class MissingModalityPredictor(nnUNetPredictor):
                 result = self.predict_case(case, output_folder, save_probabilities)
                 tqdm.write(result.summary_line())
                 results.append(result)
+        except Terminated as stop:  # SIGTERM: the case being written was removed by atomic_outputs
+            stop.results, stop.remaining = results, len(cases) - len(results)
+            raise
         finally:
             self.allow_tqdm = show_cases
         return results

@@ -65,7 +65,7 @@ def _losses(trainer, batch, dtype):
 
 @pytest.mark.parametrize("trainer_class", TRAINERS, ids=lambda c: c.__name__)
 def test_training_step_under_bfloat16_autocast(nnunet_root, tiny_preprocessed, request, trainer_class):
-    if getattr(trainer_class, "frozen_teacher", False):
+    if trainer_class.teacher_source == "checkpoint":
         request.getfixturevalue("frozen_teacher")
     torch.manual_seed(0)  # the same initial weights whatever ran before (the tolerance was measured on these)
     trainer = make_trainer(nnunet_root, trainer_class)
@@ -76,9 +76,17 @@ def test_training_step_under_bfloat16_autocast(nnunet_root, tiny_preprocessed, r
     reference = _losses(trainer, batch, None)
     mixed = _losses(trainer, batch, torch.bfloat16)
     assert set(mixed) == set(reference) and set(trainer.loss_terms) <= set(mixed) | {"discriminator"}
+    if "dmcd" in mixed:
+        # CCSD's decremental path is an argmax over per-sequence criticalities; where two are nearly equal, bfloat16
+        # may pick the other (equally valid) path, which changes DMCD discretely, not by rounding. The path-free
+        # part of the loss is compared instead; DMCD itself is checked for dtype and finiteness.
+        for terms in (mixed, reference):
+            terms["loss"] = terms["loss"] - trainer.dmcd_weight * terms["dmcd"]
     for name, value in mixed.items():
         assert value.dtype == torch.float32, f"{name} is {value.dtype} under autocast"
         assert torch.isfinite(value).all(), name
+        if name == "dmcd":
+            continue
         weight = WEIGHTED.get(name, 1.0)
         torch.testing.assert_close(value * weight, reference[name] * weight, rtol=RTOL, atol=ATOL, msg=name)
 

@@ -38,8 +38,9 @@ def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     trainer.is_ddp, trainer.local_rank = True, rank
     trainer.wrap_modules_for_ddp()
-    if trainer.teacher_source == "snapshot":
-        trainer.take_teacher_snapshot()  # phase 2: the frozen snapshot distils
+    if trainer.teacher_source == "snapshot":  # phase 2: subsets are drawn and the frozen snapshot distils
+        trainer.current_epoch = trainer.teacher_switch_epoch()
+        trainer.take_teacher_snapshot()
     modules = {"network": trainer.network, **trainer.extra_modules}
     wrapped = {name: isinstance(m, DDP) for name, m in modules.items()
                if name == "network" or trainer.extra_specs[name].trainable}

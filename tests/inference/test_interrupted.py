@@ -1,0 +1,136 @@
+"""``predict`` stopped by SIGTERM, started twice on one folder, on a full disk, and out of GPU memory: real
+processes on the untrained tiny model of test_cli (seconds, not minutes)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from fs_helpers import fill, small_filesystem
+from inference.test_cli import model_folder  # noqa: F401 (the fixture)
+
+from nnunet_missingmod.io_checks import DiskFullError, OutOfMemory
+from nnunet_missingmod.modalities import MODALITIES
+
+N_CASES = 8
+LARGE_SHAPE = (20, 20, 20)  # 64 patches of 8^3 per case: a few seconds each on a busy CPU core
+
+
+def _write_cases(folder, n, shape=LARGE_SHAPE):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for channel in range(len(MODALITIES)):
+            image = sitk.GetImageFromArray(rng.normal(100, 20, shape).astype(np.float32))
+            sitk.WriteImage(image, str(folder / f"case{i:02d}_{channel:04d}.nii.gz"))
+
+
+def _predict(inputs, out, model, *extra, wait=True):
+    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
+    args = [exe, "predict", "-i", str(inputs), "-o", str(out), "-m", str(model), "-f", "0", "-device", "cpu",
+            "--disable_tta", "--disable_progress_bar", *extra]
+    env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        process.stdout_text, process.stderr_text = process.communicate(timeout=600)
+    return process
+
+
+def _wait_for(condition, process, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+def _outputs(folder):
+    return {p.name: (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) if p.name.endswith(".nii.gz")
+                     else json.loads(p.read_text()))
+            for p in sorted(folder.iterdir()) if p.name.endswith((".nii.gz", ".modalities.json"))}
+
+
+def test_sigterm_leaves_only_complete_cases_and_continue_prediction_finishes_identically(tmp_path, model_folder):  # noqa: F811
+    inputs = tmp_path / "in"
+    _write_cases(inputs, N_CASES)
+    reference = _predict(inputs, tmp_path / "reference", model_folder)
+    assert reference.returncode == 0, reference.stderr_text
+
+    out = tmp_path / "out"
+    first = _predict(inputs, out, model_folder, wait=False)
+    _wait_for(lambda: (out / ".nnunet-missingmod.lock").is_file(), first)
+    second = _predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
+    assert second.returncode == 2
+    assert f"is being written by process {first.pid} (predict on " in second.stderr_text
+    _wait_for(lambda: list(out.glob("*.modalities.json")), first)
+    assert first.poll() is None, "the first run ended before it could be stopped: make the cases larger"
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after" in err and "--continue_prediction" in err and "Traceback" not in err
+    done = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert 0 < len(done) < N_CASES
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file, no lock
+    for name in done:  # every segmentation there is complete and equals the uninterrupted run's
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "reference" / name))))
+
+    rest = _predict(inputs, out, model_folder, "--continue_prediction")
+    assert rest.returncode == 0, rest.stderr_text
+    finished, expected = _outputs(out), _outputs(tmp_path / "reference")
+    assert finished.keys() == expected.keys() and len(finished) == 2 * N_CASES
+    for name, value in expected.items():
+        if name.endswith(".nii.gz"):
+            assert np.array_equal(finished[name], value), name
+        else:  # the same sidecar, but for the folder it names
+            assert {**finished[name], "output": None} == {**value, "output": None}, name
+
+
+def _predictor(model):
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), (0,))
+    return predictor
+
+
+def test_a_full_disk_stops_predict_naming_the_file_and_keeps_the_earlier_result(tmp_path, model_folder):  # noqa: F811
+    inputs = tmp_path / "in"
+    _write_cases(inputs, 2, shape=(24, 24, 24))
+    predictor = _predictor(model_folder)
+    with small_filesystem(tmp_path / "small", size_kb=1024) as small:
+        out = small / "out"
+        first = predictor.predict_from_files(str(inputs), str(out))
+        assert [r.ok for r in first] == [True, True]
+        earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+        fill(small)
+        with pytest.raises(DiskFullError, match=f"disk full while writing {out / 'case00.nii.gz'}"):
+            predictor.predict_from_files(str(inputs), str(out))
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # nothing partial, nothing lost
+
+
+class OutOfMemoryNetwork(torch.nn.Module):
+    """A network that needs more GPU memory than there is, as a large patch on a small GPU."""
+
+    def forward(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_running_out_of_gpu_memory_is_one_message_with_the_fixes(tmp_path, model_folder):  # noqa: F811
+    inputs = tmp_path / "in"
+    _write_cases(inputs, 1, shape=(12, 12, 12))
+    predictor = _predictor(model_folder)
+    predictor.network = OutOfMemoryNetwork()
+    predictor.list_of_parameters = [{}]  # its (empty) state dict, loaded per fold by nnU-Net
+    with pytest.raises(OutOfMemory) as raised:
+        predictor.predict_from_files(str(inputs), str(tmp_path / "out"))
+    message = str(raised.value)
+    assert message.startswith("case case00: cpu ran out of memory in the sliding-window prediction (patch 8x8x8")
+    fixes = [message.index(fix) for fix in ("--not_on_device", "-device cpu", "-gpu_memory_target")]
+    assert fixes == sorted(fixes) and "A smaller -step_size does not help" in message
+    assert not (tmp_path / "out" / "case00.nii.gz").exists()
