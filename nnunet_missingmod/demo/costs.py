@@ -1,23 +1,12 @@
-"""How long the demo takes: measured seconds per stage, used for the first line the demo prints and for each
-progress bar's estimate (the bars also show tqdm's own estimate from the rate so far).
+"""How long the demo takes: seconds per stage, used for the first line the demo prints and for each progress bar's
+estimate (the bars also show tqdm's own estimate from the rate so far).
 
-CPU numbers: measured 2026-11-23 on the development machine (2 CPU cores, shared with other jobs: load average 3-13
-during the runs, so they are pessimistic for an idle 2-core machine), ``nnUNet_n_proc_DA=0``. Training:
-``nnUNetv2_train ... all -tr ModalityDropoutTrainer_demoSmall`` on 8 cases at 8 mm (patch 20x24x20, batch 2): epochs
-of 50
-iterations took 108.8, 218.8, 160.5, 92.8, 68.8 and 21.7 s as the load average fell from ~9 to ~5 (0.43 s per
-iteration in the least contended epoch; the table takes 0.6 s); final validation 1.3-2.6 s per case; the whole
-300-iteration run 11.5 min under that load (at 6 mm, patch 28x32x24: 711 s for the first epoch at load 8-15).
-Fixed costs from ``--budget debug`` demo runs (3 training, 2 test cases, load ~10):
-plan and preprocess 167 s, nnUNetv2_train 91-117 s for 2 iterations and 3 validation cases, evaluate 21-33 s for
-2 cases x 15 subsets, phantoms 30 s for 5 cases (mostly imports).
-Re-measured 2026-11-24 01:14-01:23 on the idle machine (load average < 1), a default demo from scratch in 8 min 33 s:
-phantoms 6 s, convert 2 s, planning 34 s, nnUNetv2_train 70 s (stock; epochs of 50 iterations 10.9-11.8 s, i.e.
-0.23 s per iteration), 69 s (dropout), 150 s (MSTKDTrainer_small, 30.2-31.1 s per epoch), 127 s (CCSDTrainer_small,
-25.0-25.1 s per epoch), evaluate 12-14 s per model (3 cases x 15 subsets). The table uses these.
-CUDA numbers: not measured (no GPU during development); typical figures for nnU-Net on one data-centre GPU at these
-patch sizes, where a step is bound by data augmentation and kernel launches rather than by the voxel count.
-Teacher/student trainers: see ``TRAINER_TIME_FACTOR`` (CPU measured 2026-11-24; CUDA the targets of their issues).
+The CPU figures are wall seconds of the demo's own stages on the idle 2-core development machine
+(``nnUNet_n_proc_DA=0``, 8 mm phantoms, patch 20x24x20, batch 2); a loaded machine takes up to 2x. The CUDA
+figures are typical values for nnU-Net on one data-centre GPU at these patch sizes (a step is bound by data
+augmentation and kernel launches, not by the voxel count), not measurements. The trainers' factors
+(:data:`TRAINER_TIME_FACTOR`) are epoch times relative to stock; where they come from is in
+``docs/benchmarks.md`` (training cost).
 """
 from __future__ import annotations
 

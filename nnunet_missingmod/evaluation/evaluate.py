@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.evaluation.options import (
-    add_scoring_arguments, conventions_from_args, print_overview, regions_from_args)
+    add_scoring_arguments, conventions_from_args, print_overview)
 from nnunet_missingmod.inference.model_folder import (
     add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
     resolve_device)
@@ -75,6 +75,7 @@ def unique_trainer_labels(names: Sequence[str]) -> List[str]:
 
 
 def run_evaluate(args) -> int:
+    from nnunet_missingmod.evaluation.regions import resolve_regions
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
     from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
@@ -102,9 +103,10 @@ def run_evaluate(args) -> int:
         predictor.nnunet_log = log
         predictors.append(predictor)
     labels = unique_trainer_labels([p.trainer_name for p in predictors])
-    if args.dataset_json is None and args.regions is None and args.label_format is None:
-        args.dataset_json = os.path.join(model_folders[0], "dataset.json")  # the labels the models were trained on
-    regions = regions_from_args(args)
+    dataset_json = args.dataset_json
+    if dataset_json is None and args.regions is None and args.label_format is None:
+        dataset_json = os.path.join(model_folders[0], "dataset.json")  # the labels the models were trained on
+    regions = resolve_regions(dataset_json, args.regions, args.label_format)
 
     cases = [complete_cases(predictor, args.i, args.l) for predictor in predictors]
     prediction_folders = []
