@@ -185,18 +185,17 @@ def provide_frozen_teacher(trainer_classes, plans: dict, root: Path) -> None:
     """Frozen-teacher variants load a finished teacher run named by ``nnUNet_missingmod_teacher``. Its weights do
     not change the cost, so unless the variable is set, write an initialised teacher of the right size on these
     plans and point the variable at it (before the memory phase's child processes start: they inherit it)."""
-    from nnunet_missingmod.training.mstkd.trainer import TEACHER_ENV
-    from nnunet_missingmod.training.registry import trainer_registry
-    frozen = [cls for cls in trainer_classes if getattr(cls, "frozen_teacher", False)]
+    from nnunet_missingmod.training.distillation import TEACHER_ENV, find_trainer_class
+    frozen = [cls for cls in trainer_classes if getattr(cls, "teacher_source", None) == "checkpoint"]
     if not frozen or os.environ.get(TEACHER_ENV):
         return
     import torch
-    # One teacher per run: a frozen variant of another transformer size fails to load it and is skipped with a note.
+    # One teacher per run: a variant that needs another teacher (size, stock) fails to load it and is skipped.
     teacher_name = frozen[0].teacher_trainer_name()
     path = root / "teachers" / teacher_name / "checkpoint_final.pth"
-    teacher = build_trainer(trainer_registry()[teacher_name], plans, torch.device("cpu"))
+    teacher = build_trainer(find_trainer_class(teacher_name), plans, torch.device("cpu"))
     path.parent.mkdir(parents=True)
-    torch.save({"network_weights": teacher.network.state_dict(), "trainer_name": teacher_name}, path)
+    teacher.save_checkpoint(str(path))  # an nnU-Net checkpoint (init_args included), as a finished run writes
     os.environ[TEACHER_ENV] = str(path)
     print(f"note: {TEACHER_ENV} unset: frozen-teacher variants load an initialised {teacher_name} "
           f"(the cost does not depend on its weights)")
