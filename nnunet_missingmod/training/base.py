@@ -55,7 +55,7 @@ from nnunet_missingmod.modalities import (
     subset_channel_masks, subset_distribution)
 from nnunet_missingmod.training.distillation import (
     TEACHER_ENV, build_network_of_run, check_teacher_fits, float32_autocast_off, full_resolution, load_finished_run,
-    load_network_weights, logit_kl, soft_dice_loss)
+    load_network_weights, logit_kl, plain_weights, soft_dice_loss)
 from nnunet_missingmod.training.budgets import BUDGET_VARIANTS, BUDGETS, DEBUG_SUFFIX  # noqa: F401 (re-exported)
 from nnunet_missingmod.training.logging import LossTermLocalLogger, loss_term_key
 from nnunet_missingmod.training.registry import register_trainer
@@ -659,9 +659,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         extra = self._checked_extra_state(checkpoint, filename_or_checkpoint)  # before anything is changed
         network = unwrap_network(self.network)
-        network_keys = network.state_dict().keys()
-        weights = {k[7:] if k not in network_keys and k.startswith('module.') else k: v
-                   for k, v in checkpoint['network_weights'].items()}
+        weights = plain_weights(checkpoint['network_weights'], network.state_dict().keys())
         self.my_init_kwargs = checkpoint['init_args']
         self.current_epoch = checkpoint['current_epoch']
         self.logger.load_checkpoint(checkpoint['logging'])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, Iterable, List, Union
 
 import torch
 import torch.nn.functional as F
@@ -203,6 +203,18 @@ def check_teacher_fits(run, plans: dict, configuration: str, dataset_json: dict,
             f"{plans.get('plans_name')}")
 
 
+_DDP_PREFIX = "module."
+
+
+def plain_weights(weights: Dict[str, torch.Tensor], own_names: Iterable[str] = ()) -> Dict[str, torch.Tensor]:
+    """``weights`` without DDP's ``module.`` prefix, which a checkpoint saved from a wrapped network carries (nnU-Net
+    2.8.1 strips it the same way in ``load_checkpoint``); a name that is one of ``own_names`` (a network with a
+    submodule called ``module``) is kept as it is."""
+    own_names = set(own_names)
+    return {k[len(_DDP_PREFIX):] if k not in own_names and k.startswith(_DDP_PREFIX) else k: v
+            for k, v in weights.items()}
+
+
 def load_network_weights(network: nn.Module, run: FinishedRun, what: str, trainer_to_use: str,
                          strict: bool = True) -> List[str]:
     """Load ``run``'s weights into ``network``.
@@ -212,8 +224,8 @@ def load_network_weights(network: nn.Module, run: FinishedRun, what: str, traine
     (e.g. a stock U-Net's encoder and decoder into a method network built on them); at least one must.
     Returns the names that were loaded.
     """
-    weights = {k[7:] if k.startswith("module.") else k: v for k, v in run.network_weights.items()}
     own = network.state_dict()
+    weights = plain_weights(run.network_weights, own.keys())
     if strict:
         try:
             network.load_state_dict(weights, strict=True)
@@ -232,6 +244,6 @@ def load_network_weights(network: nn.Module, run: FinishedRun, what: str, traine
 def same_state_dict_layout(a: nn.Module, b_weights: Dict[str, torch.Tensor]) -> bool:
     """Whether ``a``'s parameters and buffers have exactly the names and shapes of ``b_weights``."""
     own = a.state_dict()
-    b = {k[7:] if k.startswith("module.") else k: v for k, v in b_weights.items()}
+    b = plain_weights(b_weights, own.keys())
     return own.keys() == b.keys() and all(own[k].shape == b[k].shape for k in own)
 

@@ -167,3 +167,20 @@ def test_teachers_that_do_not_fit_are_refused_naming_file_trainer_and_the_traine
     with pytest.raises(MissingModError, match=r"mstkd.pth \(trainer MSTKDTeacherTrainer_small.*does not fit "
                                               r"RobustifyTrainer's network.*-tr nnUNetTrainer"):
         make_trainer(nnunet_root, RobustifyTrainer)
+
+
+def test_plain_weights_strips_the_ddp_prefix_except_from_the_networks_own_names():
+    from nnunet_missingmod.training.distillation import plain_weights, same_state_dict_layout
+
+    class HasModuleChild(torch.nn.Module):  # a submodule literally called "module", as DDP's own wrapper has
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Linear(2, 2)
+
+    net = HasModuleChild()
+    own = net.state_dict()
+    assert plain_weights({"module.w": 1, "b": 2}) == {"w": 1, "b": 2}
+    assert plain_weights(own, own.keys()).keys() == own.keys()  # "module.weight" is the network's own name
+    ddp_saved = {"module." + k: v for k, v in own.items()}
+    assert same_state_dict_layout(net, ddp_saved)
+    assert not same_state_dict_layout(net, {"module.weight": own["module.weight"]})
