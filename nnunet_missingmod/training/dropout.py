@@ -1,6 +1,7 @@
 """Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences; and the
 stock baseline itself with our budget variants."""
 from nnunet_missingmod.training.base import MissingModalityTrainerBase
+from nnunet_missingmod.training.presence import PresenceConditioning
 
 
 class FullSetTrainer(MissingModalityTrainerBase):
@@ -33,3 +34,8 @@ class ModalityDropoutTrainer_keepFull50(ModalityDropoutTrainer):
     """Keeps all sequences for half of the samples; the other half draw uniformly among the 14 proper subsets."""
 
     full_set_probability = 0.5
+
+
+class ModalityDropoutTrainer_cardinalityPresence(PresenceConditioning, ModalityDropoutTrainer_cardinality):
+    """Cardinality dropout with a per-presence-pattern scale and shift after every instance norm
+    (:mod:`nnunet_missingmod.training.presence`): the network is told which sequences it has."""

@@ -15,6 +15,7 @@ the small regions, ET above all, that a voxel-mean KL barely weighs). Choices an
 ``docs/methods.md`` ("No trade-off") and ``docs/benchmarks.md``.
 """
 from nnunet_missingmod.training.dropout import ModalityDropoutTrainer_cardinality
+from nnunet_missingmod.training.presence import PresenceConditioning
 
 _DISTILL_TERMS = ("distill_kl", "distill_dice")
 
@@ -64,6 +65,19 @@ class TwoPhaseDistillTrainer_uniform(TwoPhaseDistillTrainer):
     subset_sampling = "uniform"
 
 
+class TwoPhaseDistillTrainer_keepFull50(TwoPhaseDistillTrainer):
+    """After the switch, half of the samples keep every sequence (the other half draw a proper subset by
+    cardinality): twice the full-set supervision of phase 2, for the regions that only the full set shows well."""
+
+    full_set_probability = 0.5
+
+
+class TwoPhaseDistillTrainer_presence(PresenceConditioning, TwoPhaseDistillTrainer):
+    """Two-phase self-distillation with presence-conditioned norms (:mod:`nnunet_missingmod.training.presence`):
+    phase 1 learns the full set's pattern, phase 2 the other patterns while the distillation holds the full-set
+    prediction near the snapshot's."""
+
+
 class RobustifyTrainer(ModalityDropoutTrainer_cardinality):
     """Robustify a finished model: start from ``nnUNet_missingmod_teacher``'s weights (same architecture needed),
     keep that model as the frozen teacher, and train with cardinality dropout and distillation on every sample."""
@@ -80,3 +94,10 @@ class RobustifyTrainer_klOnly(RobustifyTrainer):
     """Robustify with the per-region KL alone."""
 
     distillation_dice_weight = 0.0
+
+
+class RobustifyTrainer_presence(PresenceConditioning, RobustifyTrainer):
+    """Robustify with presence-conditioned norms: starts from every tensor of the stock run (the per-pattern
+    tables start at zero, so the start is the stock model exactly)."""
+
+    start_from_teacher = "matching"

@@ -184,3 +184,22 @@ def test_plain_weights_strips_the_ddp_prefix_except_from_the_networks_own_names(
     ddp_saved = {"module." + k: v for k, v in own.items()}
     assert same_state_dict_layout(net, ddp_saved)
     assert not same_state_dict_layout(net, {"module.weight": own["module.weight"]})
+
+
+def test_robustify_with_presence_norms_starts_as_the_stock_model_and_trains_the_tables_of_the_drawn_patterns(
+        nnunet_root, stock_run, monkeypatch):
+    from nnunet_missingmod.training.presence import PresenceConditionedNorm
+    from nnunet_missingmod.training.robust import RobustifyTrainer_presence
+    path, _ = stock_run
+    monkeypatch.setenv(TEACHER_ENV, str(path))
+    trainer = make_trainer(nnunet_root, RobustifyTrainer_presence)
+    data = make_batch(trainer)["data"]
+    masked = data.clone()
+    masked[:, 1] = 0.0  # T1ce missing
+    with torch.no_grad():
+        for x in (data, masked):
+            assert torch.allclose(trainer.network(x)[0], trainer.extra_modules[TEACHER](x)[0], atol=1e-6)
+    trainer.on_train_epoch_start()
+    trainer.train_step(make_batch(trainer, seed=3))
+    norms = [m for m in trainer.network.modules() if isinstance(m, PresenceConditionedNorm)]
+    assert norms and any(float(n.presence_shift.abs().sum()) > 0 for n in norms)
