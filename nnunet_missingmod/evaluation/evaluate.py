@@ -142,7 +142,8 @@ def run_evaluate(settings: EvaluateSettings) -> int:
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
-                                       file_ending=predictors[0].dataset_json["file_ending"])
+                                       file_ending=predictors[0].dataset_json["file_ending"],
+                                       lesion_protocol=scoring.lesion_protocol)
     summary = write_report(records, scoring.output, scoring_conventions(scoring))
     print_overview(summary, scoring.output)
     if log:
