@@ -5,6 +5,10 @@ preprocessed array (as the predictor does for a real missing file) and is predic
 exported to the original image space. The predictions are kept under ``OUT/predictions/<trainer>/<subset>/`` and
 scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
 :func:`nnunet_missingmod.evaluation.report.write_report`.
+
+With ``--full-set-model``, that model is evaluated like the others, and for each other (robust) model one more
+entry, ``<robust>+<full>_routed``, is scored without predicting anything again: its full-set predictions are the
+full-set model's, its other subsets' the robust model's (what ``predict --full-set-model`` does per case).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import argparse
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -23,7 +27,9 @@ from nnunet_missingmod.evaluation.options import (
 from nnunet_missingmod.inference.model_folder import (
     add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
     resolve_device)
-from nnunet_missingmod.modalities import ModalitySubset, SUBSETS
+from nnunet_missingmod.modalities import FULL_SET, ModalitySubset, SUBSETS
+
+ROUTED_SUFFIX = "_routed"
 
 
 def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None) -> list:
@@ -83,6 +89,7 @@ class EvaluateSettings:
     images: str  # -i
     labels: str  # -l
     model_folders: Tuple[str, ...]  # -m, or one per -tr under $nnUNet_results
+    full_set_model: Optional[str]  # --full-set-model: evaluated last, and routed with each of model_folders
     folds: Tuple  # -f: ints or "all"
     checkpoint: str  # -chk
     subsets: Tuple[ModalitySubset, ...]  # --subsets (default all 15)
@@ -103,11 +110,30 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
     subsets = tuple(parse_subsets(args.subsets))
     model_folders = tuple(model_folders_from_args(args))
     folds = tuple(parse_folds(args.f))
-    for folder in model_folders:
+    if args.full_set_model is not None and not os.path.isdir(args.full_set_model):
+        raise MissingModError(f"--full-set-model: model folder {args.full_set_model} does not exist")
+    for folder in model_folders + ((args.full_set_model,) if args.full_set_model else ()):
         check_model_folder(folder, folds, args.chk)
-    return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders, folds=folds,
+    return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders,
+                            full_set_model=args.full_set_model, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring)
+
+
+def routed_label(robust_label: str, full_set_label: str) -> str:
+    """The report entry of a robust model routed with a full-set model: ``<robust>+<full>_routed`` (only characters
+    the two labels already have, so as safe in a file name as they are)."""
+    return f"{robust_label}+{full_set_label}{ROUTED_SUFFIX}"
+
+
+def routed_prediction_folders(robust_label: str, robust_folders: Mapping[str, str], full_set_label: str,
+                              full_set_folders: Mapping[str, str]) -> List:
+    """The routed entry's :class:`~nnunet_missingmod.evaluation.scoring.PredictionFolder` items: the full set from
+    the full-set model's folder, every other subset from the robust model's; no prediction is repeated."""
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder
+    label = routed_label(robust_label, full_set_label)
+    return [PredictionFolder(label, name, full_set_folders[name] if name == FULL_SET.name else folder)
+            for name, folder in robust_folders.items()]
 
 
 def run_evaluate(settings: EvaluateSettings) -> int:
@@ -120,7 +146,8 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     device = resolve_device(settings.device)
     log = start_log(scoring.output, "evaluate", settings.verbose)
     predictors = []
-    for folder in settings.model_folders:
+    all_folders = settings.model_folders + ((settings.full_set_model,) if settings.full_set_model else ())
+    for folder in all_folders:
         with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
             predictor = MissingModalityPredictor(tile_step_size=settings.step_size,
                                                  use_mirroring=settings.use_mirroring, device=device,
@@ -134,12 +161,20 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     regions = resolve_scoring_regions(scoring, os.path.join(settings.model_folders[0], "dataset.json"))
 
     cases = [complete_cases(predictor, settings.images, settings.labels) for predictor in predictors]
-    prediction_folders = []
+    prediction_folders, folders_by_label = [], {}
     for label, predictor, model_cases in zip(labels, predictors, cases):
         folders = predict_all_subsets(predictor, model_cases, os.path.join(scoring.output, "predictions", label),
                                       settings.subsets, label=label)
         print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
+        folders_by_label[label] = folders
+    if settings.full_set_model:
+        full_label = labels[-1]
+        for robust in labels[:-1]:
+            prediction_folders += routed_prediction_folders(robust, folders_by_label[robust], full_label,
+                                                            folders_by_label[full_label])
+            print(f"{routed_label(robust, full_label)}: {full_label}'s {FULL_SET.name} predictions, {robust}'s "
+                  "for the other subsets (scored, not predicted again)")
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
                                        file_ending=predictors[0].dataset_json["file_ending"],
@@ -166,6 +201,13 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
     add_model_arguments(p, several=True)
+    p.add_argument("--full-set-model", dest="full_set_model", default=None, metavar="MODEL_FOLDER",
+                   help="a trained model folder (as -m takes) of a full-set model, e.g. stock nnU-Net's: it is "
+                        "evaluated as its own entry, and for every other model one more entry "
+                        "'<model>+<full-set model>" + ROUTED_SUFFIX + "' is scored whose T1+T1ce+T2+FLAIR "
+                        "predictions are this model's and whose other subsets' are the other model's (what "
+                        "predict --full-set-model does: a complete scan gets stock's segmentation); no extra "
+                        "prediction. Same -f and -chk as the other models")
     p.add_argument("--subsets", default=None,
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)

@@ -271,12 +271,12 @@ def score_prediction_folder(gt_dir: str, pred_dir: str, regions: Regions, traine
 def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], hd95_variant: str,
               lesion_protocol: LesionProtocol, num_processes: int) -> List[Dict[str, RegionScore]]:
     """Scores of each job, in the order of ``jobs``. One task per case: all its predictions (one per trainer and
-    subset) are scored, whole-volume and lesion-wise, against one reading of its ground truth."""
-    by_case: Dict[str, List[int]] = {}
+    subset) are scored, whole-volume and lesion-wise, against one reading of its ground truth; a prediction file
+    that several entries share (a routed entry's) is scored once."""
+    by_case: Dict[str, Dict[str, List[int]]] = {}
     for index, job in enumerate(jobs):
-        by_case.setdefault(job.gt_path, []).append(index)
-    tasks = [(gt_path, [jobs[i].pred_path for i in indices], regions, hd95_variant, lesion_protocol)
-             for gt_path, indices in by_case.items()]
+        by_case.setdefault(job.gt_path, {}).setdefault(job.pred_path, []).append(index)
+    tasks = [(gt_path, list(by_pred), regions, hd95_variant, lesion_protocol) for gt_path, by_pred in by_case.items()]
     workers = min(num_processes, len(tasks))
     if workers <= 1:
         task_results = [_score_task(t) for t in tasks]
@@ -284,9 +284,10 @@ def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], 
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             task_results = list(pool.map(_score_task, tasks))
     scores: List[Dict[str, RegionScore]] = [{} for _ in jobs]
-    for indices, results in zip(by_case.values(), task_results):
-        for index, result in zip(indices, results):
-            scores[index] = result
+    for by_pred, results in zip(by_case.values(), task_results):
+        for indices, result in zip(by_pred.values(), results):
+            for index in indices:
+                scores[index] = result
     return scores
 
 
