@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -187,7 +188,17 @@ def run_evaluate(settings: EvaluateSettings) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    return run_evaluate(settings_from_args(args))
+    """SIGTERM (a scheduler's time limit) stops at once: the prediction being written is removed by its atomic
+    writer, so every file left is complete; the exit status is 143, as ``predict``'s."""
+    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    with sigterm_raises():
+        try:
+            return run_evaluate(settings_from_args(args))
+        except Terminated:
+            print(f"evaluate: stopped by SIGTERM; every file in {args.output} is complete (the prediction being "
+                  "written was removed), but the evaluation is not: rerun the command (it predicts again)",
+                  file=sys.stderr)
+            return Terminated.exit_code
 
 
 def register_evaluate(subparsers) -> None:

@@ -281,8 +281,13 @@ def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], 
     if workers <= 1:
         task_results = [_score_task(t) for t in tasks]
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
             task_results = list(pool.map(_score_task, tasks))
+        except BaseException:  # an error or SIGTERM (Terminated): the cases not yet started are not scored
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     scores: List[Dict[str, RegionScore]] = [{} for _ in jobs]
     for by_pred, results in zip(by_case.values(), task_results):
         for indices, result in zip(by_pred.values(), results):
