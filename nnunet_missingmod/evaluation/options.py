@@ -1,11 +1,16 @@
 """Options and output shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output folder,
-and the overview printed at the end. Both commands import from here (and not from each other)."""
+and the overview printed at the end. Both commands import from here (and not from each other).
+
+The command line is read once, in the commands' CLI layer, into a frozen :class:`ScoringSettings`
+(:func:`scoring_settings_from_args`); everything below it takes typed values, not the argparse namespace."""
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import Optional
 
+from nnunet_missingmod.evaluation.lesionwise import DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS
 from nnunet_missingmod.evaluation.regions import REGION_PRESETS
 
@@ -26,6 +31,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hd95-variant", choices=HD95_VARIANTS, default=DEFAULT_HD95_VARIANT,
                         help="max_directed (default): max of the two directed 95th percentiles, as BraTS 2023 and "
                              "MONAI; pooled: 95th percentile of both directions pooled, as medpy")
+    parser.add_argument("--lesion-protocol", dest="lesion_protocol", choices=sorted(LESION_PROTOCOLS),
+                        default=DEFAULT_LESION_PROTOCOL,
+                        help="BraTS 2023 challenge whose lesion-wise rules give metrics.csv's lesion_* columns and the "
+                             f"lesion-wise tables (default {DEFAULT_LESION_PROTOCOL}): "
+                             + "; ".join(f"{key} = {p.describe()}" for key, p in LESION_PROTOCOLS.items()))
     parser.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=DEFAULT_NUM_PROCESSES,
                         help=f"worker processes for scoring, over cases (default {DEFAULT_NUM_PROCESSES})")
     parser.add_argument("-o", "--output", dest="output", required=True, metavar="OUT",
@@ -41,23 +51,54 @@ def _format_presets_text() -> str:
     return ", ".join(f"{'/'.join(keys)} ({regions})" for regions, keys in groups.items())
 
 
-def regions_from_args(args: argparse.Namespace):
-    """Regions chosen by ``--regions``, ``--format`` or ``-djfile`` (in that priority)."""
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The options of :func:`add_scoring_arguments`, read once from the command line."""
+    output: str
+    dataset_json: Optional[str] = None  # -djfile
+    regions_spec: Optional[str] = None  # --regions
+    label_format: Optional[str] = None  # --format
+    hd95_variant: str = DEFAULT_HD95_VARIANT
+    num_processes: int = DEFAULT_NUM_PROCESSES
+    lesion_protocol: str = DEFAULT_LESION_PROTOCOL  # --lesion-protocol, a LESION_PROTOCOLS key
+
+    @property
+    def regions_given(self) -> bool:
+        """Whether the command line chose the regions (else a command may fall back to a model's dataset.json)."""
+        return any(v is not None for v in (self.dataset_json, self.regions_spec, self.label_format))
+
+
+def scoring_settings_from_args(args: argparse.Namespace) -> ScoringSettings:
+    """The shared scoring options of a parsed command line; ``-np`` below 1 is one usage error."""
+    from nnunet_missingmod.errors import MissingModError
+    if args.num_processes < 1:
+        raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
+    return ScoringSettings(output=args.output, dataset_json=args.dataset_json, regions_spec=args.regions,
+                           label_format=args.label_format, hd95_variant=args.hd95_variant,
+                           num_processes=args.num_processes, lesion_protocol=args.lesion_protocol)
+
+
+def resolve_scoring_regions(settings: ScoringSettings, default_dataset_json: Optional[str] = None):
+    """Regions chosen by ``--regions``, ``--format`` or ``-djfile`` (in that priority); ``default_dataset_json``
+    (e.g. the model's) when none of them is given."""
     from nnunet_missingmod.evaluation.regions import resolve_regions
-    return resolve_regions(args.dataset_json, args.regions, args.label_format)
+    dataset_json = settings.dataset_json if settings.regions_given else default_dataset_json
+    return resolve_regions(dataset_json, settings.regions_spec, settings.label_format)
 
 
-def file_ending_from_args(args: argparse.Namespace) -> Optional[str]:
+def scoring_file_ending(settings: ScoringSettings) -> Optional[str]:
     """dataset.json's ``file_ending`` when ``-djfile`` is given, else ``None`` (any label image ending)."""
-    if args.dataset_json is None:
+    if settings.dataset_json is None:
         return None
     from nnunet_missingmod.evaluation.regions import load_dataset_json
-    return load_dataset_json(args.dataset_json).get("file_ending")
+    return load_dataset_json(settings.dataset_json).get("file_ending")
 
 
-def conventions_from_args(args: argparse.Namespace) -> dict:
+def scoring_conventions(settings: ScoringSettings) -> dict:
+    """The conventions written into summary.json/md for these settings."""
+    from nnunet_missingmod.evaluation.lesionwise import lesion_conventions
     from nnunet_missingmod.evaluation.metrics import conventions
-    return conventions(args.hd95_variant)
+    return {**conventions(settings.hd95_variant), **lesion_conventions(settings.lesion_protocol)}
 
 
 def print_overview(summary: dict, out_dir: str) -> None:
