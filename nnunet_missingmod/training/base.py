@@ -13,7 +13,8 @@ What it owns (subclasses configure it through class attributes and a few hooks):
   LR schedule and grad scaler (a discriminator), or is frozen (a pre-trained teacher);
 * the training step: ``compute_loss_terms`` (the method's losses, under autocast), the main optimiser step (AMP,
   gradient clipping), then one step per extra module with its own optimiser (``extra_module_loss``), which receives
-  what the main step computed (``StepResult.context``, e.g. the fused maps a discriminator judges);
+  what the main step computed (``StepResult.context``, e.g. the fused maps a discriminator judges); running out of
+  GPU memory in it ends ``nnUNetv2_train`` with one message (:class:`TrainingOutOfMemory`);
 * logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted;
 * checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
   everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
@@ -546,7 +547,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                 raise
             raise self._training_out_of_memory() from None
 
-    def _training_out_of_memory(self) -> "TrainingOutOfMemory":
+    def _training_out_of_memory(self) -> TrainingOutOfMemory:
         """Print the one message for running out of GPU memory in a training step (stderr and the training log;
         the traceback before it only with ``nnUNet_missingmod_verbose=1``) and return the exit that ends
         ``nnUNetv2_train`` with it."""
