@@ -13,7 +13,8 @@ What it owns (subclasses configure it through class attributes and a few hooks):
   LR schedule and grad scaler (a discriminator), or is frozen (a pre-trained teacher);
 * the training step: ``compute_loss_terms`` (the method's losses, under autocast), the main optimiser step (AMP,
   gradient clipping), then one step per extra module with its own optimiser (``extra_module_loss``), which receives
-  what the main step computed (``StepResult.context``, e.g. the fused maps a discriminator judges);
+  what the main step computed (``StepResult.context``, e.g. the fused maps a discriminator judges); running out of
+  GPU memory in it ends ``nnUNetv2_train`` with one message (:class:`TrainingOutOfMemory`);
 * logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted;
 * checkpoints: ``network_weights`` is always the inference network, so stock ``nnUNetv2_predict`` keeps working;
   everything else of ours lives under one key (:data:`CHECKPOINT_EXTRA_KEY`) that cannot overwrite nnU-Net's keys;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -49,7 +51,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 
 from nnunet_missingmod import __version__
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import atomic_output
+from nnunet_missingmod.io_checks import atomic_output, is_out_of_memory, training_out_of_memory_message
 from nnunet_missingmod.modalities import (
     SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names, sample_subset_indices,
     subset_channel_masks, subset_distribution)
@@ -128,6 +130,26 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree):
 TEACHER = "teacher"
 """Name of the teacher among the extra modules (the base's frozen teacher, or a method's own)."""
 _TEACHER_SOURCES = (None, "checkpoint", "snapshot")
+
+
+VERBOSE_ENV = "nnUNet_missingmod_verbose"
+"""``1``: a training step that runs out of GPU memory prints its traceback before the message (``nnUNetv2_train``
+has no ``--verbose``)."""
+
+
+class TrainingOutOfMemory(SystemExit):
+    """The GPU ran out of memory in a training step; ``message`` says what ran and the fixes in order. A
+    ``SystemExit`` (code 2, as our commands on bad input): nnU-Net's ``nnUNetv2_train`` has no error handling of its
+    own, and Python ends on a ``SystemExit`` without a traceback; the message is printed before it is raised."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(self.exit_code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -518,6 +540,29 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                                   f"but does not override extra_module_loss")
 
     def train_step(self, batch: dict) -> dict:
+        try:
+            return self._train_step(batch)
+        except Exception as e:  # running out of GPU memory ends the run with one message, anything else as before
+            if not is_out_of_memory(e):
+                raise
+            raise self._training_out_of_memory() from None
+
+    def _training_out_of_memory(self) -> TrainingOutOfMemory:
+        """Print the one message for running out of GPU memory in a training step (stderr and the training log;
+        the traceback before it only with ``nnUNet_missingmod_verbose=1``) and return the exit that ends
+        ``nnUNetv2_train`` with it."""
+        if os.environ.get(VERBOSE_ENV, "0") not in ("", "0"):
+            traceback.print_exc()
+        names = [f"a {name}" for name in sorted(self.extra_modules)]
+        extra_models = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+        message = training_out_of_memory_message(
+            self.configuration_manager.patch_size, self.batch_size, self.plans_manager.dataset_name,
+            self.configuration_name, self.plans_manager.plans_name, extra_models)
+        self.print_to_log_file(message, also_print_to_console=False)
+        print(f"nnUNetv2_train: error: {message}", file=sys.stderr, flush=True)
+        return TrainingOutOfMemory(message)
+
+    def _train_step(self, batch: dict) -> dict:
         # Same order of operations as nnunetv2 2.8.1 nnUNetTrainer.train_step, with the forward and loss delegated
         # to compute_loss_terms, the subsets drawn on the device, and the extra modules' own steps afterwards.
         data = batch['data'].to(self.device, non_blocking=True)
