@@ -178,6 +178,8 @@ def build_trainer(cls, plans: dict, device):
         trainer = cls(plans, CONFIGURATION, 0, copy.deepcopy(DATASET_JSON), device)
         trainer.initialize()
         trainer.on_train_epoch_start()  # train/eval modes of the network and the extra modules, as in training
+        if getattr(cls, "teacher_source", None) == "snapshot":
+            trainer.take_teacher_snapshot()  # time phase 2 (teacher forward + distillation), the dearer phase
     return trainer
 
 
