@@ -5,31 +5,55 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import Optional
+
 from nnunet_missingmod.evaluation.evaluate import register_evaluate
 from nnunet_missingmod.evaluation.options import (
-    add_scoring_arguments, conventions_from_args, file_ending_from_args, print_overview, regions_from_args)
+    ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
+    scoring_file_ending, scoring_settings_from_args)
 
 
-def _score(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ScoreSettings:
+    """``score``'s command line, read once."""
+    gt_dir: str
+    pred_dir: str
+    name: str  # the trainer column; default the name of PRED_DIR
+    subset: Optional[str]  # None: no subset applies ("all")
+    scoring: ScoringSettings
+
+
+def score_settings_from_args(args: argparse.Namespace) -> ScoreSettings:
+    """``score``'s settings; bad values (-np, missing folders, an empty --name) are one usage error each."""
     from nnunet_missingmod.errors import MissingModError
-    from nnunet_missingmod.evaluation.report import write_report
-    from nnunet_missingmod.evaluation.scoring import score_prediction_folder
-
-    if args.num_processes < 1:
-        raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
+    scoring = scoring_settings_from_args(args)
     for folder in (args.gt_dir, args.pred_dir):
         if not os.path.isdir(folder):
             raise MissingModError(f"not a folder: {folder}")
-    regions = regions_from_args(args)
     name = args.name if args.name is not None else os.path.basename(os.path.normpath(args.pred_dir))
     if not name.strip():
         raise MissingModError(f"--name must not be empty, got {args.name!r}")
-    records = score_prediction_folder(args.gt_dir, args.pred_dir, regions, trainer=name, subset=args.subset,
-                                      hd95_variant=args.hd95_variant, num_processes=args.num_processes,
-                                      file_ending=file_ending_from_args(args))
-    summary = write_report(records, args.output, conventions_from_args(args))
-    print_overview(summary, args.output)
+    return ScoreSettings(gt_dir=args.gt_dir, pred_dir=args.pred_dir, name=name, subset=args.subset,
+                         scoring=scoring)
+
+
+def run_score(settings: ScoreSettings) -> int:
+    from nnunet_missingmod.evaluation.report import write_report
+    from nnunet_missingmod.evaluation.scoring import score_prediction_folder
+
+    scoring = settings.scoring
+    regions = resolve_scoring_regions(scoring)
+    records = score_prediction_folder(settings.gt_dir, settings.pred_dir, regions, trainer=settings.name,
+                                      subset=settings.subset, hd95_variant=scoring.hd95_variant,
+                                      num_processes=scoring.num_processes, file_ending=scoring_file_ending(scoring))
+    summary = write_report(records, scoring.output, scoring_conventions(scoring))
+    print_overview(summary, scoring.output)
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    return run_score(score_settings_from_args(args))
 
 
 def _register_score(subparsers) -> None:

@@ -8,15 +8,18 @@ scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.evaluation.options import (
-    add_scoring_arguments, conventions_from_args, print_overview)
+    ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
+    scoring_settings_from_args)
 from nnunet_missingmod.inference.model_folder import (
     add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
     resolve_device)
@@ -74,55 +77,81 @@ def unique_trainer_labels(names: Sequence[str]) -> List[str]:
     return labels
 
 
-def run_evaluate(args) -> int:
-    from nnunet_missingmod.evaluation.regions import resolve_regions
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """``evaluate``'s command line, read once (:func:`settings_from_args`) and checked before any model loads."""
+    images: str  # -i
+    labels: str  # -l
+    model_folders: Tuple[str, ...]  # -m, or one per -tr under $nnUNet_results
+    folds: Tuple  # -f: ints or "all"
+    checkpoint: str  # -chk
+    subsets: Tuple[ModalitySubset, ...]  # --subsets (default all 15)
+    device: str  # -device name; resolved to a torch.device when the models load
+    step_size: float
+    use_mirroring: bool  # not --disable_tta
+    verbose: bool
+    scoring: ScoringSettings
+
+
+def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
+    """``evaluate``'s settings; each bad value (a folder, -np, a subset, a model folder or fold) is one usage error."""
+    from nnunet_missingmod.modalities import parse_subsets
+    for folder in (args.i, args.l):
+        if not os.path.isdir(folder):
+            raise MissingModError(f"not a folder: {folder}")
+    scoring = scoring_settings_from_args(args)
+    subsets = tuple(parse_subsets(args.subsets))
+    model_folders = tuple(model_folders_from_args(args))
+    folds = tuple(parse_folds(args.f))
+    for folder in model_folders:
+        check_model_folder(folder, folds, args.chk)
+    return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders, folds=folds,
+                            checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
+                            use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring)
+
+
+def run_evaluate(settings: EvaluateSettings) -> int:
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
     from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
-    from nnunet_missingmod.modalities import parse_subsets
 
-    for folder in (args.i, args.l):
-        if not os.path.isdir(folder):
-            raise MissingModError(f"not a folder: {folder}")
-    if args.num_processes < 1:
-        raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
-    subsets = parse_subsets(args.subsets)
-    device = resolve_device(args.device)
-    model_folders = model_folders_from_args(args)
-    folds = parse_folds(args.f)
-    for folder in model_folders:
-        check_model_folder(folder, folds, args.chk)
-    log = start_log(args.output, "evaluate", args.verbose)
+    scoring = settings.scoring
+    device = resolve_device(settings.device)
+    log = start_log(scoring.output, "evaluate", settings.verbose)
     predictors = []
-    for folder in model_folders:
+    for folder in settings.model_folders:
         with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
-            predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
-                                                 device=device, verbose=args.verbose, allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(folder, folds, checkpoint_name=args.chk)
+            predictor = MissingModalityPredictor(tile_step_size=settings.step_size,
+                                                 use_mirroring=settings.use_mirroring, device=device,
+                                                 verbose=settings.verbose, allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(folder, settings.folds,
+                                                           checkpoint_name=settings.checkpoint)
         predictor.nnunet_log = log
         predictors.append(predictor)
     labels = unique_trainer_labels([p.trainer_name for p in predictors])
-    dataset_json = args.dataset_json
-    if dataset_json is None and args.regions is None and args.label_format is None:
-        dataset_json = os.path.join(model_folders[0], "dataset.json")  # the labels the models were trained on
-    regions = resolve_regions(dataset_json, args.regions, args.label_format)
+    # without -djfile/--regions/--format: the labels the models were trained on
+    regions = resolve_scoring_regions(scoring, os.path.join(settings.model_folders[0], "dataset.json"))
 
-    cases = [complete_cases(predictor, args.i, args.l) for predictor in predictors]
+    cases = [complete_cases(predictor, settings.images, settings.labels) for predictor in predictors]
     prediction_folders = []
     for label, predictor, model_cases in zip(labels, predictors, cases):
-        folders = predict_all_subsets(predictor, model_cases, os.path.join(args.output, "predictions", label),
-                                      subsets, label=label)
-        print(f"{label}: {len(model_cases)} case(s) x {len(subsets)} subset(s) predicted")
+        folders = predict_all_subsets(predictor, model_cases, os.path.join(scoring.output, "predictions", label),
+                                      settings.subsets, label=label)
+        print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
-    records = score_prediction_folders(args.l, prediction_folders, regions, hd95_variant=args.hd95_variant,
-                                       num_processes=args.num_processes,
+    records = score_prediction_folders(settings.labels, prediction_folders, regions,
+                                       hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
                                        file_ending=predictors[0].dataset_json["file_ending"])
-    summary = write_report(records, args.output, conventions_from_args(args))
-    print_overview(summary, args.output)
+    summary = write_report(records, scoring.output, scoring_conventions(scoring))
+    print_overview(summary, scoring.output)
     if log:
         print(f"nnU-Net's messages in {log}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    return run_evaluate(settings_from_args(args))
 
 
 def register_evaluate(subparsers) -> None:
@@ -140,5 +169,5 @@ def register_evaluate(subparsers) -> None:
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)
     add_scoring_arguments(p)
-    p.set_defaults(func=run_evaluate)
+    p.set_defaults(func=_evaluate)
 

@@ -1,9 +1,13 @@
 """Options and output shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output folder,
-and the overview printed at the end. Both commands import from here (and not from each other)."""
+and the overview printed at the end. Both commands import from here (and not from each other).
+
+The command line is read once, in the commands' CLI layer, into a frozen :class:`ScoringSettings`
+(:func:`scoring_settings_from_args`); everything below it takes typed values, not the argparse namespace."""
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS
@@ -41,23 +45,52 @@ def _format_presets_text() -> str:
     return ", ".join(f"{'/'.join(keys)} ({regions})" for regions, keys in groups.items())
 
 
-def regions_from_args(args: argparse.Namespace):
-    """Regions chosen by ``--regions``, ``--format`` or ``-djfile`` (in that priority)."""
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The options of :func:`add_scoring_arguments`, read once from the command line."""
+    output: str
+    dataset_json: Optional[str] = None  # -djfile
+    regions_spec: Optional[str] = None  # --regions
+    label_format: Optional[str] = None  # --format
+    hd95_variant: str = DEFAULT_HD95_VARIANT
+    num_processes: int = DEFAULT_NUM_PROCESSES
+
+    @property
+    def regions_given(self) -> bool:
+        """Whether the command line chose the regions (else a command may fall back to a model's dataset.json)."""
+        return any(v is not None for v in (self.dataset_json, self.regions_spec, self.label_format))
+
+
+def scoring_settings_from_args(args: argparse.Namespace) -> ScoringSettings:
+    """The shared scoring options of a parsed command line; ``-np`` below 1 is one usage error."""
+    from nnunet_missingmod.errors import MissingModError
+    if args.num_processes < 1:
+        raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
+    return ScoringSettings(output=args.output, dataset_json=args.dataset_json, regions_spec=args.regions,
+                           label_format=args.label_format, hd95_variant=args.hd95_variant,
+                           num_processes=args.num_processes)
+
+
+def resolve_scoring_regions(settings: ScoringSettings, default_dataset_json: Optional[str] = None):
+    """Regions chosen by ``--regions``, ``--format`` or ``-djfile`` (in that priority); ``default_dataset_json``
+    (e.g. the model's) when none of them is given."""
     from nnunet_missingmod.evaluation.regions import resolve_regions
-    return resolve_regions(args.dataset_json, args.regions, args.label_format)
+    dataset_json = settings.dataset_json if settings.regions_given else default_dataset_json
+    return resolve_regions(dataset_json, settings.regions_spec, settings.label_format)
 
 
-def file_ending_from_args(args: argparse.Namespace) -> Optional[str]:
+def scoring_file_ending(settings: ScoringSettings) -> Optional[str]:
     """dataset.json's ``file_ending`` when ``-djfile`` is given, else ``None`` (any label image ending)."""
-    if args.dataset_json is None:
+    if settings.dataset_json is None:
         return None
     from nnunet_missingmod.evaluation.regions import load_dataset_json
-    return load_dataset_json(args.dataset_json).get("file_ending")
+    return load_dataset_json(settings.dataset_json).get("file_ending")
 
 
-def conventions_from_args(args: argparse.Namespace) -> dict:
+def scoring_conventions(settings: ScoringSettings) -> dict:
+    """The conventions written into summary.json/md for these settings."""
     from nnunet_missingmod.evaluation.metrics import conventions
-    return conventions(args.hd95_variant)
+    return conventions(settings.hd95_variant)
 
 
 def print_overview(summary: dict, out_dir: str) -> None:
