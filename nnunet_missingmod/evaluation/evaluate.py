@@ -12,11 +12,12 @@ import argparse
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.figures import DEFAULT_FIGURES, parse_figure_count
 from nnunet_missingmod.evaluation.options import (
     ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
     scoring_settings_from_args)
@@ -91,6 +92,7 @@ class EvaluateSettings:
     use_mirroring: bool  # not --disable_tta
     verbose: bool
     scoring: ScoringSettings
+    figures: Union[int, str] = DEFAULT_FIGURES  # --figures: pictures of this many cases, or "all"
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -101,13 +103,15 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
             raise MissingModError(f"not a folder: {folder}")
     scoring = scoring_settings_from_args(args)
     subsets = tuple(parse_subsets(args.subsets))
+    figures = parse_figure_count(args.figures)
     model_folders = tuple(model_folders_from_args(args))
     folds = tuple(parse_folds(args.f))
     for folder in model_folders:
         check_model_folder(folder, folds, args.chk)
     return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
-                            use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring)
+                            use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
+                            figures=figures)
 
 
 def run_evaluate(settings: EvaluateSettings) -> int:
@@ -134,20 +138,38 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     regions = resolve_scoring_regions(scoring, os.path.join(settings.model_folders[0], "dataset.json"))
 
     cases = [complete_cases(predictor, settings.images, settings.labels) for predictor in predictors]
-    prediction_folders = []
+    prediction_folders, folders_by_label = [], {}
     for label, predictor, model_cases in zip(labels, predictors, cases):
         folders = predict_all_subsets(predictor, model_cases, os.path.join(scoring.output, "predictions", label),
                                       settings.subsets, label=label)
         print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
+        folders_by_label[label] = folders
+    file_ending = predictors[0].dataset_json["file_ending"]
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
-                                       file_ending=predictors[0].dataset_json["file_ending"])
+                                       file_ending=file_ending)
     summary = write_report(records, scoring.output, scoring_conventions(scoring))
     print_overview(summary, scoring.output)
+    write_pictures(settings, records, cases[0], folders_by_label, regions, file_ending)
     if log:
         print(f"nnU-Net's messages in {log}")
     return 0
+
+
+def write_pictures(settings: EvaluateSettings, records, cases, folders_by_label, regions, file_ending: str) -> None:
+    """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`)."""
+    from nnunet_missingmod.evaluation.figures import write_case_figures
+    from nnunet_missingmod.evaluation.scoring import list_label_files
+    if settings.figures == 0:
+        return
+    written, notes = write_case_figures(settings.scoring.output, records, settings.figures,
+                                        {c.case_id: c.files for c in cases},
+                                        list_label_files(settings.labels, file_ending), folders_by_label, regions,
+                                        file_ending)
+    if written:
+        print(f"pictures of {len(written)} case(s) in {os.path.join(settings.scoring.output, 'cases')}"
+              + "".join(f"; {note}" for note in notes))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -169,5 +191,9 @@ def register_evaluate(subparsers) -> None:
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)
     add_scoring_arguments(p)
+    p.add_argument("--figures", default=str(DEFAULT_FIGURES), metavar="N|all",
+                   help="pictures cases/CASE.png of N cases (default %(default)s: the best, median and worst by the "
+                        "first model's full-set WT Dice), 'all', or 0 for none: per model the four sequences, the "
+                        "ground truth and the segmentations under the full set, FLAIR+T1ce+T2, FLAIR+T1ce and FLAIR")
     p.set_defaults(func=_evaluate)
 
