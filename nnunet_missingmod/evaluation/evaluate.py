@@ -182,8 +182,8 @@ def register_evaluate(subparsers) -> None:
         description="For each model, predict every case of IMAGES (nnU-Net raw layout, all sequences present) "
                     "under every modality subset (default all 15), preprocessing each case once, and score the "
                     "full volumes in the original image space against LABELS. Writes metrics.csv, summary.json, "
-                    "summary.md, robustness.png, subsets.png, the predictions and nnU-Net's own messages "
-                    "(evaluate.log; --verbose: to the terminal) into OUT.")
+                    "summary.md, robustness.png, subsets.png, pictures of a few cases (cases/CASE.png), the "
+                    "predictions and nnU-Net's own messages (evaluate.log; --verbose: to the terminal) into OUT.")
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
     add_model_arguments(p, several=True)
