@@ -311,8 +311,9 @@ def _draw(case, z, n_slices, spacing, sequences, gt_slice, rows, shown, segmenta
     figure.text(MARGIN / width, 1 - 0.06 / height, f"{case}: axial slice {z + 1} of {n_slices} (the largest "
                 "tumour area of the ground truth)", fontsize=FONT_SIZE + 2, va="top", ha="left", weight="bold",
                 parse_math=False)  # names are shown as they are, a '$' included
-    figure.text(MARGIN / width, 1 - 0.3 / height, "segmentations drawn over FLAIR, Dice per region in the corner; "
-                "WT = red + yellow + green, TC = red + yellow, ET = red", fontsize=FONT_SIZE, va="top", ha="left")
+    figure.text(MARGIN / width, 1 - 0.3 / height, "segmentations drawn over FLAIR; in the corner the Dice per "
+                "region of the whole volume; WT = red + yellow + green, TC = red + yellow, ET = red",
+                fontsize=FONT_SIZE, va="top", ha="left")
     for column, title in enumerate(titles):
         figure.text((MARGIN + (column + 0.5) * PANEL) / width, 1 - (TITLE_HEIGHT + HEADER_HEIGHT / 2) / height,
                     title, fontsize=FONT_SIZE + 1, ha="center", va="center", weight="bold")
