@@ -161,8 +161,6 @@ def write_pictures(settings: EvaluateSettings, records, cases, folders_by_label,
     """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`)."""
     from nnunet_missingmod.evaluation.figures import write_case_figures
     from nnunet_missingmod.evaluation.scoring import list_label_files
-    if settings.figures == 0:
-        return
     written, notes = write_case_figures(settings.scoring.output, records, settings.figures,
                                         {c.case_id: c.files for c in cases},
                                         list_label_files(settings.labels, file_ending), folders_by_label, regions,

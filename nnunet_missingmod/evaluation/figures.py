@@ -364,22 +364,29 @@ def write_case_figures(out_dir: str, records: Sequence[Mapping], count: Union[in
 
     ``images``: case → modality → file; ``labels``: case → ground-truth file; ``prediction_folders``: trainer (as
     in the records, in row order) → subset name → folder; ``row_labels``: trainer → the label on its row (default:
-    the trainer). Returns the pictures written and the notes (columns left out).
+    the trainer). Pictures of an earlier run in ``out_dir/cases`` are removed first, as ``evaluate`` empties its
+    prediction folders, so every picture shown is of this run. Returns the pictures written and the notes (columns
+    left out).
     """
     from tqdm import tqdm
 
     trainers = list(prediction_folders)
     if not trainers:
         raise ValueError("no prediction folders to draw")
+    folder = os.path.join(out_dir, "cases")
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".png"):
+                os.remove(os.path.join(folder, name))
     cases = select_cases(records, count, trainer=trainers[0])
     if not cases:
         return [], []
-    os.makedirs(os.path.join(out_dir, "cases"), exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     written, notes = [], []
     for case in tqdm(cases, desc="pictures", unit="case", disable=not progress, leave=False):
         rows = [FigureRow((row_labels or {}).get(t, t), t, prediction_files(prediction_folders[t], case, file_ending))
                 for t in trainers]
-        path = os.path.join(out_dir, "cases", f"{case}.png")
+        path = os.path.join(folder, f"{case}.png")
         notes += render_case_figure(path, case, images[case], labels[case], rows, regions, records)
         written.append(path)
     return written, list(dict.fromkeys(notes))

@@ -163,3 +163,12 @@ def test_a_failed_write_leaves_no_picture(tmp_path):
             render_case_figure(str(full / "case.png"), "case", images, gt_file,
                                [FigureRow("m", "m", {FULL_SET.name: gt_file})], REGIONS, [])
         assert sorted(os.listdir(full)) == ["filler"]
+
+
+def test_pictures_of_an_earlier_run_are_removed_even_when_none_is_drawn(tmp_path):
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "old_case.png").write_bytes(b"earlier run")
+    (tmp_path / "cases" / "notes.txt").write_text("the user's")
+    written, notes = figures.write_case_figures(str(tmp_path), _records({"c1": 0.5}), 0, {}, {}, {"A": {}}, REGIONS,
+                                                ".nii.gz", progress=False)
+    assert written == notes == [] and sorted(os.listdir(tmp_path / "cases")) == ["notes.txt"]
