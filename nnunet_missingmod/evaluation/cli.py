@@ -46,7 +46,8 @@ def run_score(settings: ScoreSettings) -> int:
     regions = resolve_scoring_regions(scoring)
     records = score_prediction_folder(settings.gt_dir, settings.pred_dir, regions, trainer=settings.name,
                                       subset=settings.subset, hd95_variant=scoring.hd95_variant,
-                                      num_processes=scoring.num_processes, file_ending=scoring_file_ending(scoring))
+                                      num_processes=scoring.num_processes, file_ending=scoring_file_ending(scoring),
+                                      lesion_protocol=scoring.lesion_protocol)
     summary = write_report(records, scoring.output, scoring_conventions(scoring))
     print_overview(summary, scoring.output)
     return 0

@@ -5,14 +5,19 @@ preprocessed array (as the predictor does for a real missing file) and is predic
 exported to the original image space. The predictions are kept under ``OUT/predictions/<trainer>/<subset>/`` and
 scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
 :func:`nnunet_missingmod.evaluation.report.write_report`.
+
+With ``--full-set-model``, that model is evaluated like the others, and for each other (robust) model one more
+entry, ``<robust>+<full>_routed``, is scored without predicting anything again: its full-set predictions are the
+full-set model's, its other subsets' the robust model's (what ``predict --full-set-model`` does per case).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
@@ -24,7 +29,9 @@ from nnunet_missingmod.evaluation.options import (
 from nnunet_missingmod.inference.model_folder import (
     add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
     resolve_device)
-from nnunet_missingmod.modalities import ModalitySubset, SUBSETS
+from nnunet_missingmod.modalities import FULL_SET, ModalitySubset, SUBSETS
+
+ROUTED_SUFFIX = "_routed"
 
 
 def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None) -> list:
@@ -84,6 +91,7 @@ class EvaluateSettings:
     images: str  # -i
     labels: str  # -l
     model_folders: Tuple[str, ...]  # -m, or one per -tr under $nnUNet_results
+    full_set_model: Optional[str]  # --full-set-model: evaluated last, and routed with each of model_folders
     folds: Tuple  # -f: ints or "all"
     checkpoint: str  # -chk
     subsets: Tuple[ModalitySubset, ...]  # --subsets (default all 15)
@@ -106,12 +114,31 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
     figures = parse_figure_count(args.figures)
     model_folders = tuple(model_folders_from_args(args))
     folds = tuple(parse_folds(args.f))
-    for folder in model_folders:
+    if args.full_set_model is not None and not os.path.isdir(args.full_set_model):
+        raise MissingModError(f"--full-set-model: model folder {args.full_set_model} does not exist")
+    for folder in model_folders + ((args.full_set_model,) if args.full_set_model else ()):
         check_model_folder(folder, folds, args.chk)
-    return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders, folds=folds,
+    return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders,
+                            full_set_model=args.full_set_model, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
                             figures=figures)
+
+
+def routed_label(robust_label: str, full_set_label: str) -> str:
+    """The report entry of a robust model routed with a full-set model: ``<robust>+<full>_routed`` (only characters
+    the two labels already have, so as safe in a file name as they are)."""
+    return f"{robust_label}+{full_set_label}{ROUTED_SUFFIX}"
+
+
+def routed_prediction_folders(robust_label: str, robust_folders: Mapping[str, str], full_set_label: str,
+                              full_set_folders: Mapping[str, str]) -> List:
+    """The routed entry's :class:`~nnunet_missingmod.evaluation.scoring.PredictionFolder` items: the full set from
+    the full-set model's folder, every other subset from the robust model's; no prediction is repeated."""
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder
+    label = routed_label(robust_label, full_set_label)
+    return [PredictionFolder(label, name, full_set_folders[name] if name == FULL_SET.name else folder)
+            for name, folder in robust_folders.items()]
 
 
 def run_evaluate(settings: EvaluateSettings) -> int:
@@ -124,7 +151,8 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     device = resolve_device(settings.device)
     log = start_log(scoring.output, "evaluate", settings.verbose)
     predictors = []
-    for folder in settings.model_folders:
+    all_folders = settings.model_folders + ((settings.full_set_model,) if settings.full_set_model else ())
+    for folder in all_folders:
         with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
             predictor = MissingModalityPredictor(tile_step_size=settings.step_size,
                                                  use_mirroring=settings.use_mirroring, device=device,
@@ -145,25 +173,36 @@ def run_evaluate(settings: EvaluateSettings) -> int:
         print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
         folders_by_label[label] = folders
+    if settings.full_set_model:
+        full_label = labels[-1]
+        for robust in labels[:-1]:
+            prediction_folders += routed_prediction_folders(robust, folders_by_label[robust], full_label,
+                                                            folders_by_label[full_label])
+            print(f"{routed_label(robust, full_label)}: {full_label}'s {FULL_SET.name} predictions, {robust}'s "
+                  "for the other subsets (scored, not predicted again)")
     file_ending = predictors[0].dataset_json["file_ending"]
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
-                                       file_ending=file_ending)
+                                       file_ending=file_ending, lesion_protocol=scoring.lesion_protocol)
     summary = write_report(records, scoring.output, scoring_conventions(scoring))
     print_overview(summary, scoring.output)
-    write_pictures(settings, records, cases[0], folders_by_label, regions, file_ending)
+    write_pictures(settings, records, cases[0], prediction_folders, regions, file_ending)
     if log:
         print(f"nnU-Net's messages in {log}")
     return 0
 
 
-def write_pictures(settings: EvaluateSettings, records, cases, folders_by_label, regions, file_ending: str) -> None:
-    """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`)."""
+def write_pictures(settings: EvaluateSettings, records, cases, prediction_folders, regions, file_ending: str) -> None:
+    """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`): a row
+    per scored entry, routed ones included, in the order they were scored."""
     from nnunet_missingmod.evaluation.figures import write_case_figures
     from nnunet_missingmod.evaluation.scoring import list_label_files
+    by_entry: Dict[str, Dict[str, str]] = {}
+    for entry in prediction_folders:
+        by_entry.setdefault(entry.trainer, {})[str(entry.subset)] = entry.folder
     written, notes = write_case_figures(settings.scoring.output, records, settings.figures,
                                         {c.case_id: c.files for c in cases},
-                                        list_label_files(settings.labels, file_ending), folders_by_label, regions,
+                                        list_label_files(settings.labels, file_ending), by_entry, regions,
                                         file_ending)
     if written:
         print(f"pictures of {len(written)} case(s) in {os.path.join(settings.scoring.output, 'cases')}"
@@ -171,7 +210,17 @@ def write_pictures(settings: EvaluateSettings, records, cases, folders_by_label,
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    return run_evaluate(settings_from_args(args))
+    """SIGTERM (a scheduler's time limit) stops at once: the prediction being written is removed by its atomic
+    writer, so every file left is complete; the exit status is 143, as ``predict``'s."""
+    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    with sigterm_raises():
+        try:
+            return run_evaluate(settings_from_args(args))
+        except Terminated:
+            print(f"evaluate: stopped by SIGTERM; every file in {args.output} is complete (the prediction being "
+                  "written was removed), but the evaluation is not: rerun the command (it predicts again)",
+                  file=sys.stderr)
+            return Terminated.exit_code
 
 
 def register_evaluate(subparsers) -> None:
@@ -185,6 +234,13 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
     add_model_arguments(p, several=True)
+    p.add_argument("--full-set-model", dest="full_set_model", default=None, metavar="MODEL_FOLDER",
+                   help="a trained model folder (as -m takes) of a full-set model, e.g. stock nnU-Net's: it is "
+                        "evaluated as its own entry, and for every other model one more entry "
+                        "'<model>+<full-set model>" + ROUTED_SUFFIX + "' is scored whose T1+T1ce+T2+FLAIR "
+                        "predictions are this model's and whose other subsets' are the other model's (what "
+                        "predict --full-set-model does: a complete scan gets stock's segmentation); no extra "
+                        "prediction. Same -f and -chk as the other models")
     p.add_argument("--subsets", default=None,
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)

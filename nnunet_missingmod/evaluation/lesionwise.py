@@ -40,16 +40,35 @@ class LesionProtocol:
     name: str
     dilation: int
     min_volume: float  # mm³; lesions with volume <= min_volume are ignored
+    challenge: str = ""  # what the challenge segments, for help texts and reports
+
+    def describe(self) -> str:
+        """``BraTS-GLI (adult glioma): GT dilated 3 times, lesions of at most 50 mm³ ignored``."""
+        return (f"{self.name} ({self.challenge}): GT dilated {self.dilation} time{'s' if self.dilation > 1 else ''}, "
+                f"lesions of at most {self.min_volume:g} mm³ ignored")
 
 
 LESION_PROTOCOLS: Dict[str, LesionProtocol] = {
-    "gli": LesionProtocol("BraTS-GLI", 3, 50.0),
-    "ssa": LesionProtocol("BraTS-SSA", 3, 50.0),
-    "ped": LesionProtocol("BraTS-PED", 3, 50.0),
-    "men": LesionProtocol("BraTS-MEN", 1, 50.0),
-    "met": LesionProtocol("BraTS-MET", 1, 2.0),
+    "gli": LesionProtocol("BraTS-GLI", 3, 50.0, "adult glioma"),
+    "ssa": LesionProtocol("BraTS-SSA", 3, 50.0, "glioma in sub-Saharan Africa"),
+    "ped": LesionProtocol("BraTS-PED", 3, 50.0, "paediatric tumours"),
+    "men": LesionProtocol("BraTS-MEN", 1, 50.0, "meningioma"),
+    "met": LesionProtocol("BraTS-MET", 1, 2.0, "brain metastases"),
 }
 DEFAULT_LESION_PROTOCOL = "gli"
+
+
+def lesion_conventions(key: str = DEFAULT_LESION_PROTOCOL) -> Dict[str, str]:
+    """The lesion-wise conventions written into summary.json and summary.md beside the whole-volume ones."""
+    if key not in LESION_PROTOCOLS:
+        raise ValueError(f"unknown lesion-wise protocol {key!r}; expected one of {tuple(LESION_PROTOCOLS)}")
+    return {
+        "lesion_protocol": key,
+        "lesionwise": f"lesion-wise Dice and HD95 as the BraTS 2023 scorer, {LESION_PROTOCOLS[key].describe()}; "
+                      f"26-connected components; a missed lesion or a false-positive component counts Dice 0, "
+                      f"HD95 {MISSED_LESION_HD95:g} mm; per case the mean over lesions and false positives "
+                      "(no lesion and no false positive: Dice 1, HD95 0)",
+    }
 
 _COMPONENTS = ndimage.generate_binary_structure(3, 3)  # 26-connected
 _DILATION = ndimage.generate_binary_structure(3, 2)  # 18-connected, as the official scorer

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from nnunet_missingmod.evaluation.lesionwise import DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS
 from nnunet_missingmod.evaluation.regions import REGION_PRESETS
 
@@ -30,6 +31,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hd95-variant", choices=HD95_VARIANTS, default=DEFAULT_HD95_VARIANT,
                         help="max_directed (default): max of the two directed 95th percentiles, as BraTS 2023 and "
                              "MONAI; pooled: 95th percentile of both directions pooled, as medpy")
+    parser.add_argument("--lesion-protocol", dest="lesion_protocol", choices=sorted(LESION_PROTOCOLS),
+                        default=DEFAULT_LESION_PROTOCOL,
+                        help="BraTS 2023 challenge whose lesion-wise rules give metrics.csv's lesion_* columns and the "
+                             f"lesion-wise tables (default {DEFAULT_LESION_PROTOCOL}): "
+                             + "; ".join(f"{key} = {p.describe()}" for key, p in LESION_PROTOCOLS.items()))
     parser.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=DEFAULT_NUM_PROCESSES,
                         help=f"worker processes for scoring, over cases (default {DEFAULT_NUM_PROCESSES})")
     parser.add_argument("-o", "--output", dest="output", required=True, metavar="OUT",
@@ -54,6 +60,7 @@ class ScoringSettings:
     label_format: Optional[str] = None  # --format
     hd95_variant: str = DEFAULT_HD95_VARIANT
     num_processes: int = DEFAULT_NUM_PROCESSES
+    lesion_protocol: str = DEFAULT_LESION_PROTOCOL  # --lesion-protocol, a LESION_PROTOCOLS key
 
     @property
     def regions_given(self) -> bool:
@@ -68,7 +75,7 @@ def scoring_settings_from_args(args: argparse.Namespace) -> ScoringSettings:
         raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
     return ScoringSettings(output=args.output, dataset_json=args.dataset_json, regions_spec=args.regions,
                            label_format=args.label_format, hd95_variant=args.hd95_variant,
-                           num_processes=args.num_processes)
+                           num_processes=args.num_processes, lesion_protocol=args.lesion_protocol)
 
 
 def resolve_scoring_regions(settings: ScoringSettings, default_dataset_json: Optional[str] = None):
@@ -89,8 +96,9 @@ def scoring_file_ending(settings: ScoringSettings) -> Optional[str]:
 
 def scoring_conventions(settings: ScoringSettings) -> dict:
     """The conventions written into summary.json/md for these settings."""
+    from nnunet_missingmod.evaluation.lesionwise import lesion_conventions
     from nnunet_missingmod.evaluation.metrics import conventions
-    return conventions(settings.hd95_variant)
+    return {**conventions(settings.hd95_variant), **lesion_conventions(settings.lesion_protocol)}
 
 
 def print_overview(summary: dict, out_dir: str) -> None:

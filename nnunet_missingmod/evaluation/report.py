@@ -1,7 +1,8 @@
 """Write the robustness report of a list of records: metrics.csv, summary.json, summary.md and two plots.
 
 Records are the long-format dicts of :mod:`nnunet_missingmod.evaluation.scoring` (keys ``trainer, case, subset,
-n_modalities, region, dice, hd95``). Aggregation rules, also written into the outputs:
+n_modalities, region, dice, hd95``, then the lesion-wise ``lesion_dice, lesion_hd95, n_gt_lesions, n_tp, n_fp,
+n_fn``, which records of an older metrics.csv lack). Aggregation rules, also written into the outputs:
 
 * a subset cell is the mean ± sample sd (ddof=1) over cases of that subset;
 * the ``mean`` column is the mean ± sd over cases of each case's mean over the subsets (equal to the mean of the
@@ -12,6 +13,8 @@ n_modalities, region, dice, hd95``). Aggregation rules, also written into the ou
 * paired comparisons (two or more trainers): per region and metric, the per-case differences of the per-case means
   over the subsets both trainers have, tested with the two-sided Wilcoxon signed-rank test
   (``scipy.stats.wilcoxon``, zero differences dropped);
+* lesion-wise (when every record has it): per subset the mean ± sd over cases of the per-case lesion-wise Dice and
+  HD95 and the lesion counts summed over cases, in a table of its own (the whole-volume tables stay the default);
 * records of subset ``all`` (no modality subset applies) have no cardinality: the tables then have one column
   ``all``, and robustness.png, the per-cardinality table and AURC are skipped with a note.
 """
@@ -30,12 +33,14 @@ import numpy as np
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
 from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, ONE_EMPTY_HD95, aurc
-from nnunet_missingmod.evaluation.scoring import NO_SUBSET, RECORD_FIELDS, Record
+from nnunet_missingmod.evaluation.scoring import BASE_FIELDS, LESION_FIELDS, NO_SUBSET, RECORD_FIELDS, Record
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
 
 METRICS: Tuple[str, ...] = ("dice", "hd95")
 METRIC_TITLES = {"dice": "Dice (0–1)", "hd95": "HD95 (mm)"}
-_DECIMALS = {"dice": 3, "hd95": 2}
+_DECIMALS = {"dice": 3, "hd95": 2, "lesion_dice": 3, "lesion_hd95": 2}
+LESION_METRICS: Tuple[str, ...] = ("lesion_dice", "lesion_hd95")
+LESION_COUNTS: Tuple[str, ...] = ("n_gt_lesions", "n_tp", "n_fp", "n_fn")
 CARDINALITIES: Tuple[int, ...] = (1, 2, 3, 4)
 
 
@@ -87,13 +92,14 @@ class RecordTable:
         self.cases = sorted({r["case"] for r in self.records})
         self.cardinality = {s.name: s.cardinality for s in SUBSETS}
         self.has_cardinality = bool(known)
+        self.has_lesionwise = all(r["lesion_dice"] is not None for r in self.records)
         self._values: Dict[Tuple[str, str, str], Dict[str, Dict[str, float]]] = {}
         for r in self.records:
             per_case = self._values.setdefault((r["trainer"], r["region"], r["subset"]), {})
             if r["case"] in per_case:
                 raise MissingModError(f"two records for trainer {r['trainer']!r}, case {r['case']!r}, subset "
                                       f"{r['subset']!r}, region {r['region']!r}")
-            per_case[r["case"]] = {m: float(r[m]) for m in METRICS}
+            per_case[r["case"]] = {m: r[m] for m in METRICS + LESION_METRICS + LESION_COUNTS}
         order = {name: i for i, name in enumerate(self.subsets)}
         self.records.sort(key=lambda r: (self.trainers.index(r["trainer"]), r["case"], order[r["subset"]],
                                          self.regions.index(r["region"])))
@@ -118,15 +124,26 @@ class RecordTable:
 
 
 def _validated(record: Mapping[str, Any], index: int) -> Record:
-    missing = [k for k in RECORD_FIELDS if k not in record]
+    """A typed copy of a record; the lesion-wise fields are ``None`` where absent or empty (an older metrics.csv),
+    and must be all present or all absent."""
+    missing = [k for k in BASE_FIELDS if k not in record]
     if missing:
         raise MissingModError(f"record {index} lacks {', '.join(missing)}: {dict(record)!r}")
-    clean = {k: record[k] for k in RECORD_FIELDS}
-    for metric in METRICS:
+    clean = {k: record.get(k) for k in RECORD_FIELDS}
+    for key in LESION_FIELDS:
+        if clean[key] == "":
+            clean[key] = None
+    given = [k for k in LESION_FIELDS if clean[k] is not None]
+    if given and len(given) < len(LESION_FIELDS):
+        raise MissingModError(f"record {index} has only some lesion-wise fields ({', '.join(given)}): "
+                              f"{dict(record)!r}")
+    for metric in METRICS + (LESION_METRICS if given else ()):
         value = float(clean[metric])
         if not math.isfinite(value):
             raise MissingModError(f"record {index} has a non-finite {metric}: {dict(record)!r}")
         clean[metric] = value
+    for count in LESION_COUNTS if given else ():
+        clean[count] = int(clean[count])
     clean["trainer"], clean["case"], clean["region"] = str(clean["trainer"]), str(clean["case"]), str(clean["region"])
     clean["subset"] = str(clean["subset"])
     if clean["n_modalities"] in ("", None):
@@ -163,6 +180,7 @@ def summarise(table: RecordTable, conventions: Mapping[str, Any]) -> Dict[str, A
         "per_subset": {}, "mean_over_subsets": {}, "gap_to_full_set": {}, "per_cardinality": {}, "aurc": {},
         "one_empty_rule_count": {},
         "paired_comparisons": [],
+        "lesionwise": None,
         "notes": [],
     }
     for trainer in table.trainers:
@@ -181,8 +199,30 @@ def summarise(table: RecordTable, conventions: Mapping[str, Any]) -> Dict[str, A
             summary["aurc"][trainer][region] = _aurc_entry(by_k)
             summary["one_empty_rule_count"][trainer][region] = _one_empty_count(table, trainer, region)
     summary["paired_comparisons"] = paired_comparisons(table)
+    if table.has_lesionwise:
+        summary["lesionwise"] = lesionwise_summary(table, conventions)
     _add_notes(table, summary)
     return summary
+
+
+def lesionwise_summary(table: RecordTable, conventions: Mapping[str, Any]) -> Dict[str, Any]:
+    """summary.json's lesion-wise block: the protocol, then trainer -> region -> subset -> mean ± sd over cases of
+    the lesion-wise Dice and HD95 and the lesion counts summed over cases, and the mean over subsets."""
+    block: Dict[str, Any] = {"protocol": conventions.get("lesion_protocol"),
+                             "rules": conventions.get("lesionwise"), "per_subset": {}, "mean_over_subsets": {}}
+    for trainer in table.trainers:
+        block["per_subset"][trainer], block["mean_over_subsets"][trainer] = {}, {}
+        for region in table.regions:
+            per_subset = {}
+            for subset in table.subsets_of(trainer, region):
+                entry: Dict[str, Any] = {m: describe(table.values(trainer, region, subset, m).values())
+                                         for m in LESION_METRICS}
+                entry.update({c: int(sum(table.values(trainer, region, subset, c).values())) for c in LESION_COUNTS})
+                per_subset[subset] = entry
+            block["per_subset"][trainer][region] = per_subset
+            block["mean_over_subsets"][trainer][region] = {
+                m: describe(table.per_case_mean(trainer, region, m).values()) for m in LESION_METRICS}
+    return block
 
 
 def _aggregation_text() -> Dict[str, str]:
@@ -291,8 +331,9 @@ def _add_notes(table: RecordTable, summary: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------- outputs
 
 def records_to_csv(records: Sequence[Record]) -> str:
-    """metrics.csv content: header :data:`RECORD_FIELDS`, one row per record, full float precision,
-    ``n_modalities`` empty for subset ``all``."""
+    """metrics.csv content: header :data:`RECORD_FIELDS` (the whole-volume columns first, then the lesion-wise
+    ones), one row per record, full float precision, ``n_modalities`` empty for subset ``all``, lesion-wise cells
+    empty for records without them."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RECORD_FIELDS)
@@ -303,7 +344,8 @@ def records_to_csv(records: Sequence[Record]) -> str:
 
 
 def read_metrics_csv(path: str) -> List[Record]:
-    """Records back from a metrics.csv written by :func:`write_report`."""
+    """Records back from a metrics.csv written by :func:`write_report`, also one of before the lesion-wise columns
+    (their fields are then ``None``)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [_validated(row, i) for i, row in enumerate(rows)]
@@ -319,6 +361,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     for metric in METRICS:
         lines += [f"## {METRIC_TITLES[metric]} per subset of available sequences", ""]
         lines += _subset_table(summary, metric) + [""]
+    if summary.get("lesionwise"):
+        lines += _lesionwise_section(summary["lesionwise"], summary["regions"])
     if any(summary["gap_to_full_set"][t][r] for t in summary["trainers"] for r in summary["regions"]):
         lines += [f"## Gap to the full set (subset mean − {FULL_SET.name} mean)", ""]
         for metric in METRICS:
@@ -370,6 +414,35 @@ def _subset_table(summary: Mapping[str, Any], metric: str) -> List[str]:
         rows.append([region, trainer] + cells + [_mean_sd(summary["mean_over_subsets"][trainer][region][metric],
                                                           metric)])
     return _markdown_table(header, rows)
+
+
+def _lesionwise_section(block: Mapping[str, Any], regions: Sequence[str]) -> List[str]:
+    """The lesion-wise table in the BraTS papers' layout: a row per trainer and subset, per region the lesion-wise
+    Dice, then per region the lesion-wise HD95; the protocol is named above it. Then the lesion counts."""
+    from nnunet_missingmod.evaluation.lesionwise import LESION_PROTOCOLS
+    protocol = LESION_PROTOCOLS.get(block["protocol"] or "")
+    named = f"{protocol.describe()} (--lesion-protocol {block['protocol']})" if protocol else "protocol not recorded"
+    lines = ["## Lesion-wise scores per subset of available sequences", "", f"Protocol: {named}.", ""]
+    header = (["trainer", "subset"] + [f"{r} lesion-wise Dice" for r in regions]
+              + [f"{r} lesion-wise HD95 (mm)" for r in regions])
+    rows, count_rows = [], []
+    for trainer, per_region in block["per_subset"].items():
+        subsets = list(dict.fromkeys(s for r in regions for s in per_region[r]))
+        for subset in subsets:
+            rows.append([trainer, subset] + [_mean_sd(per_region[r].get(subset, {}).get(m), m)
+                                             for m in LESION_METRICS for r in regions])
+            count_rows.append([trainer, subset] + [_counts_cell(per_region[r].get(subset)) for r in regions])
+        if len(subsets) > 1:
+            means = block["mean_over_subsets"][trainer]
+            rows.append([trainer, "mean"] + [_mean_sd(means[r][m], m) for m in LESION_METRICS for r in regions])
+    lines += _markdown_table(header, rows) + [""]
+    lines += ["Lesions summed over cases: ground truth / true positive / false positive / false negative.", ""]
+    lines += _markdown_table(["trainer", "subset"] + list(regions), count_rows) + [""]
+    return lines
+
+
+def _counts_cell(entry: Optional[Mapping[str, Any]]) -> str:
+    return "" if not entry else " / ".join(str(entry[c]) for c in LESION_COUNTS)
 
 
 def _gap_table(summary: Mapping[str, Any], metric: str) -> List[str]:

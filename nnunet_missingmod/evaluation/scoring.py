@@ -3,7 +3,12 @@
 A *record* is a plain dict with exactly the keys of :data:`RECORD_FIELDS`::
 
     {"trainer": "nnUNetTrainerMissingMod", "case": "BraTS2021_00000", "subset": "T1ce+FLAIR", "n_modalities": 2,
-     "region": "WT", "dice": 0.91, "hd95": 3.0}
+     "region": "WT", "dice": 0.91, "hd95": 3.0,
+     "lesion_dice": 0.88, "lesion_hd95": 4.1, "n_gt_lesions": 2, "n_tp": 2, "n_fp": 1, "n_fn": 0}
+
+The whole-volume ``dice``/``hd95`` come first (the default metrics); the lesion-wise columns
+(:data:`LESION_FIELDS`, :mod:`nnunet_missingmod.evaluation.lesionwise`, one BraTS 2023 protocol) follow, computed
+in the same job from the same reading of the images. Records read from an older metrics.csv lack them (``None``).
 
 ``subset`` is a :data:`~nnunet_missingmod.modalities.SUBSET_NAMES` entry, or ``"all"`` (with ``n_modalities``
 ``None``) when the predictions were not made under a known subset. Dice is in [0, 1], HD95 in mm.
@@ -23,10 +28,14 @@ import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.io_checks import GEOMETRY_ATOL, error_reason
+from nnunet_missingmod.evaluation.lesionwise import (
+    DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS, LesionProtocol, LesionScore, lesionwise_scores)
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
     region_masks
 
-RECORD_FIELDS: Tuple[str, ...] = ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95")
+BASE_FIELDS: Tuple[str, ...] = ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95")
+LESION_FIELDS: Tuple[str, ...] = ("lesion_dice", "lesion_hd95", "n_gt_lesions", "n_tp", "n_fp", "n_fn")
+RECORD_FIELDS: Tuple[str, ...] = BASE_FIELDS + LESION_FIELDS
 NO_SUBSET = "all"
 """Subset name of predictions not made under a known modality subset (plain ``score`` of a folder)."""
 
@@ -41,6 +50,13 @@ class PredictionFolder(NamedTuple):
     trainer: str
     subset: SubsetLike
     folder: str
+
+
+class RegionScore(NamedTuple):
+    """Scores of one region of one case: whole-volume Dice and HD95, and the lesion-wise ones."""
+    dice: float
+    hd95: float
+    lesions: LesionScore
 
 
 class _CaseJob(NamedTuple):
@@ -120,16 +136,18 @@ def match_cases(gt_dir: str, pred_dir: str, file_ending: Optional[str] = None) -
 
 
 def score_label_maps(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], regions: Regions,
-                     hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, Tuple[float, float]]:
-    """Region name -> ``(dice, hd95)`` of one case, from two label maps of the same shape (axis order ``(z, y, x)``,
-    ``spacing`` in the same order, mm)."""
+                     hd95_variant: str = DEFAULT_HD95_VARIANT,
+                     lesion_protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL]
+                     ) -> Dict[str, RegionScore]:
+    """Region name -> :class:`RegionScore` of one case, from two label maps of the same shape (axis order
+    ``(z, y, x)``, ``spacing`` in the same order, mm)."""
     if gt.shape != pred.shape:
         raise MissingModError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    return _score_against(region_masks(gt, regions), pred, spacing, regions, hd95_variant)
+    return _score_against(region_masks(gt, regions), pred, spacing, regions, hd95_variant, lesion_protocol)
 
 
-def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
-                      hd95_variant: str) -> List[Dict[str, Tuple[float, float]]]:
+def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions, hd95_variant: str,
+                      lesion_protocol: LesionProtocol) -> List[Dict[str, RegionScore]]:
     """Score several predictions of one case (e.g. one per subset), reading the ground truth only once."""
     gt, gt_spacing = read_label_image(gt_path)
     gt_masks = region_masks(gt, regions)
@@ -143,7 +161,7 @@ def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions,
             raise MissingModError(f"spacing mismatch: prediction {pred_path} has {_xyz(pred_spacing)} mm (x, y, z) "
                                   f"but ground truth {gt_path} has {_xyz(gt_spacing)} mm")
         _check_same_position(gt_path, pred_path)
-        results.append(_score_against(gt_masks, pred, gt_spacing, regions, hd95_variant))
+        results.append(_score_against(gt_masks, pred, gt_spacing, regions, hd95_variant, lesion_protocol))
     return results
 
 
@@ -167,18 +185,31 @@ def _check_same_position(gt_path: str, pred_path: str) -> None:
 
 
 def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing: Sequence[float],
-                   regions: Regions, hd95_variant: str) -> Dict[str, Tuple[float, float]]:
+                   regions: Regions, hd95_variant: str, lesion_protocol: LesionProtocol) -> Dict[str, RegionScore]:
     pred_masks = region_masks(pred, regions)
-    return {name: (dice(pred_masks[name], gt_masks[name]),
-                   hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant))
+    return {name: RegionScore(dice(pred_masks[name], gt_masks[name]),
+                              hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant),
+                              lesionwise_scores(pred_masks[name], gt_masks[name], spacing, lesion_protocol,
+                                                hd95_variant))
             for name in regions}
 
 
-def _record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str, dice_value: float,
-            hd95_value: float) -> Record:
+def _record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str,
+            score: RegionScore) -> Record:
     subset_name, n_modalities = subset_key
+    lesions = score.lesions
     return {"trainer": trainer, "case": case, "subset": subset_name, "n_modalities": n_modalities,
-            "region": region, "dice": float(dice_value), "hd95": float(hd95_value)}
+            "region": region, "dice": float(score.dice), "hd95": float(score.hd95),
+            "lesion_dice": float(lesions.dice), "lesion_hd95": float(lesions.hd95),
+            "n_gt_lesions": int(lesions.n_gt_lesions), "n_tp": int(lesions.n_tp), "n_fp": int(lesions.n_fp),
+            "n_fn": int(lesions.n_fn)}
+
+
+def lesion_protocol_named(key: str) -> LesionProtocol:
+    """The :data:`LESION_PROTOCOLS` entry of ``key`` (``gli``, ``ssa``, ``ped``, ``men``, ``met``)."""
+    if key not in LESION_PROTOCOLS:
+        raise MissingModError(f"unknown lesion-wise protocol {key!r}; expected one of {', '.join(LESION_PROTOCOLS)}")
+    return LESION_PROTOCOLS[key]
 
 
 def subset_name_and_cardinality(subset: SubsetLike) -> Tuple[str, Optional[int]]:
@@ -193,7 +224,8 @@ def subset_name_and_cardinality(subset: SubsetLike) -> Tuple[str, Optional[int]]
 
 def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], regions: Regions,
                              hd95_variant: str = DEFAULT_HD95_VARIANT, num_processes: int = 2,
-                             file_ending: Optional[str] = None) -> List[Record]:
+                             file_ending: Optional[str] = None,
+                             lesion_protocol: str = DEFAULT_LESION_PROTOCOL) -> List[Record]:
     """Records of every case of every prediction folder, scored in one process pool.
 
     Args:
@@ -204,6 +236,8 @@ def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], r
         hd95_variant: ``"max_directed"`` or ``"pooled"``.
         num_processes: worker processes; 1 scores in this process.
         file_ending: restrict to files with this ending (dataset.json's ``file_ending``).
+        lesion_protocol: the BraTS 2023 challenge whose lesion-wise rules give the lesion columns
+            (:data:`~nnunet_missingmod.evaluation.lesionwise.LESION_PROTOCOLS` key).
     Returns:
         records ordered by folder, case, then region.
     """
@@ -211,54 +245,61 @@ def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], r
         raise MissingModError(f"unknown HD95 variant {hd95_variant!r}; expected one of {', '.join(HD95_VARIANTS)}")
     if num_processes < 1:
         raise MissingModError(f"the number of processes must be at least 1, got {num_processes}")
+    protocol = lesion_protocol_named(lesion_protocol)
     regions = {name: tuple(int(v) for v in values) for name, values in regions.items()}
     labelled_jobs: List[Tuple[str, Tuple[str, Optional[int]], _CaseJob]] = []
     for trainer, subset, folder in folders:
         subset_key = subset_name_and_cardinality(subset)
         for case, gt_path, pred_path in match_cases(gt_dir, folder, file_ending):
             labelled_jobs.append((trainer, subset_key, _CaseJob(case, gt_path, pred_path)))
-    scores = _run_jobs([job for _, _, job in labelled_jobs], regions, hd95_variant, num_processes)
+    scores = _run_jobs([job for _, _, job in labelled_jobs], regions, hd95_variant, protocol, num_processes)
     records = []
     for (trainer, subset_key, job), per_region in zip(labelled_jobs, scores):
-        records += [_record(trainer, job.case, subset_key, region, dice_value, hd95_value)
-                    for region, (dice_value, hd95_value) in per_region.items()]
+        records += [_record(trainer, job.case, subset_key, region, score) for region, score in per_region.items()]
     return records
 
 
 def score_prediction_folder(gt_dir: str, pred_dir: str, regions: Regions, trainer: str = "",
                             subset: SubsetLike = None, hd95_variant: str = DEFAULT_HD95_VARIANT,
-                            num_processes: int = 2, file_ending: Optional[str] = None) -> List[Record]:
+                            num_processes: int = 2, file_ending: Optional[str] = None,
+                            lesion_protocol: str = DEFAULT_LESION_PROTOCOL) -> List[Record]:
     """Records of one prediction folder (see :func:`score_prediction_folders`)."""
     return score_prediction_folders(gt_dir, [PredictionFolder(trainer, subset, pred_dir)], regions,
-                                    hd95_variant, num_processes, file_ending)
+                                    hd95_variant, num_processes, file_ending, lesion_protocol)
 
 
 def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], hd95_variant: str,
-              num_processes: int) -> List[Dict[str, Tuple[float, float]]]:
+              lesion_protocol: LesionProtocol, num_processes: int) -> List[Dict[str, RegionScore]]:
     """Scores of each job, in the order of ``jobs``. One task per case: all its predictions (one per trainer and
-    subset) are scored against one reading of its ground truth."""
-    by_case: Dict[str, List[int]] = {}
+    subset) are scored, whole-volume and lesion-wise, against one reading of its ground truth; a prediction file
+    that several entries share (a routed entry's) is scored once."""
+    by_case: Dict[str, Dict[str, List[int]]] = {}
     for index, job in enumerate(jobs):
-        by_case.setdefault(job.gt_path, []).append(index)
-    tasks = [(gt_path, [jobs[i].pred_path for i in indices], regions, hd95_variant)
-             for gt_path, indices in by_case.items()]
+        by_case.setdefault(job.gt_path, {}).setdefault(job.pred_path, []).append(index)
+    tasks = [(gt_path, list(by_pred), regions, hd95_variant, lesion_protocol) for gt_path, by_pred in by_case.items()]
     workers = min(num_processes, len(tasks))
     if workers <= 1:
         task_results = [_score_task(t) for t in tasks]
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
             task_results = list(pool.map(_score_task, tasks))
-    scores: List[Dict[str, Tuple[float, float]]] = [{} for _ in jobs]
-    for indices, results in zip(by_case.values(), task_results):
-        for index, result in zip(indices, results):
-            scores[index] = result
+        except BaseException:  # an error or SIGTERM (Terminated): the cases not yet started are not scored
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    scores: List[Dict[str, RegionScore]] = [{} for _ in jobs]
+    for by_pred, results in zip(by_case.values(), task_results):
+        for indices, result in zip(by_pred.values(), results):
+            for index in indices:
+                scores[index] = result
     return scores
 
 
-def _score_task(task: Tuple[str, List[str], Mapping[str, Tuple[int, ...]], str]
-                ) -> List[Dict[str, Tuple[float, float]]]:
-    gt_path, pred_paths, regions, hd95_variant = task
-    return _score_case_group(gt_path, pred_paths, regions, hd95_variant)
+def _score_task(task: Tuple[str, List[str], Mapping[str, Tuple[int, ...]], str, LesionProtocol]
+                ) -> List[Dict[str, RegionScore]]:
+    gt_path, pred_paths, regions, hd95_variant, lesion_protocol = task
+    return _score_case_group(gt_path, pred_paths, regions, hd95_variant, lesion_protocol)
 
 
 def _short_list(names: Sequence[str], limit: int = 5) -> str:

@@ -22,7 +22,8 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
     assert "wrote" in result.stdout
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95"]
+    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95",
+                            "lesion_dice", "lesion_hd95", "n_gt_lesions", "n_tp", "n_fp", "n_fn"]
     # two trainers (the same model twice, labelled apart) x 6 cases x 15 subsets x 3 regions
     assert len(rows) == 2 * 6 * 15 * 3
     assert {r["subset"] for r in rows} == set(SUBSET_NAMES)
@@ -53,6 +54,9 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
 
     table = (out / "summary.md").read_text()
     assert "| region | trainer | " + " | ".join(SUBSET_NAMES) + " | mean |" in table
+    assert "Protocol: BraTS-GLI (adult glioma)" in table  # the lesion-wise table, default protocol
+    lesionwise = json.loads((out / "summary.json").read_text())["lesionwise"]
+    assert list(lesionwise["per_subset"]["ModalityDropoutTrainer_debug"]["ET"]) == list(SUBSET_NAMES)
     assert (out / "robustness.png").stat().st_size > 10000 and (out / "subsets.png").stat().st_size > 10000
     assert len(list((out / "cases").glob("*.png"))) == 3  # the best, median and worst case
     # the same model under two names: every paired difference is exactly 0 and no test can be run on them

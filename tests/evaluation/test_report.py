@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.lesionwise import lesion_conventions
 from nnunet_missingmod.evaluation.metrics import conventions
 from nnunet_missingmod.evaluation.report import read_metrics_csv, write_report
-from nnunet_missingmod.evaluation.scoring import RECORD_FIELDS
+from nnunet_missingmod.evaluation.scoring import BASE_FIELDS, LESION_FIELDS, RECORD_FIELDS
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
 
 TRAINERS = ("TrainerA", "TrainerB")
@@ -17,8 +18,9 @@ REGIONS = ("WT", "TC", "ET")
 CASES = tuple(f"case_{i:03d}" for i in range(8))
 
 
-def synthetic_records(trainers=TRAINERS, subsets=SUBSETS, seed=0):
-    """Dice rises with the number of sequences; TrainerB is 0.05 better everywhere, plus noise."""
+def synthetic_records(trainers=TRAINERS, subsets=SUBSETS, seed=0, lesionwise=True):
+    """Dice rises with the number of sequences; TrainerB is 0.05 better everywhere, plus noise. Lesion-wise Dice is
+    0.1 below the whole-volume one; each case has 2 GT lesions, one found and one missed, and one false positive."""
     rng = np.random.default_rng(seed)
     records = []
     for t_index, trainer in enumerate(trainers):
@@ -30,6 +32,9 @@ def synthetic_records(trainers=TRAINERS, subsets=SUBSETS, seed=0):
                     records.append({"trainer": trainer, "case": case, "subset": subset.name,
                                     "n_modalities": subset.cardinality, "region": region,
                                     "dice": value, "hd95": float(20 * (1 - value))})
+                    if lesionwise:
+                        records[-1].update(lesion_dice=value - 0.1, lesion_hd95=float(30 * (1 - value)),
+                                           n_gt_lesions=2, n_tp=1, n_fp=1, n_fn=1)
     return records
 
 
@@ -37,7 +42,7 @@ def synthetic_records(trainers=TRAINERS, subsets=SUBSETS, seed=0):
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     records = synthetic_records()
-    summary = write_report(records, str(out), conventions())
+    summary = write_report(records, str(out), {**conventions(), **lesion_conventions("met")})
     return out, records, summary
 
 
@@ -63,7 +68,9 @@ def test_metrics_csv_is_long_format_with_exact_columns(report):
     out, records, _ = report
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == RECORD_FIELDS == ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95")
+    # the whole-volume columns first, as before the lesion-wise ones were added
+    assert tuple(rows[0]) == RECORD_FIELDS == ("trainer", "case", "subset", "n_modalities", "region", "dice", "hd95",
+                                               "lesion_dice", "lesion_hd95", "n_gt_lesions", "n_tp", "n_fp", "n_fn")
     assert len(rows) - 1 == len(records) == len(TRAINERS) * len(CASES) * 15 * len(REGIONS)
     back = read_metrics_csv(str(out / "metrics.csv"))
     by_key = {(r["trainer"], r["case"], r["subset"], r["region"]): r for r in records}
@@ -85,6 +92,50 @@ def test_markdown_table_layout(report, title, metric):
     decimals = 3 if metric == "dice" else 2
     cell = body[0][2 + SUBSET_NAMES.index("T1ce+FLAIR")]
     assert cell == f"{np.mean(values):.{decimals}f} ± {np.std(values, ddof=1):.{decimals}f}"
+
+
+def test_lesionwise_table_in_the_papers_layout_names_the_protocol(report):
+    out, records, summary = report
+    text = (out / "summary.md").read_text()
+    assert "Protocol: BraTS-MET (brain metastases): GT dilated 1 time, lesions of at most 2 mm³ ignored" in text
+    table = markdown_table(text, "Lesion-wise scores per subset")
+    assert table[0] == ["trainer", "subset", *[f"{r} lesion-wise Dice" for r in REGIONS],
+                        *[f"{r} lesion-wise HD95 (mm)" for r in REGIONS]]
+    body = table[2:]
+    assert [(row[0], row[1]) for row in body] == [(t, s) for t in TRAINERS for s in [*SUBSET_NAMES, "mean"]]
+    values = [r["lesion_hd95"] for r in records if (r["trainer"], r["region"], r["subset"]) == ("TrainerB", "TC", "T2")]
+    row = body[len(SUBSET_NAMES) + 1 + SUBSET_NAMES.index("T2")]
+    assert row[2 + len(REGIONS) + REGIONS.index("TC")] == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+    assert text.index("## HD95 (mm) per subset") < text.index("## Lesion-wise scores")  # whole-volume first
+    # the counts table: 2 GT, 1 TP, 1 FP, 1 FN per case, summed over the 8 cases
+    assert "| TrainerA | T1 | 16 / 8 / 8 / 8 | 16 / 8 / 8 / 8 | 16 / 8 / 8 / 8 |" in text
+    block = json.loads((out / "summary.json").read_text())["lesionwise"]
+    assert block["protocol"] == "met"
+    cell = block["per_subset"]["TrainerB"]["TC"]["T2"]
+    assert cell["lesion_hd95"]["mean"] == pytest.approx(np.mean(values)) and cell["lesion_hd95"]["n"] == len(CASES)
+    assert (cell["n_gt_lesions"], cell["n_tp"], cell["n_fp"], cell["n_fn"]) == (16, 8, 8, 8)
+    per_subset_means = [block["per_subset"]["TrainerA"]["WT"][s]["lesion_dice"]["mean"] for s in SUBSET_NAMES]
+    assert block["mean_over_subsets"]["TrainerA"]["WT"]["lesion_dice"]["mean"] == pytest.approx(
+        np.mean(per_subset_means))
+
+
+def test_metrics_csv_of_before_the_lesion_columns_is_read_and_reported_without_them(tmp_path):
+    old = synthetic_records(trainers=("A",), subsets=(FULL_SET,), lesionwise=False)
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BASE_FIELDS)
+        writer.writeheader()
+        writer.writerows(old)
+    back = read_metrics_csv(str(tmp_path / "metrics.csv"))
+    assert [{k: r[k] for k in BASE_FIELDS} for r in back] == old
+    assert all(r[k] is None for r in back for k in LESION_FIELDS)
+    summary = write_report(back, str(tmp_path / "again"), conventions(), make_plots=False)
+    assert summary["lesionwise"] is None and "Lesion-wise" not in (tmp_path / "again" / "summary.md").read_text()
+    with open(tmp_path / "again" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(RECORD_FIELDS) and rows[0]["lesion_dice"] == "" and rows[0]["n_fn"] == ""
+    partial = dict(old[0], lesion_dice=0.5)
+    with pytest.raises(MissingModError, match="only some lesion-wise fields"):
+        write_report([partial], str(tmp_path / "partial"), conventions(), make_plots=False)
 
 
 def test_conventions_are_written_above_the_tables(report):

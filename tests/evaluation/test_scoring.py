@@ -105,7 +105,8 @@ def test_score_with_regions_string(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["metrics.csv", "subsets.png", "summary.json", "summary.md"]
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95"]
+    assert list(rows[0]) == ["trainer", "case", "subset", "n_modalities", "region", "dice", "hd95",
+                            "lesion_dice", "lesion_hd95", "n_gt_lesions", "n_tp", "n_fp", "n_fn"]
     assert len(rows) == 6
     for row in rows:
         assert row["trainer"] == "predictions" and row["subset"] == "all" and row["n_modalities"] == ""
@@ -259,3 +260,61 @@ def test_name_flag_names_the_model_in_every_output(folders, tmp_path, capsys):
     assert "nnU-Net dropout WT: Dice" in stdout and "predictions" not in stdout.replace(str(pred_dir), "")
     code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--regions", "WT=1", "-o", out, "--name", " ")
     assert code == 2 and "--name must not be empty" in err
+
+
+# ------------------------------------------------------------------------------------------------- lesion-wise
+LESION_SHAPE = (40, 40, 40)  # 1 mm voxels: a lesion's volume in mm³ is its voxel count
+
+
+def write_lesion_case(tmp_path, extra_gt_lesion):
+    """GT: a 5×5×5 lesion (125 mm³), found exactly, and ``extra_gt_lesion`` (a slice of the volume), missed."""
+    gt, pred = np.zeros(LESION_SHAPE, np.uint8), np.zeros(LESION_SHAPE, np.uint8)
+    gt[2:7, 2:7, 2:7] = 1
+    pred[2:7, 2:7, 2:7] = 1
+    gt[extra_gt_lesion] = 1
+    for folder, array in (("gt", gt), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        write_labels(tmp_path / folder / "case.nii.gz", array, spacing=(1.0, 1.0, 1.0))
+    return tmp_path / "gt", tmp_path / "pred"
+
+
+def test_score_cli_writes_the_lesionwise_columns_after_the_whole_volume_ones(tmp_path):
+    from nnunet_missingmod.evaluation.lesionwise import MISSED_LESION_HD95
+    gt_dir, pred_dir = write_lesion_case(tmp_path, np.s_[25:30, 25:30, 25:30])  # a second 125 mm³ lesion, missed
+    result = run_cli("score", gt_dir, pred_dir, "--regions", "WT=1", "-o", tmp_path / "out", "-np", "1")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_csv(tmp_path / "out" / "metrics.csv")
+    assert float(row["dice"]) == pytest.approx(2 * 125 / (125 + 250))  # whole volume: unchanged, first
+    assert float(row["lesion_dice"]) == pytest.approx(0.5)  # (1 + 0) / 2 lesions
+    assert float(row["lesion_hd95"]) == pytest.approx(MISSED_LESION_HD95 / 2)  # (0 + 374) / 2
+    assert (row["n_gt_lesions"], row["n_tp"], row["n_fp"], row["n_fn"]) == ("2", "1", "0", "1")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["conventions"]["lesion_protocol"] == "gli"
+    assert summary["lesionwise"]["per_subset"]["pred"]["WT"]["all"]["lesion_dice"]["mean"] == pytest.approx(0.5)
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "Protocol: BraTS-GLI (adult glioma): GT dilated 3 times, lesions of at most 50 mm³ ignored" in text
+    assert "| pred | all | 0.500 ± – | 187.00 ± – |" in text
+
+
+def test_lesion_protocol_flag_changes_which_lesions_count(tmp_path, capsys):
+    gt_dir, pred_dir = write_lesion_case(tmp_path, np.s_[30, 30, 30:33])  # a missed 3 mm³ lesion
+    counts = {}
+    for protocol in ("gli", "met"):
+        out = tmp_path / protocol
+        code, _, err = run_main(capsys, "score", gt_dir, pred_dir, "--regions", "WT=1", "-o", out, "-np", "1",
+                                "--lesion-protocol", protocol)
+        assert code == 0, err
+        (row,) = read_csv(out / "metrics.csv")
+        counts[protocol] = (row["n_gt_lesions"], row["n_tp"], row["n_fp"], row["n_fn"], float(row["lesion_dice"]))
+        assert f"--lesion-protocol {protocol})" in (out / "summary.md").read_text()
+    assert counts["gli"] == ("1", "1", "0", "0", 1.0)  # 3 mm³ <= 50: GLI ignores it
+    assert counts["met"] == ("2", "1", "0", "1", 0.5)  # 3 mm³ > 2: MET counts it, and it was missed
+
+
+def test_lesion_protocol_help_names_each_challenge_and_its_thresholds(capsys):
+    from nnunet_missingmod.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["score", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "met = BraTS-MET (brain metastases): GT dilated 1 time, lesions of at most 2 mm³ ignored" in text
+    assert "gli = BraTS-GLI (adult glioma): GT dilated 3 times, lesions of at most 50 mm³ ignored" in text
