@@ -141,6 +141,15 @@ FULL_SET: ModalitySubset = SUBSETS[-1]
 SUBSET_NAMES: Tuple[str, ...] = tuple(s.name for s in SUBSETS)
 
 
+PAPER_ORDER: Tuple[str, ...] = ("FLAIR", "T1", "T1ce", "T2")
+"""The order in which the papers' tables and figures list the sequences (MST-KDNet, RFNet, mmFormer)."""
+
+
+def paper_subset_name(subset: ModalitySubset) -> str:
+    """The subset as the papers write it, e.g. ``FLAIR+T1ce+T2`` (their order, not the canonical channel order)."""
+    return "+".join(m for m in PAPER_ORDER if m in subset.modalities)
+
+
 def parse_subset(text: Union[str, Iterable[str]]) -> ModalitySubset:
     """Parse a user's subset: ``"T1ce,FLAIR"``, ``"t1c+t2f"``, ``"all"``, or a list of names.
 

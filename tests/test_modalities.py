@@ -164,3 +164,10 @@ def test_apply_channel_mask_rejects_mismatched_shapes():
         apply_channel_mask(torch.zeros(2, 4, 3, 3, 3), torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(MissingModError, match="does not fit data"):
         apply_channel_mask(torch.zeros(2, 4, 3, 3, 3), torch.ones(5, dtype=torch.bool))
+
+
+def test_paper_names_list_the_sequences_in_the_papers_order():
+    from nnunet_missingmod.modalities import paper_subset_name
+    assert paper_subset_name(parse_subset("t2, t1c, t2f")) == "FLAIR+T1ce+T2"
+    assert paper_subset_name(FULL_SET) == "FLAIR+T1+T1ce+T2"
+    assert paper_subset_name(parse_subset("T1")) == "T1"

@@ -59,7 +59,7 @@ def resolve_trainers(requested: Optional[Sequence[str]], device: str, budget: st
 
 def run_demo(args: argparse.Namespace) -> int:
     from nnunet_missingmod.demo import costs
-    from nnunet_missingmod.demo.comparison import comparison_text, write_comparison
+    from nnunet_missingmod.demo.comparison import CASE_PICTURE, comparison_text, write_case_picture, write_comparison
     from nnunet_missingmod.demo.pipeline import (
         DEFAULT_BUDGET, DataSettings, DemoPipeline, DemoSettings, claim_output_folder, column_label,
         format_duration)
@@ -92,7 +92,12 @@ def run_demo(args: argparse.Namespace) -> int:
     pipeline = DemoPipeline(settings)
     pipeline.run()
     columns = [column_label(t) for t in trainers]
-    comparison = write_comparison(out, columns, [pipeline.evaluation_dir(t) / "summary.json" for t in trainers])
+    picture, drawn = write_case_picture(out / CASE_PICTURE, columns,
+                                        [(settings.trainer_class(t), pipeline.evaluation_dir(t)) for t in trainers],
+                                        pipeline.test_images_labels()[0].parent)
+    print(f"segmentations side by side: {drawn}" + (f" in {picture}" if picture else ", no picture"))
+    comparison = write_comparison(out, columns, [pipeline.evaluation_dir(t) / "summary.json" for t in trainers],
+                                  extra_plots=[picture] if picture else [])
     print()
     print(comparison_text(comparison))
     print()

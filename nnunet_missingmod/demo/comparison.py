@@ -1,17 +1,19 @@
 """The demo's comparison of the trained models, from each model's ``evaluate`` summary.json: per region (WT, TC,
 ET) the full-set Dice, the mean Dice over the 15 subsets, the mean Dice per number of sequences (1-4) and the AURC
 (normalised to 0-1); one column per trainer, the best per row marked. Written as comparison.md, comparison.json and
-comparison.png (mean Dice per number of sequences, one panel per region)."""
+comparison.png (mean Dice per number of sequences, one panel per region), and comparison_case.png: the segmentations
+of every trainer side by side for the median test case (see :mod:`nnunet_missingmod.evaluation.figures`)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
 from nnunet_missingmod.modalities import FULL_SET
 
 FULL_SET_NAME = FULL_SET.name
+CASE_PICTURE = "comparison_case.png"
 CARDINALITIES = (1, 2, 3, 4)
 BEST_MARK = "*"
 
@@ -126,14 +128,47 @@ def plot_comparison(comparison: Mapping[str, Any], path: str) -> None:
         plt.close(figure)
 
 
-def write_comparison(out: Path, columns: Sequence[str], summary_paths: Sequence[Path]) -> Dict[str, Any]:
+def write_case_picture(path: Path, columns: Sequence[str], evaluations: Sequence[Tuple[str, Path]],
+                       test_dataset: Path) -> Tuple[Optional[str], str]:
+    """The segmentations of every model (a row each, labelled by ``columns``) for the median test case by the first
+    model's full-set WT Dice, from the predictions ``evaluate`` kept. ``evaluations``: (trainer as in its
+    metrics.csv, its evaluate output folder) per column; ``test_dataset``: the raw test dataset (dataset.json,
+    imagesTr, labelsTr). Returns the picture's path (``None`` when there are no kept predictions to draw) and the
+    case drawn or why none was."""
+    from nnunet_missingmod.evaluation.figures import FigureRow, prediction_files, render_case_figure, select_cases
+    from nnunet_missingmod.evaluation.regions import load_dataset_json, regions_from_labels
+    from nnunet_missingmod.evaluation.report import read_metrics_csv
+    from nnunet_missingmod.modalities import modalities_from_channel_names
+
+    predictions = [folder / "predictions" / trainer for trainer, folder in evaluations]
+    if not all(p.is_dir() for p in predictions):
+        return None, "no predictions kept in " + ", ".join(str(p) for p in predictions if not p.is_dir())
+    records = [r for _, folder in evaluations for r in read_metrics_csv(str(folder / "metrics.csv"))]
+    cases = select_cases(records, 1, trainer=evaluations[0][0])
+    if not cases:
+        return None, "no scored case"
+    case = cases[0]
+    dataset = load_dataset_json(test_dataset / "dataset.json")
+    ending = dataset["file_ending"]
+    images = {m: str(test_dataset / "imagesTr" / f"{case}_{i:04d}{ending}")
+              for i, m in enumerate(modalities_from_channel_names(dataset["channel_names"]))}
+    rows = [FigureRow(column, trainer, prediction_files({p.name: str(p) for p in folder.iterdir() if p.is_dir()},
+                                                        case, ending))
+            for column, (trainer, _), folder in zip(columns, evaluations, predictions)]
+    render_case_figure(str(path), case, images, str(test_dataset / "labelsTr" / f"{case}{ending}"), rows,
+                       regions_from_labels(dataset["labels"], str(test_dataset / "dataset.json")), records)
+    return str(path), f"median test case {case}"
+
+
+def write_comparison(out: Path, columns: Sequence[str], summary_paths: Sequence[Path],
+                     extra_plots: Sequence[str] = ()) -> Dict[str, Any]:
     """Write comparison.json, comparison.png and comparison.md into ``out``; returns the comparison with the
-    plot paths (``plots``) added."""
+    plot paths (``plots``: comparison.png, ``extra_plots``, each evaluation's plots) added."""
     summaries = [json.loads(Path(p).read_text()) for p in summary_paths]
     comparison = build_comparison(columns, summaries, [str(p) for p in summary_paths])
     plot = out / "comparison.png"
     plot_comparison(comparison, str(plot))
-    plots = [str(plot)]
+    plots = [str(plot)] + [str(p) for p in extra_plots]
     for p in summary_paths:
         plots += [str(Path(p).parent / name) for name in ("robustness.png", "subsets.png")
                   if (Path(p).parent / name).is_file()]

@@ -6,8 +6,10 @@ Layout of ``OUT``::
     .nnunet-missingmod-demo      marker (JSON: the data settings); a non-empty folder without it is refused
     sources/train, sources/test  phantom cases in the BraTS 2021 layout (test ids offset by TEST_INDEX_OFFSET)
     nnUNet_raw, nnUNet_preprocessed, nnUNet_results
-    evaluation/<trainer>/        evaluate's metrics.csv, summary.json, summary.md, robustness.png, subsets.png
+    evaluation/<trainer>/        evaluate's metrics.csv, summary.json, summary.md, robustness.png, subsets.png,
+                                 cases/CASE.png (best, median, worst case) and predictions/
     comparison.md, comparison.json, comparison.png
+    comparison_case.png          every trainer's segmentations of the median test case, side by side
     logs/                        every command's output
 """
 from __future__ import annotations

@@ -17,11 +17,12 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.evaluation.figures import DEFAULT_FIGURES, parse_figure_count
 from nnunet_missingmod.evaluation.options import (
     ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
     scoring_settings_from_args)
@@ -99,6 +100,7 @@ class EvaluateSettings:
     use_mirroring: bool  # not --disable_tta
     verbose: bool
     scoring: ScoringSettings
+    figures: Union[int, str] = DEFAULT_FIGURES  # --figures: pictures of this many cases, or "all"
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -109,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
             raise MissingModError(f"not a folder: {folder}")
     scoring = scoring_settings_from_args(args)
     subsets = tuple(parse_subsets(args.subsets))
+    figures = parse_figure_count(args.figures)
     model_folders = tuple(model_folders_from_args(args))
     folds = tuple(parse_folds(args.f))
     if args.full_set_model is not None and not os.path.isdir(args.full_set_model):
@@ -118,7 +121,8 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
     return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders,
                             full_set_model=args.full_set_model, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
-                            use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring)
+                            use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
+                            figures=figures)
 
 
 def routed_label(robust_label: str, full_set_label: str) -> str:
@@ -176,15 +180,33 @@ def run_evaluate(settings: EvaluateSettings) -> int:
                                                             folders_by_label[full_label])
             print(f"{routed_label(robust, full_label)}: {full_label}'s {FULL_SET.name} predictions, {robust}'s "
                   "for the other subsets (scored, not predicted again)")
+    file_ending = predictors[0].dataset_json["file_ending"]
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
-                                       file_ending=predictors[0].dataset_json["file_ending"],
-                                       lesion_protocol=scoring.lesion_protocol)
+                                       file_ending=file_ending, lesion_protocol=scoring.lesion_protocol)
     summary = write_report(records, scoring.output, scoring_conventions(scoring))
     print_overview(summary, scoring.output)
+    write_pictures(settings, records, cases[0], prediction_folders, regions, file_ending)
     if log:
         print(f"nnU-Net's messages in {log}")
     return 0
+
+
+def write_pictures(settings: EvaluateSettings, records, cases, prediction_folders, regions, file_ending: str) -> None:
+    """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`): a row
+    per scored entry, routed ones included, in the order they were scored."""
+    from nnunet_missingmod.evaluation.figures import write_case_figures
+    from nnunet_missingmod.evaluation.scoring import list_label_files
+    by_entry: Dict[str, Dict[str, str]] = {}
+    for entry in prediction_folders:
+        by_entry.setdefault(entry.trainer, {})[str(entry.subset)] = entry.folder
+    written, notes = write_case_figures(settings.scoring.output, records, settings.figures,
+                                        {c.case_id: c.files for c in cases},
+                                        list_label_files(settings.labels, file_ending), by_entry, regions,
+                                        file_ending)
+    if written:
+        print(f"pictures of {len(written)} case(s) in {os.path.join(settings.scoring.output, 'cases')}"
+              + "".join(f"; {note}" for note in notes))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -207,8 +229,8 @@ def register_evaluate(subparsers) -> None:
         description="For each model, predict every case of IMAGES (nnU-Net raw layout, all sequences present) "
                     "under every modality subset (default all 15), preprocessing each case once, and score the "
                     "full volumes in the original image space against LABELS. Writes metrics.csv, summary.json, "
-                    "summary.md, robustness.png, subsets.png, the predictions and nnU-Net's own messages "
-                    "(evaluate.log; --verbose: to the terminal) into OUT.")
+                    "summary.md, robustness.png, subsets.png, pictures of a few cases (cases/CASE.png), the "
+                    "predictions and nnU-Net's own messages (evaluate.log; --verbose: to the terminal) into OUT.")
     p.add_argument("-i", required=True, help="images folder (nnU-Net raw layout, e.g. imagesTs)")
     p.add_argument("-l", required=True, help="labels folder (e.g. labelsTs), same case names")
     add_model_arguments(p, several=True)
@@ -223,5 +245,9 @@ def register_evaluate(subparsers) -> None:
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)
     add_scoring_arguments(p)
+    p.add_argument("--figures", default=str(DEFAULT_FIGURES), metavar="N|all",
+                   help="pictures cases/CASE.png of N cases (default %(default)s: the best, median and worst by the "
+                        "first model's full-set WT Dice), 'all', or 0 for none: per model the four sequences, the "
+                        "ground truth and the segmentations under the full set, FLAIR+T1ce+T2, FLAIR+T1ce and FLAIR")
     p.set_defaults(func=_evaluate)
 

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
+
+from nnunet_missingmod.evaluation.figures import figure_pixels
 
 TRAINERS = ["FullSetTrainer", "ModalityDropoutTrainer"]
 COLUMNS = ["stock nnU-Net", "ModalityDropoutTrainer"]
@@ -80,6 +83,13 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_of_this_run(demo_run):
         assert Path(plot).is_file() and Path(plot).stat().st_size > 0
     assert str(out / "comparison.png") in comparison["plots"]
     assert any(p.endswith("robustness.png") for p in comparison["plots"])
+    # every model's segmentations of the median test case side by side (9 columns: 4 sequences, ground truth,
+    # 4 scenarios), and each evaluation's own pictures of its (here: both) test cases
+    assert str(out / "comparison_case.png") in comparison["plots"]
+    assert imread(out / "comparison_case.png").shape[:2] == figure_pixels(len(TRAINERS), 9)
+    for trainer in TRAINERS:
+        cases = out / "evaluation" / f"{trainer}_debug" / "cases"
+        assert sorted(p.name for p in cases.iterdir()) == [f"{case}.png" for case in test_ids]
     # the terminal shows the estimate, the table, and where nnU-Net's output went
     assert result.stdout.startswith("demo: budget debug = 2 training iterations per trainer")
     assert "stock nnU-Net" in result.stdout and "15-subset mean Dice" in result.stdout

@@ -6,7 +6,10 @@ import shutil
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import DATASET_ID, nnunet_env, run_command
+from conftest import CASE_IDS, DATASET_ID, nnunet_env, run_command
+from matplotlib.image import imread
+
+from nnunet_missingmod.evaluation.figures import figure_pixels
 from nnunet_missingmod.modalities import SUBSET_NAMES
 
 
@@ -55,6 +58,7 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
     lesionwise = json.loads((out / "summary.json").read_text())["lesionwise"]
     assert list(lesionwise["per_subset"]["ModalityDropoutTrainer_debug"]["ET"]) == list(SUBSET_NAMES)
     assert (out / "robustness.png").stat().st_size > 10000 and (out / "subsets.png").stat().st_size > 10000
+    assert len(list((out / "cases").glob("*.png"))) == 3  # the best, median and worst case
     # the same model under two names: every paired difference is exactly 0 and no test can be run on them
     comparisons = json.loads((out / "summary.json").read_text())["paired_comparisons"]
     assert len(comparisons) == 3 * 2  # regions x metrics
@@ -83,3 +87,23 @@ def test_evaluate_checks_labels_before_predicting(nnunet_root, tiny_preprocessed
                           "-device", "cpu", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
     assert result.returncode == 2 and "no label image" in result.stderr and "BraTS2021_00004" in result.stderr
     assert not (tmp_path / "out" / "predictions").exists()  # nothing was predicted
+
+
+def test_evaluate_draws_the_pictures_of_every_case_leaving_out_the_subsets_not_evaluated(
+        nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
+    out = tmp_path / "eval"
+    result = run_command(["nnunet-missingmod", "evaluate", "-i", tiny_preprocessed / "imagesTr",
+                          "-l", tiny_preprocessed / "labelsTr", "-d", DATASET_ID, "-c", "3d_fullres", "-f", "0",
+                          "-tr", "ModalityDropoutTrainer_debug", "--subsets", "T1+T1ce+T2+FLAIR;FLAIR",
+                          "--figures", "all", "-device", "cpu", "--disable_tta", "-np", "1", "-o", out],
+                         nnunet_env(nnunet_root))
+    assert sorted(p.name for p in (out / "cases").iterdir()) == [f"{case}.png" for case in CASE_IDS]
+    # 4 sequences, the ground truth, full set and FLAIR; FLAIR+T1ce+T2 and FLAIR+T1ce left out with a note each
+    assert imread(out / "cases" / f"{CASE_IDS[0]}.png").shape[:2] == figure_pixels(1, 7, n_notes=2)
+    assert "pictures of 6 case(s)" in result.stdout and "FLAIR+T1ce: not evaluated" in result.stdout
+
+
+def test_evaluate_refuses_a_bad_figure_count_before_loading_a_model(nnunet_root, tmp_path):
+    result = run_command(["nnunet-missingmod", "evaluate", "-i", tmp_path, "-l", tmp_path, "-m", tmp_path / "none",
+                          "--figures", "some", "-o", tmp_path / "out"], nnunet_env(nnunet_root), expect_ok=False)
+    assert result.returncode == 2 and "--figures" in result.stderr and "'some'" in result.stderr

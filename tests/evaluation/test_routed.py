@@ -76,6 +76,15 @@ def test_routed_entry_scores_full_sets_of_the_full_set_model_and_the_rest_of_the
     for region in ("WT", "TC", "ET"):
         assert f"| {region} | {ROUTED} |" in text  # a row in the Dice and HD95 tables
     assert f"| {ROUTED} | {FULL_SET.name} |" in text  # and in the lesion-wise table
+    # the pictures: a row per entry, only the full-set column (the other README scenarios were not evaluated);
+    # the routed row's full set is the full-set model's, every voxel enhancing (red), the robust one's is empty
+    from evaluation.test_figures import RED, _count, _panel
+    from matplotlib.image import imread
+
+    from nnunet_missingmod.evaluation.figures import figure_pixels
+    picture = imread(out / "cases" / "case_0.png")
+    assert picture.shape[:2] == figure_pixels(3, 6, n_notes=3)
+    assert [_count(_panel(picture, 5, row=r), RED) > 1000 for r in range(3)] == [False, True, True]
 
 
 def test_full_set_model_folder_is_checked_before_anything_loads(tmp_path, capsys, model_folder):  # noqa: F811
