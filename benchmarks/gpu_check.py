@@ -30,13 +30,15 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench_train_cost.py"
-RECOMMENDED = ["TwoPhaseDistillTrainer", "ModalityDropoutTrainer_cardinality"]  # first registered one is used
+RECOMMENDED = [RECOMMENDED_TRAINER, "ModalityDropoutTrainer_cardinality"]  # first registered one is used
 STEP_TRAINERS = ["nnUNetTrainer", "ModalityDropoutTrainer", "ModalityDropoutTrainer_cardinality",
-                 "TwoPhaseDistillTrainer", "MSTKDTrainer", "MSTKDTrainer_frozenTeacher", "MSTKDTrainer_vitSmall",
+                 RECOMMENDED_TRAINER, "MSTKDTrainer", "MSTKDTrainer_frozenTeacher", "MSTKDTrainer_vitSmall",
                  "MSTKDTrainer_noGSME", "CCSDTrainer", "CCSDTrainer_2subsets", "CCSDTrainer_small"]
-METHODS = ["FullSetTrainer", "ModalityDropoutTrainer_cardinality", "TwoPhaseDistillTrainer", "MSTKDTrainer",
+METHODS = ["FullSetTrainer", "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer",
            "MSTKDTrainer_vitSmall", "CCSDTrainer", "CCSDTrainer_small"]
 TRAIN_ID, PREDICT_ID = 991, 992
 

@@ -57,12 +57,27 @@ def resolve_trainers(requested: Optional[Sequence[str]], device: str, budget: st
     return list(requested), []
 
 
+def resolve_routed(requested: Optional[str], trainers: Sequence[str]) -> Optional[str]:
+    """The trainer the routed pair sends incomplete cases to (``--routed``): by default the recommended recipe
+    when it and stock nnU-Net are both trained; ``none``: no routed pair."""
+    from nnunet_missingmod.demo.pipeline import STOCK_TRAINER
+    from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+    if requested is None:
+        return RECOMMENDED_TRAINER if RECOMMENDED_TRAINER in trainers and STOCK_TRAINER in trainers else None
+    if requested.lower() == "none":
+        return None
+    if STOCK_TRAINER not in trainers or requested not in trainers or requested == STOCK_TRAINER:
+        raise MissingModError(f"--routed {requested}: the routed pair needs {STOCK_TRAINER} and {requested} among "
+                              f"--trainers ({' '.join(trainers)}), and {requested} must not be {STOCK_TRAINER}")
+    return requested
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from nnunet_missingmod.demo import costs
     from nnunet_missingmod.demo.comparison import CASE_PICTURE, comparison_text, write_case_picture, write_comparison
     from nnunet_missingmod.demo.pipeline import (
         DEFAULT_BUDGET, DataSettings, DemoPipeline, DemoSettings, claim_output_folder, column_label,
-        format_duration)
+        format_duration, routed_column_label)
 
     if args.cases < 2:
         raise MissingModError(f"--cases must be at least 2, got {args.cases}")
@@ -73,9 +88,10 @@ def run_demo(args: argparse.Namespace) -> int:
         raise MissingModError("no trainer to run: none of the default trainers is registered")
     data = DataSettings(cases=args.cases, test_cases=held_out_case_count(args.cases), spacing_mm=DEMO_SPACING_MM)
     out = Path(args.out).absolute()
+    routed = resolve_routed(args.routed, trainers)
     state = claim_output_folder(out, data)
     settings = DemoSettings(out=out, trainers=trainers, budget=budget, device=device, data=data,
-                            verbose=args.verbose, skipped=skipped)
+                            verbose=args.verbose, skipped=skipped, routed=routed)
 
     epochs, per_epoch = costs.budget_iterations(budget)
     estimate = costs.total_seconds(trainers, budget, device, data)
@@ -96,8 +112,14 @@ def run_demo(args: argparse.Namespace) -> int:
                                         [(settings.trainer_class(t), pipeline.evaluation_dir(t)) for t in trainers],
                                         pipeline.test_images_labels()[0].parent)
     print(f"segmentations side by side: {drawn}" + (f" in {picture}" if picture else ", no picture"))
-    comparison = write_comparison(out, columns, [pipeline.evaluation_dir(t) / "summary.json" for t in trainers],
-                                  extra_plots=[picture] if picture else [])
+    summaries = [pipeline.evaluation_dir(t) / "summary.json" for t in trainers]
+    entries = [settings.trainer_class(t) for t in trainers]
+    if settings.routes:
+        columns.append(routed_column_label(routed))
+        summaries.append(pipeline.routed_evaluation_dir() / "summary.json")
+        entries.append(pipeline.routed_entry())
+    comparison = write_comparison(out, columns, summaries, extra_plots=[picture] if picture else [],
+                                  trainers=entries)
     print()
     print(comparison_text(comparison))
     print()
@@ -110,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from nnunet_missingmod.demo.pipeline import DEFAULT_TRAINERS
+    from nnunet_missingmod.demo.pipeline import DEFAULT_TRAINERS, STOCK_TRAINER
 
     p = subparsers.add_parser(
         "demo", help="phantom data -> train stock nnU-Net and the missing-modality trainers -> compare over 15 subsets",
@@ -134,6 +156,11 @@ def register(subparsers) -> None:
                    help="training iterations per trainer, equal for all: "
                         + ", ".join(f"{b.name} {b.iterations}" for b in public)
                         + " (default: small on cpu, medium on cuda)")
+    p.add_argument("--routed", default=None, metavar="TRAINER",
+                   help="also evaluate the routed pair (predict/evaluate --full-set-model): complete scans go to "
+                        f"stock nnU-Net ({STOCK_TRAINER}), every other case to TRAINER, one of --trainers; shown as "
+                        "its own column (default: the recommended trainer when it is trained; 'none': no routed "
+                        "pair)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train and predict (default auto: cuda when PyTorch sees a GPU, else cpu)")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES, metavar="N",

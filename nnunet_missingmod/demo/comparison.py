@@ -33,13 +33,19 @@ def _region_rows(summary: Mapping[str, Any], trainer: str, region: str) -> Dict[
 
 
 def build_comparison(columns: Sequence[str], summaries: Sequence[Mapping[str, Any]],
-                     summary_paths: Sequence[str]) -> Dict[str, Any]:
-    """``columns``: the label of each model (e.g. "stock nnU-Net"); ``summaries``: their evaluate summaries, one
-    trainer each. Returns what comparison.json holds."""
+                     summary_paths: Sequence[str], trainers: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``columns``: the label of each model (e.g. "stock nnU-Net"); ``summaries``: their evaluate summaries;
+    ``trainers``: the entry of each summary to show (default: its first, e.g. the routed entry of an evaluation
+    with ``--full-set-model`` has to be named). Returns what comparison.json holds."""
+    if trainers is None:
+        trainers = [s["trainers"][0] for s in summaries]
+    for trainer, summary, path in zip(trainers, summaries, summary_paths):
+        if trainer not in summary["trainers"]:
+            raise ValueError(f"{path} has no entry {trainer!r} (entries: {', '.join(summary['trainers'])})")
     regions = [r for r in ("WT", "TC", "ET") if all(r in s["regions"] for s in summaries)]
     rows: List[Dict[str, Any]] = []
     for region in regions:
-        per_column = [_region_rows(s, s["trainers"][0], region) for s in summaries]
+        per_column = [_region_rows(s, t, region) for s, t in zip(summaries, trainers)]
         for metric in per_column[0]:
             values = {c: v[metric] for c, v in zip(columns, per_column)}
             known = [v for v in values.values() if v is not None]
@@ -47,7 +53,7 @@ def build_comparison(columns: Sequence[str], summaries: Sequence[Mapping[str, An
             rows.append({"region": region, "metric": metric, "values": values, "best": best})
     return {
         "columns": list(columns),
-        "trainers": {c: s["trainers"][0] for c, s in zip(columns, summaries)},
+        "trainers": dict(zip(columns, trainers)),
         "summaries": {c: p for c, p in zip(columns, summary_paths)},
         "test_cases": summaries[0]["cases"],
         "rows": rows,
@@ -161,11 +167,11 @@ def write_case_picture(path: Path, columns: Sequence[str], evaluations: Sequence
 
 
 def write_comparison(out: Path, columns: Sequence[str], summary_paths: Sequence[Path],
-                     extra_plots: Sequence[str] = ()) -> Dict[str, Any]:
+                     extra_plots: Sequence[str] = (), trainers: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Write comparison.json, comparison.png and comparison.md into ``out``; returns the comparison with the
     plot paths (``plots``: comparison.png, ``extra_plots``, each evaluation's plots) added."""
     summaries = [json.loads(Path(p).read_text()) for p in summary_paths]
-    comparison = build_comparison(columns, summaries, [str(p) for p in summary_paths])
+    comparison = build_comparison(columns, summaries, [str(p) for p in summary_paths], trainers)
     plot = out / "comparison.png"
     plot_comparison(comparison, str(plot))
     plots = [str(plot)] + [str(p) for p in extra_plots]

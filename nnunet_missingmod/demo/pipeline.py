@@ -31,6 +31,7 @@ from tqdm import tqdm
 from nnunet_missingmod.demo import costs
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.budgets import BUDGETS
+from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
 
 MARKER_NAME = ".nnunet-missingmod-demo"  # the same name run_demo.sh used, so old demo folders are recognised
 TRAIN_DATASET_ID, TRAIN_DATASET_NAME = 500, "DemoTrain"
@@ -43,13 +44,17 @@ FOLD = "all"  # train on every training case: the held-out test dataset is the e
 PLANS = "nnUNetPlans"
 
 DEFAULT_BUDGET = {"cpu": "small", "cuda": "medium"}
-# Stock nnU-Net first; the teacher/student methods use their reduced (_small) networks on a CPU.
-DEFAULT_TRAINERS = {
-    "cpu": ("FullSetTrainer", "ModalityDropoutTrainer", "MSTKDTrainer_small", "CCSDTrainer_small"),
-    "cuda": ("FullSetTrainer", "ModalityDropoutTrainer", "MSTKDTrainer", "CCSDTrainer"),
-}
 STOCK_TRAINER = "FullSetTrainer"
 STOCK_LABEL = "stock nnU-Net"
+# Stock nnU-Net, the bar (cardinality dropout), the recommended single model, and the two methods in the variants
+# that fit the device (CPU: the _small networks; GPU: the sizes that meet the cost targets at nnU-Net's BraTS plans).
+DEFAULT_TRAINERS = {
+    "cpu": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_small",
+            "CCSDTrainer_small"),
+    "cuda": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_vitSmall",
+             "CCSDTrainer_small"),
+}
+ROUTED_STAGE_TITLE = "evaluate the routed pair"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ class DemoSettings:
     data: DataSettings
     verbose: bool = False
     skipped: List[str] = field(default_factory=list)  # default trainers that are not registered here
+    routed: Optional[str] = None  # the robust trainer that the routed pair sends incomplete cases to
+
+    @property
+    def routes(self) -> bool:
+        return self.routed is not None and self.routed in self.trainers and STOCK_TRAINER in self.trainers
 
     def trainer_class(self, trainer: str) -> str:
         return trainer + BUDGETS[self.budget].suffix
@@ -77,6 +87,10 @@ class DemoSettings:
 
 def column_label(trainer: str) -> str:
     return STOCK_LABEL if trainer == STOCK_TRAINER else trainer
+
+
+def routed_column_label(trainer: str) -> str:
+    return f"routed: stock + {trainer}"
 
 
 # ------------------------------------------------------------------------------------------------- output folder
@@ -238,6 +252,14 @@ class DemoPipeline:
     def evaluation_dir(self, trainer: str) -> Path:
         return self.evaluation / self.s.trainer_class(trainer)
 
+    def routed_evaluation_dir(self) -> Path:
+        return self.evaluation / "routed"
+
+    def routed_entry(self) -> str:
+        """The routed pair's trainer label in its evaluation (what ``evaluate --full-set-model`` names it)."""
+        from nnunet_missingmod.evaluation.evaluate import routed_label
+        return routed_label(self.s.trainer_class(self.s.routed), self.s.trainer_class(STOCK_TRAINER))
+
     def test_images_labels(self):
         test = self.dataset_dir(self.raw, TEST_DATASET_ID, TEST_DATASET_NAME)
         return test / "imagesTr", test / "labelsTr"
@@ -251,6 +273,9 @@ class DemoPipeline:
                    for t in self.s.trainers]
         stages += [(f"evaluate {self.s.trainer_class(t)} (15 subsets)", lambda title, t=t: self.evaluate(t, title))
                    for t in self.s.trainers]
+        if self.s.routes:
+            stages.append((f"{ROUTED_STAGE_TITLE} (complete scans → stock nnU-Net, others → {self.s.routed})",
+                           self.evaluate_routed))
         return stages
 
     def run(self) -> None:
@@ -355,20 +380,34 @@ class DemoPipeline:
         return None
 
     def evaluate(self, trainer: str, title: str) -> Optional[str]:
-        out = self.evaluation_dir(trainer)
+        return self._evaluate(title, self.evaluation_dir(trainer), ["-m", str(self.model_dir(trainer))],
+                              f"evaluate_{self.s.trainer_class(trainer)}", self.s.data.test_cases * 15,
+                              costs.evaluation_seconds(trainer, self.s.device, self.s.data))
+
+    def evaluate_routed(self, title: str) -> Optional[str]:
+        """``evaluate -m ROBUST --full-set-model STOCK``: the command a user runs; it predicts both models again
+        (no pictures), a small price at the demo's size for showing the real command's output."""
+        robust = self.s.routed
+        seconds = (costs.evaluation_seconds(robust, self.s.device, self.s.data)
+                   + costs.evaluation_seconds(STOCK_TRAINER, self.s.device, self.s.data))
+        return self._evaluate(title, self.routed_evaluation_dir(),
+                              ["-m", str(self.model_dir(robust)), "--full-set-model",
+                               str(self.model_dir(STOCK_TRAINER)), "--figures", "0"],
+                              "evaluate_routed", self.s.data.test_cases * 15 * 2, seconds)
+
+    def _evaluate(self, title: str, out: Path, models: List[str], log_name: str, total: int,
+                  seconds: float) -> Optional[str]:
         if (out / "summary.json").is_file():
             return str(out / "summary.json")
         images, labels = self.test_images_labels()
         predictions = out / "predictions"
-        command = our_command("evaluate", "-i", images, "-l", labels, "-d", TRAIN_DATASET_ID, "-c", CONFIGURATION,
-                              "-f", FOLD, "-tr", self.s.trainer_class(trainer), "-p", PLANS,
+        command = our_command("evaluate", "-i", images, "-l", labels, *models, "-f", FOLD,
                               "-device", self.s.device, "--disable_tta", "-np", "1", "-o", out)
         if self.s.verbose:
             command.append("--verbose")
         self.runner.run(
-            title, command, f"evaluate_{self.s.trainer_class(trainer)}", self.s.data.test_cases * 15, "prediction",
-            lambda _lines: len(list(predictions.glob("*/*/*.nii.gz"))) if predictions.is_dir() else 0,
-            costs.evaluation_seconds(trainer, self.s.device, self.s.data))
+            title, command, log_name, total, "prediction",
+            lambda _lines: len(list(predictions.glob("*/*/*.nii.gz"))) if predictions.is_dir() else 0, seconds)
         if not (out / "summary.json").is_file():
             raise MissingModError(f"evaluate finished but wrote no {out / 'summary.json'}; see {self.runner.logs}")
         return None

@@ -19,6 +19,10 @@ from nnunet_missingmod.training.presence import PresenceConditioning
 
 _DISTILL_TERMS = ("distill_kl", "distill_dice")
 
+# The single-model recipe the measurements recommend (docs/benchmarks.md, "No trade-off"); the demo trains it and
+# routes it with stock nnU-Net, bench_train_cost.py times it by this name.
+RECOMMENDED_TRAINER = "TwoPhaseDistillTrainer"
+
 
 class TwoPhaseTrainer(ModalityDropoutTrainer_cardinality):
     """Full set until the switch (half of the epochs), cardinality dropout afterwards; no distillation."""

@@ -14,7 +14,8 @@ from matplotlib.image import imread
 from nnunet_missingmod.evaluation.figures import figure_pixels
 
 TRAINERS = ["FullSetTrainer", "ModalityDropoutTrainer"]
-COLUMNS = ["stock nnU-Net", "ModalityDropoutTrainer"]
+ROUTED = "routed: stock + ModalityDropoutTrainer"  # complete scans to stock, others to the dropout model
+COLUMNS = ["stock nnU-Net", "ModalityDropoutTrainer", ROUTED]
 CASES = 2  # and 2 held-out test cases
 METRICS = ["full-set Dice", "15-subset mean Dice", "mean Dice, 1 sequence", "mean Dice, 2 sequences",
            "mean Dice, 3 sequences", "mean Dice, 4 sequences", "AURC (0-1)"]
@@ -32,7 +33,7 @@ def demo(*args, expect_ok=True) -> subprocess.CompletedProcess:
 
 def debug_demo(out: Path, *extra, expect_ok=True) -> subprocess.CompletedProcess:
     return demo("--out", out, "--budget", "debug", "--device", "cpu", "--cases", CASES, "--trainers", *TRAINERS,
-                *extra, expect_ok=expect_ok)
+                "--routed", "ModalityDropoutTrainer", *extra, expect_ok=expect_ok)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,15 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_of_this_run(demo_run):
             assert rows["15-subset mean Dice"]["values"][column] == pytest.approx(expected)
             assert rows["AURC (0-1)"]["values"][column] == pytest.approx(
                 summary["aurc"][f"{trainer}_debug"][region]["normalised"])
+    # the routed pair: stock's numbers on complete scans, the dropout model's on every smaller subset
+    for region in ("WT", "TC", "ET"):
+        rows = {r["metric"]: r["values"] for r in comparison["rows"] if r["region"] == region}
+        assert rows["full-set Dice"][ROUTED] == pytest.approx(rows["full-set Dice"]["stock nnU-Net"])
+        for k in (1, 2, 3):
+            metric = f"mean Dice, {k} sequence{'s' if k > 1 else ''}"
+            assert rows[metric][ROUTED] == pytest.approx(rows[metric]["ModalityDropoutTrainer"])
+    routed_summary = json.loads((out / "evaluation" / "routed" / "summary.json").read_text())
+    assert comparison["trainers"][ROUTED] in routed_summary["trainers"]
     for row in comparison["rows"]:  # the best mark is on a maximum of the row
         known = [v for v in row["values"].values() if v is not None]
         assert row["best"] and all(row["values"][c] == max(known) for c in row["best"])
@@ -105,7 +115,7 @@ def test_rerun_reuses_every_stage_without_retraining(demo_run):
     result = debug_demo(out)
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     stage_lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(stage_lines) == 3 + 2 * len(TRAINERS)
+    assert len(stage_lines) == 3 + 2 * len(TRAINERS) + 1  # + the routed pair's evaluation
     assert all(": reused (" in line for line in stage_lines), stage_lines
     assert json.loads((out / "comparison.json").read_text())["columns"] == COLUMNS
 
@@ -135,9 +145,18 @@ def test_unknown_trainer_is_refused_with_the_valid_names(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_routed_pair_needs_stock_and_its_trainer_among_the_trainers(tmp_path):
+    result = demo("--out", tmp_path / "out", "--device", "cpu", "--budget", "debug", "--trainers", "FullSetTrainer",
+                  "--routed", "ModalityDropoutTrainer", expect_ok=False)
+    assert result.returncode == 2
+    assert "--routed ModalityDropoutTrainer: the routed pair needs FullSetTrainer and ModalityDropoutTrainer" \
+        in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_documents_every_flag():
     result = demo("--help")
-    for flag in ("--out", "--trainers", "--budget", "--device", "--cases", "--verbose"):
+    for flag in ("--out", "--trainers", "--budget", "--device", "--cases", "--routed", "--verbose"):
         assert flag in result.stdout
     for word in ("small", "medium", "large", "auto", "cpu", "cuda", "demo_output"):
         assert word in result.stdout
