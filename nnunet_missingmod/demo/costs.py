@@ -47,7 +47,9 @@ COSTS: Dict[str, DeviceCosts] = {
 # figures) and, for the full-size networks, bench_train_cost.py at 32^3. CUDA: the targets of the method issues (not
 # measured). A name not listed takes its family's entry (the longest listed prefix), else 1.
 TRAINER_TIME_FACTOR: Dict[str, Dict[str, float]] = {
-    "cpu": {"MSTKDTrainer": 2.5, "MSTKDTrainer_small": 2.7, "CCSDTrainer": 7.5, "CCSDTrainer_small": 2.2},
+    # two-phase: stock's step before the switch, RobustifyTrainer's (1.33x at 32^3) after it
+    "cpu": {"MSTKDTrainer": 2.5, "MSTKDTrainer_small": 2.7, "CCSDTrainer": 7.5, "CCSDTrainer_small": 2.2,
+            "TwoPhaseDistillTrainer": 1.17, "RobustifyTrainer": 1.33},
     "cuda": {"MSTKDTrainer": 2.2, "CCSDTrainer": 3.0},
 }
 
