@@ -33,6 +33,9 @@ def _predict(args) -> int:
 def _predict_folder(args) -> int:
     from nnunet_missingmod.io_checks import claim_folder
     from nnunet_missingmod.modalities import parse_subset
+    for flag, value in (("-npp", args.npp), ("-nps", args.nps)):
+        if value < 0:
+            raise MissingModError(f"{flag} must be 0 (in this process) or a number of processes, got {value}")
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
     requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
@@ -58,6 +61,8 @@ def _predict_folder(args) -> int:
               f"sequences will be poor")
     results = predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
                                            overwrite=not args.continue_prediction,
+                                           num_processes_preprocessing=args.npp,
+                                           num_processes_segmentation_export=args.nps,
                                            num_parts=args.num_parts, part_id=args.part_id, modalities=requested)
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} cases predicted into {args.o}"
@@ -85,9 +90,11 @@ def register(subparsers) -> None:
     p.add_argument("--continue_prediction", action="store_true",
                    help="skip cases whose segmentation and sidecar already exist")
     p.add_argument("-npp", type=int, default=_default_from_env("nnUNet_npp", 3),
-                   help="accepted for compatibility with nnUNetv2_predict; cases are preprocessed one at a time")
+                   help="processes that read and preprocess the next cases while one is predicted, as "
+                        "nnUNetv2_predict; 0: in this process, one case after the other. Default: $nnUNet_npp or 3")
     p.add_argument("-nps", type=int, default=_default_from_env("nnUNet_nps", 3),
-                   help="accepted for compatibility with nnUNetv2_predict; cases are exported one at a time")
+                   help="processes that export finished cases while the next is predicted, as nnUNetv2_predict; "
+                        "0: in this process. Default: $nnUNet_nps or 3")
     p.add_argument("-num_parts", type=int, default=1, help="number of parallel calls splitting the cases")
     p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0 .. num_parts-1)")
     p.add_argument("--disable_progress_bar", action="store_true")
