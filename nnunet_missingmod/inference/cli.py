@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.model_folder import (
@@ -42,20 +43,15 @@ def _predict_folder(args) -> int:
     device = resolve_device(args.device)  # before anything is written
     part = (args.part_id, args.num_parts) if args.num_parts > 1 else None
     claim_folder(args.o, "predict", part)  # a second job on the folder refuses now, before nnU-Net loads
-    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
-    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.inference.nnunet_log import start_log
     model_folder = resolve_model_folder(args)
     folds = parse_folds(args.f)
     check_model_folder(model_folder, folds, args.chk)
+    full_set_folder = resolve_full_set_model_folder(args.full_set_model, folds, args.chk)
     log = start_log(args.o, "predict", args.verbose, part)
-    with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
-        predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
-                                             use_mirroring=not args.disable_tta,
-                                             perform_everything_on_device=not args.not_on_device,
-                                             device=device, verbose=args.verbose,
-                                             allow_tqdm=not args.disable_progress_bar)
-        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
-    predictor.nnunet_log = log
+    predictor = _predictor(args, device, model_folder, folds, log)
+    if full_set_folder:
+        predictor.use_full_set_model(_predictor(args, device, full_set_folder, folds, log))
     if not predictor.trained_for_missing_modalities:
         print(f"warning: {predictor.trainer_name} was not trained with modality dropout; predictions with missing "
               f"sequences will be poor")
@@ -71,6 +67,30 @@ def _predict_folder(args) -> int:
     return 1 if failed else 0
 
 
+def resolve_full_set_model_folder(folder: Optional[str], folds, checkpoint_name: str) -> Optional[str]:
+    """``--full-set-model``: checked like ``-m`` (same folds and checkpoint), before any model is loaded."""
+    if folder is None:
+        return None
+    if not os.path.isdir(folder):
+        raise MissingModError(f"--full-set-model: model folder {folder} does not exist")
+    check_model_folder(folder, folds, checkpoint_name)
+    return folder
+
+
+def _predictor(args, device, model_folder: str, folds, log: Optional[str]):
+    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
+        predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                             use_mirroring=not args.disable_tta,
+                                             perform_everything_on_device=not args.not_on_device,
+                                             device=device, verbose=args.verbose,
+                                             allow_tqdm=not args.disable_progress_bar)
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+    predictor.nnunet_log = log
+    return predictor
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict", help="predict cases with any subset of T1, T1ce, T2, FLAIR",
@@ -83,6 +103,10 @@ def register(subparsers) -> None:
     p.add_argument("-i", required=True, help="input folder")
     p.add_argument("-o", required=True, help="output folder (created if needed)")
     add_model_arguments(p)
+    p.add_argument("--full-set-model", metavar="MODEL_FOLDER",
+                   help="a trained model folder (as -m; same -f and -chk) for the cases that have every sequence it "
+                        "needs: a complete scan gets exactly that model's segmentation (e.g. stock nnU-Net's) at its "
+                        "cost; every other case goes to the robust model. The sidecar names the model")
     p.add_argument("--modalities", help="use only these sequences, e.g. T1ce,FLAIR or t1c+t2f (any alias), "
                                         "even when others exist")
     add_prediction_arguments(p)

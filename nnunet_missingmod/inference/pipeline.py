@@ -24,7 +24,7 @@ from collections import deque
 from contextlib import contextmanager
 from functools import partial
 from time import sleep
-from typing import Deque, Iterator, Optional, Sequence, Tuple
+from typing import Deque, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
@@ -32,7 +32,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_missingmod.inference.discovery import CaseFiles
 from nnunet_missingmod.inference.predictor import (
-    CaseReader, CaseResult, PreparedCase, export_case, prepare_case, run_preprocessing)
+    CaseReader, CaseResult, FullSetRoute, PreparedCase, export_case, prepare_case, run_preprocessing)
 from nnunet_missingmod.modalities import modalities_from_channel_names
 
 PREPARED_KEY = "nnunet_missingmod_prepared"
@@ -42,13 +42,33 @@ ALLOWED_QUEUED_EXPORTS = 2  # as nnU-Net: predictions waiting for an export work
 
 
 # ------------------------------------------------------------------------------------------------ preprocessing
+class FullSetModel(NamedTuple):
+    """What a preprocessing worker needs of ``--full-set-model``: its channels and its preprocessing."""
+    channels: Tuple[int, ...]
+    modalities: Tuple[str, ...]
+    plans_manager: object
+    configuration_manager: ConfigurationManager
+    dataset_json: dict
+
+    def route(self, nnunet_log: Optional[str], verbose: bool) -> FullSetRoute:
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=verbose)
+
+        def preprocess(data, properties):
+            return run_preprocessing(preprocessor, data, properties, self.plans_manager, self.configuration_manager,
+                                     self.dataset_json, nnunet_log)
+        return FullSetRoute(self.channels, self.modalities, preprocess)
+
+
 class CasePreprocessor:
     """What nnU-Net's preprocessing worker instantiates: ``run_case`` takes a :class:`CaseFiles` instead of a
-    list of files and runs :func:`prepare_case` with the configuration's own preprocessor."""
+    list of files and runs :func:`prepare_case` with the configuration's own preprocessor (and, for a complete
+    case, the full-set model's)."""
 
-    def __init__(self, preprocessor_class, nnunet_log: Optional[str], verbose: bool = False):
+    def __init__(self, preprocessor_class, nnunet_log: Optional[str], full_set: Optional[FullSetModel],
+                 verbose: bool = False):
         self.preprocessor = preprocessor_class(verbose=verbose)
         self.nnunet_log = nnunet_log
+        self.full_set = full_set.route(nnunet_log, verbose) if full_set is not None else None
 
     def run_case(self, case: CaseFiles, seg_file, plans_manager, configuration_manager, dataset_json: dict):
         reader = CaseReader(plans_manager, modalities_from_channel_names(dataset_json["channel_names"]))
@@ -57,7 +77,7 @@ class CasePreprocessor:
             return run_preprocessing(self.preprocessor, data, properties, plans_manager, configuration_manager,
                                      dataset_json, self.nnunet_log)
 
-        prepared = prepare_case(case, reader, preprocess)
+        prepared = prepare_case(case, reader, preprocess, self.full_set)
         data = prepared.data.numpy() if prepared.data is not None else np.zeros(0, dtype=np.float32)
         properties = dict(prepared.properties or {})
         properties[PREPARED_KEY] = (prepared.result, prepared.subset)
@@ -68,13 +88,14 @@ class CaseConfigurationManager(ConfigurationManager):
     """The model's configuration, whose ``preprocessor_class`` is :class:`CasePreprocessor` around the
     configuration's own preprocessor (sent to nnU-Net's preprocessing workers)."""
 
-    def __init__(self, configuration_dict: dict, nnunet_log: Optional[str]):
+    def __init__(self, configuration_dict: dict, nnunet_log: Optional[str], full_set: Optional[FullSetModel] = None):
         super().__init__(configuration_dict)
         self.nnunet_log = nnunet_log
+        self.full_set = full_set
 
     @property
     def preprocessor_class(self):
-        return partial(CasePreprocessor, super().preprocessor_class, self.nnunet_log)
+        return partial(CasePreprocessor, super().preprocessor_class, self.nnunet_log, self.full_set)
 
 
 def prepared_cases(predictor, cases: Sequence[CaseFiles], output_folder: str, num_processes: int) \
@@ -86,7 +107,8 @@ def prepared_cases(predictor, cases: Sequence[CaseFiles], output_folder: str, nu
             yield predictor.prepare_case(case)
         return
     from nnunetv2.inference.data_iterators import preprocessing_iterator_fromfiles
-    configuration = CaseConfigurationManager(predictor.configuration_manager.configuration, predictor.nnunet_log)
+    configuration = CaseConfigurationManager(predictor.configuration_manager.configuration, predictor.nnunet_log,
+                                             _full_set_model(predictor))
     before = set(multiprocessing.active_children())
     try:
         with _forked_children_default_sigterm():
@@ -98,6 +120,14 @@ def prepared_cases(predictor, cases: Sequence[CaseFiles], output_folder: str, nu
                 yield _unpacked(item)
     finally:
         _end_workers(set(multiprocessing.active_children()) - before)
+
+
+def _full_set_model(predictor) -> Optional[FullSetModel]:
+    route, full = predictor.full_set_route(), predictor.full_set_predictor
+    if route is None:
+        return None
+    return FullSetModel(route.channels, route.modalities, full.plans_manager, full.configuration_manager,
+                        full.dataset_json)
 
 
 def _unpacked(item: dict) -> PreparedCase:

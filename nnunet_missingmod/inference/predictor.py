@@ -6,6 +6,12 @@ channels to exactly 0 *after* normalisation (as training zeroes them, and correc
 not only z-score), predict with nnU-Net's sliding window and export with nnU-Net's exporter. With all sequences
 present this is exactly what ``nnUNetv2_predict`` computes.
 
+The per-case steps are functions that run in this process or in nnU-Net's background workers (``-npp``/``-nps``,
+see :mod:`nnunet_missingmod.inference.pipeline`): :class:`CaseReader` and :func:`prepare_case` (read, check,
+preprocess, zero), the network in the main process, :func:`export_case` (atomic). With ``--full-set-model``
+(:meth:`MissingModalityPredictor.use_full_set_model`) a complete case is preprocessed and predicted by that model
+instead, exactly as stock nnU-Net would.
+
 One :class:`~nnunet_missingmod.modalities.ModalitySubset` travels through a case: ``--modalities`` is parsed once
 into the *requested* subset, :func:`~nnunet_missingmod.inference.discovery.restrict_to` keeps only its files,
 :meth:`MissingModalityPredictor.load_case` returns the subset actually *used* (files that exist, minus constant
@@ -50,6 +56,7 @@ from nnunet_missingmod.modalities import (
 
 MODALITY_MASK_HOOK = "set_modality_mask"
 SIDECAR_SUFFIX = ".modalities.json"
+ROBUST, FULL_SET = "robust", "full-set"  # CaseResult.model: which model segmented a case
 
 # What a clinician should know when a sequence is absent (enhancement is visible only on T1ce; oedema mostly on
 # FLAIR and T2).
@@ -80,6 +87,9 @@ class CaseResult:
     warnings: List[str] = field(default_factory=list)
     output: Optional[str] = None
     error: Optional[str] = None
+    model: Optional[str] = None
+    """Which model segmented the case: ``"robust"`` (the missing-modality model), or ``"full-set"`` (the
+    ``--full-set-model``, for a case with every sequence it needs)."""
 
     @property
     def ok(self) -> bool:
@@ -90,7 +100,8 @@ class CaseResult:
             return f"{self.case}: FAILED: {self.error}"
         missing = ", ".join(self.missing) if self.missing else "none"
         note = f" ({'; '.join(self.warnings)})" if self.warnings else ""
-        return f"{self.case}: {self.subset} (missing: {missing}){note}"
+        by = " [full-set model]" if self.model == FULL_SET else ""
+        return f"{self.case}: {self.subset} (missing: {missing}){by}{note}"
 
 
 class LoadedCase(NamedTuple):
@@ -237,11 +248,27 @@ def run_preprocessing(preprocessor, data: np.ndarray, properties: dict, plans_ma
     return torch.from_numpy(data), properties
 
 
+class FullSetRoute(NamedTuple):
+    """Where a complete case goes with ``--full-set-model``: that model's channels (as indices into the robust
+    model's channel order) and its own preprocessing."""
+    channels: Tuple[int, ...]
+    modalities: Tuple[str, ...]
+    preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]]
+
+    def takes(self, subset: ModalitySubset) -> bool:
+        """A case is complete for the full-set model when every sequence it needs was loaded (present, not
+        constant, not left out by ``--modalities``)."""
+        return all(m in subset.modalities for m in self.modalities)
+
+
 def prepare_case(case: CaseFiles, reader: CaseReader,
-                 preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]]) -> PreparedCase:
+                 preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]],
+                 full_set: Optional[FullSetRoute] = None) -> PreparedCase:
     """Read a case (``reader``), preprocess it (``preprocess``, nnU-Net's) and zero its absent channels after
-    normalisation. A bad input is the returned case's error, naming the file; only running out of memory raises.
-    The same steps here or in a preprocessing worker."""
+    normalisation; a case complete for ``full_set`` is preprocessed by that model's preprocessing instead (its
+    channels, nothing zeroed: exactly what stock nnU-Net runs) and ``result.model`` says which. A bad input is the
+    returned case's error, naming the file; only running out of memory raises. The same steps here or in a
+    preprocessing worker."""
     result = CaseResult(case.case_id, ignored_files=dict(case.excluded))
     subset = None
     try:
@@ -250,6 +277,11 @@ def prepare_case(case: CaseFiles, reader: CaseReader,
         result.files = {m: f for m, f in case.files.items() if m in subset.modalities}
         result.warnings = load_warnings + [MISSING_SEQUENCE_WARNINGS[m] for m in subset.missing
                                            if m in MISSING_SEQUENCE_WARNINGS]
+        if full_set is not None and full_set.takes(subset):
+            result.model = FULL_SET
+            preprocessed, properties = full_set.preprocess(data[list(full_set.channels)], properties)
+            return PreparedCase(result, preprocessed, properties, ModalitySubset.from_modalities(full_set.modalities))
+        result.model = ROBUST
         preprocessed, properties = preprocess(data, properties)
         if not subset.is_full:
             mask = torch.tensor(subset.channel_mask(reader.channel_modalities), dtype=torch.bool)
@@ -289,13 +321,48 @@ class MissingModalityPredictor(nnUNetPredictor):
     """
 
     nnunet_log: Optional[str] = None
+    model_folder: Optional[str] = None
+    """The trained model folder it was initialised from (``None`` after ``manual_initialization``)."""
+    full_set_predictor: Optional["MissingModalityPredictor"] = None
+    """``--full-set-model``: predicts the cases that have all its sequences (:meth:`use_full_set_model`)."""
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Union[Tuple[Union[int, str]], None],
                                              checkpoint_name: str = 'checkpoint_final.pth'):
         ensure_trainer_lookup()  # nnU-Net resolves the checkpoint's trainer by name
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self.model_folder = os.path.abspath(model_training_output_dir)
         self._after_initialization()
+
+    def use_full_set_model(self, full_set: Optional["MissingModalityPredictor"]) -> None:
+        """Send each case with every sequence ``full_set`` needs to it (a complete scan then gets exactly that
+        model's segmentation, e.g. stock nnU-Net's), every other case to this model. ``None``: this model only.
+        Raises :class:`MissingModError` if the two models cannot share a case's files."""
+        if full_set is not None:
+            name = full_set.model_folder or "the full-set model"
+            extra = [m for m in full_set.channel_modalities if m not in self.channel_modalities]
+            if extra:
+                raise MissingModError(f"--full-set-model {name} needs {', '.join(extra)}, which the robust model "
+                                      f"does not read (its channels: {', '.join(self.channel_modalities)})")
+            for what, ours, theirs in (
+                    ("file ending", self.dataset_json["file_ending"], full_set.dataset_json["file_ending"]),
+                    ("image reader", self.plans_manager.image_reader_writer_class.__name__,
+                     full_set.plans_manager.image_reader_writer_class.__name__)):
+                if ours != theirs:
+                    raise MissingModError(f"--full-set-model {name} has {what} {theirs} but the robust model has "
+                                          f"{ours}: both must read the same files")
+            if full_set.configuration_manager.previous_stage_name:
+                raise MissingModError(f"--full-set-model {name}: cascaded configurations are not supported")
+        self.full_set_predictor = full_set
+
+    def full_set_route(self, preprocess=None) -> Optional[FullSetRoute]:
+        """The :class:`FullSetRoute` of :attr:`full_set_predictor` (``preprocess``: its preprocessing, default
+        the predictor's own, in this process)."""
+        full = self.full_set_predictor
+        if full is None:
+            return None
+        return FullSetRoute(tuple(self.channel_modalities.index(m) for m in full.channel_modalities),
+                            tuple(full.channel_modalities), preprocess or full.preprocess)
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
@@ -324,7 +391,8 @@ class MissingModalityPredictor(nnUNetPredictor):
     def prepare_case(self, case: CaseFiles) -> PreparedCase:
         """Load and preprocess one case in this process (:func:`prepare_case`)."""
         try:
-            return prepare_case(case, CaseReader(self.plans_manager, self.channel_modalities), self.preprocess)
+            return prepare_case(case, CaseReader(self.plans_manager, self.channel_modalities), self.preprocess,
+                                self.full_set_route())
         except Exception as e:  # only running out of memory comes here: the one message with the fixes
             self._case_error(case.case_id, e)
             raise
@@ -369,22 +437,25 @@ class MissingModalityPredictor(nnUNetPredictor):
         """Predict a prepared case here (the GPU's part) and hand its export to ``exports``; a case that failed
         (now or in its preparation) is handed over with its error, without an export."""
         result = prepared.result
-        if result.subset and prepared.subset is not None and not prepared.subset.is_full \
-                and not self.trained_for_missing_modalities:
+        if result.model == ROBUST and not prepared.subset.is_full and not self.trained_for_missing_modalities:
             result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
                                    f"trained for missing sequences")
         if not result.ok:
             exports.failed(result)
             return
+        model = self._model_of(result)
         try:
-            logits = self.predict_preprocessed(prepared.data, prepared.subset)
+            logits = model.predict_preprocessed(prepared.data, prepared.subset)
         except Exception as e:
             result.error = self._case_error(result.case, e)  # running out of GPU memory ends the run now
             exports.failed(result)
             return
         exports.wait_for_room()
-        exports.submit(result, self._export_arguments(logits, prepared.properties,
-                                                      os.path.join(output_folder, result.case), save_probabilities))
+        exports.submit(result, model._export_arguments(logits, prepared.properties,
+                                                       os.path.join(output_folder, result.case), save_probabilities))
+
+    def _model_of(self, result: CaseResult) -> "MissingModalityPredictor":
+        return self.full_set_predictor if result.model == FULL_SET else self
 
     def _finish(self, result: CaseResult, error: Optional[BaseException], output_folder: str) -> CaseResult:
         """Record a case's outcome: its output, or its error (and no output file); then its sidecar. Stops the run
@@ -418,8 +489,10 @@ class MissingModalityPredictor(nnUNetPredictor):
 
     def _write_sidecar(self, result: CaseResult, output_folder: str) -> None:
         content = asdict(result)
-        content["trained_for_missing_modalities"] = self.trained_for_missing_modalities
-        content["trainer"] = self.trainer_name
+        model = self._model_of(result)  # the model that segmented the case (or would have)
+        content["trained_for_missing_modalities"] = model.trained_for_missing_modalities
+        content["trainer"] = model.trainer_name
+        content["model_folder"] = model.model_folder
         atomic_write_text(os.path.join(output_folder, result.case + SIDECAR_SUFFIX), json.dumps(content, indent=2))
 
     def predict_from_files(self, list_of_lists_or_source_folder: Union[str, List[List[Optional[str]]]],
