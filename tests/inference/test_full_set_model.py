@@ -80,6 +80,14 @@ def test_complete_cases_get_the_full_set_models_segmentation_and_the_others_the_
     for case in ("no_t1ce", "constant"):
         assert np.array_equal(_seg(out / f"{case}.nii.gz"), _seg(tmp_path / "robust" / f"{case}.nii.gz")), case
 
+    in_process = tmp_path / "routed_in_process"  # the same routing without background processes
+    _ours(env, "-i", inputs, "-o", in_process, "-m", trained_dropout_model, "--full-set-model", full_set_model,
+          "-npp", "0", "-nps", "0")
+    for case in ("complete", "no_t1ce", "constant"):
+        assert np.array_equal(_seg(in_process / f"{case}.nii.gz"), _seg(out / f"{case}.nii.gz")), case
+        assert (in_process / f"{case}.modalities.json").read_text().replace(str(in_process), str(out)) == \
+            (out / f"{case}.modalities.json").read_text(), case
+
     sidecars = {case: json.loads((out / f"{case}.modalities.json").read_text())
                 for case in ("complete", "no_t1ce", "constant")}
     assert sidecars["complete"]["model"] == "full-set" and sidecars["complete"]["trainer"] == "nnUNetTrainer"
