@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.model_folder import (
@@ -33,18 +34,52 @@ def _predict(args) -> int:
 def _predict_folder(args) -> int:
     from nnunet_missingmod.io_checks import claim_folder
     from nnunet_missingmod.modalities import parse_subset
+    for flag, value in (("-npp", args.npp), ("-nps", args.nps)):
+        if value < 0:
+            raise MissingModError(f"{flag} must be 0 (in this process) or a number of processes, got {value}")
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
     requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
     device = resolve_device(args.device)  # before anything is written
     part = (args.part_id, args.num_parts) if args.num_parts > 1 else None
     claim_folder(args.o, "predict", part)  # a second job on the folder refuses now, before nnU-Net loads
-    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
-    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    from nnunet_missingmod.inference.nnunet_log import start_log
     model_folder = resolve_model_folder(args)
     folds = parse_folds(args.f)
     check_model_folder(model_folder, folds, args.chk)
+    full_set_folder = resolve_full_set_model_folder(args.full_set_model, folds, args.chk)
     log = start_log(args.o, "predict", args.verbose, part)
+    predictor = _predictor(args, device, model_folder, folds, log)
+    if full_set_folder:
+        predictor.use_full_set_model(_predictor(args, device, full_set_folder, folds, log))
+    if not predictor.trained_for_missing_modalities:
+        print(f"warning: {predictor.trainer_name} was not trained with modality dropout; predictions with missing "
+              f"sequences will be poor")
+    results = predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                           overwrite=not args.continue_prediction,
+                                           num_processes_preprocessing=args.npp,
+                                           num_processes_segmentation_export=args.nps,
+                                           num_parts=args.num_parts, part_id=args.part_id, modalities=requested)
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} cases predicted into {args.o}"
+          + (f"; {len(failed)} failed: {', '.join(r.case for r in failed)}" if failed else "")
+          + (f"; nnU-Net's messages in {log}" if log else ""))
+    return 1 if failed else 0
+
+
+def resolve_full_set_model_folder(folder: Optional[str], folds, checkpoint_name: str) -> Optional[str]:
+    """``--full-set-model``: checked like ``-m`` (same folds and checkpoint), before any model is loaded."""
+    if folder is None:
+        return None
+    if not os.path.isdir(folder):
+        raise MissingModError(f"--full-set-model: model folder {folder} does not exist")
+    check_model_folder(folder, folds, checkpoint_name)
+    return folder
+
+
+def _predictor(args, device, model_folder: str, folds, log: Optional[str]):
+    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
         predictor = MissingModalityPredictor(tile_step_size=args.step_size, use_gaussian=True,
                                              use_mirroring=not args.disable_tta,
@@ -53,17 +88,7 @@ def _predict_folder(args) -> int:
                                              allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     predictor.nnunet_log = log
-    if not predictor.trained_for_missing_modalities:
-        print(f"warning: {predictor.trainer_name} was not trained with modality dropout; predictions with missing "
-              f"sequences will be poor")
-    results = predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
-                                           overwrite=not args.continue_prediction,
-                                           num_parts=args.num_parts, part_id=args.part_id, modalities=requested)
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} cases predicted into {args.o}"
-          + (f"; {len(failed)} failed: {', '.join(r.case for r in failed)}" if failed else "")
-          + (f"; nnU-Net's messages in {log}" if log else ""))
-    return 1 if failed else 0
+    return predictor
 
 
 def register(subparsers) -> None:
@@ -78,6 +103,10 @@ def register(subparsers) -> None:
     p.add_argument("-i", required=True, help="input folder")
     p.add_argument("-o", required=True, help="output folder (created if needed)")
     add_model_arguments(p)
+    p.add_argument("--full-set-model", metavar="MODEL_FOLDER",
+                   help="a trained model folder (as -m; same -f and -chk) for the cases that have every sequence it "
+                        "needs: a complete scan gets exactly that model's segmentation (e.g. stock nnU-Net's) at its "
+                        "cost; every other case goes to the robust model. The sidecar names the model")
     p.add_argument("--modalities", help="use only these sequences, e.g. T1ce,FLAIR or t1c+t2f (any alias), "
                                         "even when others exist")
     add_prediction_arguments(p)
@@ -85,9 +114,11 @@ def register(subparsers) -> None:
     p.add_argument("--continue_prediction", action="store_true",
                    help="skip cases whose segmentation and sidecar already exist")
     p.add_argument("-npp", type=int, default=_default_from_env("nnUNet_npp", 3),
-                   help="accepted for compatibility with nnUNetv2_predict; cases are preprocessed one at a time")
+                   help="processes that read and preprocess the next cases while one is predicted, as "
+                        "nnUNetv2_predict; 0: in this process, one case after the other. Default: $nnUNet_npp or 3")
     p.add_argument("-nps", type=int, default=_default_from_env("nnUNet_nps", 3),
-                   help="accepted for compatibility with nnUNetv2_predict; cases are exported one at a time")
+                   help="processes that export finished cases while the next is predicted, as nnUNetv2_predict; "
+                        "0: in this process. Default: $nnUNet_nps or 3")
     p.add_argument("-num_parts", type=int, default=1, help="number of parallel calls splitting the cases")
     p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0 .. num_parts-1)")
     p.add_argument("--disable_progress_bar", action="store_true")

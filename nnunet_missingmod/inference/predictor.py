@@ -6,6 +6,12 @@ channels to exactly 0 *after* normalisation (as training zeroes them, and correc
 not only z-score), predict with nnU-Net's sliding window and export with nnU-Net's exporter. With all sequences
 present this is exactly what ``nnUNetv2_predict`` computes.
 
+The per-case steps are functions that run in this process or in nnU-Net's background workers (``-npp``/``-nps``,
+see :mod:`nnunet_missingmod.inference.pipeline`): :class:`CaseReader` and :func:`prepare_case` (read, check,
+preprocess, zero), the network in the main process, :func:`export_case` (atomic). With ``--full-set-model``
+(:meth:`MissingModalityPredictor.use_full_set_model`) a complete case is preprocessed and predicted by that model
+instead, exactly as stock nnU-Net would.
+
 One :class:`~nnunet_missingmod.modalities.ModalitySubset` travels through a case: ``--modalities`` is parsed once
 into the *requested* subset, :func:`~nnunet_missingmod.inference.discovery.restrict_to` keeps only its files,
 :meth:`MissingModalityPredictor.load_case` returns the subset actually *used* (files that exist, minus constant
@@ -29,7 +35,8 @@ import re
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from contextlib import closing
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,6 +56,7 @@ from nnunet_missingmod.modalities import (
 
 MODALITY_MASK_HOOK = "set_modality_mask"
 SIDECAR_SUFFIX = ".modalities.json"
+ROBUST, FULL_SET = "robust", "full-set"  # CaseResult.model: which model segmented a case
 
 # What a clinician should know when a sequence is absent (enhancement is visible only on T1ce; oedema mostly on
 # FLAIR and T2).
@@ -79,6 +87,9 @@ class CaseResult:
     warnings: List[str] = field(default_factory=list)
     output: Optional[str] = None
     error: Optional[str] = None
+    model: Optional[str] = None
+    """Which model segmented the case: ``"robust"`` (the missing-modality model), or ``"full-set"`` (the
+    ``--full-set-model``, for a case with every sequence it needs)."""
 
     @property
     def ok(self) -> bool:
@@ -89,7 +100,8 @@ class CaseResult:
             return f"{self.case}: FAILED: {self.error}"
         missing = ", ".join(self.missing) if self.missing else "none"
         note = f" ({'; '.join(self.warnings)})" if self.warnings else ""
-        return f"{self.case}: {self.subset} (missing: {missing}){note}"
+        by = " [full-set model]" if self.model == FULL_SET else ""
+        return f"{self.case}: {self.subset} (missing: {missing}){by}{note}"
 
 
 class LoadedCase(NamedTuple):
@@ -147,38 +159,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class MissingModalityPredictor(nnUNetPredictor):
-    """:class:`nnUNetPredictor` that accepts any non-empty subset of the sequences per case.
+class CaseReader:
+    """Reads a case's files for a model: the per-case loading of ``predict`` and ``evaluate``, in the main process or
+    in a preprocessing worker (it needs only the plans and the model's channel modalities)."""
 
-    Entry points as nnU-Net's (``initialize_from_trained_model_folder``, ``predict_from_files``,
-    ``predict_single_npy_array``), plus ``predict_case`` for one :class:`CaseFiles` and ``channel_mask`` arguments.
-    ``nnunet_log``: a file that receives nnU-Net's own prints while cases are predicted (``None``: the terminal).
-    """
+    def __init__(self, plans_manager, channel_modalities: Sequence[str]):
+        self.reader_class = plans_manager.image_reader_writer_class
+        self.channel_modalities = list(channel_modalities)
 
-    nnunet_log: Optional[str] = None
-
-    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
-                                             use_folds: Union[Tuple[Union[int, str]], None],
-                                             checkpoint_name: str = 'checkpoint_final.pth'):
-        ensure_trainer_lookup()  # nnU-Net resolves the checkpoint's trainer by name
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        self._after_initialization()
-
-    def manual_initialization(self, *args, **kwargs):
-        super().manual_initialization(*args, **kwargs)
-        self._after_initialization()
-
-    def _after_initialization(self) -> None:
-        self.channel_modalities = modalities_from_channel_names(self.dataset_json["channel_names"])
-        ensure_trainer_lookup()
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        from nnunet_missingmod.training.base import MissingModalityTrainerBase
-        trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
-        self.trained_for_missing_modalities = issubclass(trainer_class, MissingModalityTrainerBase)
-        self.preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
-
-    # ------------------------------------------------------------------ loading
-    def load_case(self, case: CaseFiles) -> LoadedCase:
+    def load(self, case: CaseFiles) -> LoadedCase:
         """Read a case's files into the model's channel order.
 
         Raises :class:`MissingModError` naming the case and file for unreadable files, NaN/Inf voxels, mismatched
@@ -187,7 +176,7 @@ class MissingModalityPredictor(nnUNetPredictor):
         """
         if case.error:
             raise MissingModError(case.error)
-        reader = self.plans_manager.image_reader_writer_class()
+        reader = self.reader_class()
         images, warnings_, reference = {}, [], None
         for modality, path in sorted(case.files.items(), key=lambda kv: self.channel_modalities.index(kv[0])):
             name = Path(path).name
@@ -239,13 +228,174 @@ class MissingModalityPredictor(nnUNetPredictor):
                 raise MissingModError(f"case {case_id}: {name} has {key} {None if value is None else value.tolist()}"
                                       f" but {ref_name} has {ref_value.tolist()}")
 
+
+class PreparedCase(NamedTuple):
+    """A case read and preprocessed (:func:`prepare_case`), ready for the network; or its failure."""
+    result: CaseResult
+    """Its record so far (files, subset, warnings; ``error`` if it failed)."""
+    data: Optional[torch.Tensor]
+    """Preprocessed (C, *shape), the absent channels exactly 0; ``None`` when it failed."""
+    properties: Optional[dict]
+    subset: Optional[ModalitySubset]
+
+
+def run_preprocessing(preprocessor, data: np.ndarray, properties: dict, plans_manager, configuration_manager,
+                      dataset_json: dict, nnunet_log: Optional[str]) -> Tuple[torch.Tensor, dict]:
+    """nnU-Net's preprocessing of a (C, *shape) case, as ``nnUNetv2_predict`` runs it (prints to ``nnunet_log``)."""
+    with nnunet_output_to(nnunet_log):
+        data, _, properties = preprocessor.run_case_npy(data, None, properties, plans_manager, configuration_manager,
+                                                        dataset_json)
+    return torch.from_numpy(data), properties
+
+
+class FullSetRoute(NamedTuple):
+    """Where a complete case goes with ``--full-set-model``: that model's channels (as indices into the robust
+    model's channel order) and its own preprocessing."""
+    channels: Tuple[int, ...]
+    modalities: Tuple[str, ...]
+    preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]]
+
+    def takes(self, subset: ModalitySubset) -> bool:
+        """A case is complete for the full-set model when every sequence it needs was loaded (present, not
+        constant, not left out by ``--modalities``)."""
+        return all(m in subset.modalities for m in self.modalities)
+
+
+def prepare_case(case: CaseFiles, reader: CaseReader,
+                 preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]],
+                 full_set: Optional[FullSetRoute] = None) -> PreparedCase:
+    """Read a case (``reader``), preprocess it (``preprocess``, nnU-Net's) and zero its absent channels after
+    normalisation; a case complete for ``full_set`` is preprocessed by that model's preprocessing instead (its
+    channels, nothing zeroed: exactly what stock nnU-Net runs) and ``result.model`` says which. A bad input is the
+    returned case's error, naming the file; only running out of memory raises. The same steps here or in a
+    preprocessing worker."""
+    result = CaseResult(case.case_id, ignored_files=dict(case.excluded))
+    subset = None
+    try:
+        data, properties, subset, load_warnings = reader.load(case)
+        result.present, result.missing, result.subset = list(subset.modalities), list(subset.missing), subset.name
+        result.files = {m: f for m, f in case.files.items() if m in subset.modalities}
+        result.warnings = load_warnings + [MISSING_SEQUENCE_WARNINGS[m] for m in subset.missing
+                                           if m in MISSING_SEQUENCE_WARNINGS]
+        if full_set is not None and full_set.takes(subset):
+            result.model = FULL_SET
+            preprocessed, properties = full_set.preprocess(data[list(full_set.channels)], properties)
+            return PreparedCase(result, preprocessed, properties, ModalitySubset.from_modalities(full_set.modalities))
+        result.model = ROBUST
+        preprocessed, properties = preprocess(data, properties)
+        if not subset.is_full:
+            mask = torch.tensor(subset.channel_mask(reader.channel_modalities), dtype=torch.bool)
+            preprocessed = apply_channel_mask(preprocessed, mask, channel_axis=0)
+        return PreparedCase(result, preprocessed, properties, subset)
+    except MissingModError as e:
+        result.error = str(e)
+    except Exception as e:  # anything else also fails this case alone, except running out of memory
+        if is_out_of_memory(e):
+            raise
+        result.error = case_failure_message(case.case_id, e)
+    return PreparedCase(result, None, None, subset)
+
+
+def case_failure_message(case_id: str, error: BaseException) -> str:
+    return f"case {case_id}: {type(error).__name__}: {error_reason(error)}"
+
+
+def export_case(logits: np.ndarray, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
+                output_file_truncated: str, save_probabilities: bool, nnunet_log: Optional[str]) -> str:
+    """nnU-Net's export, through :func:`~nnunet_missingmod.io_checks.atomic_outputs`: a failure (or a full disk,
+    or SIGTERM) leaves no partial file and an earlier result as it was. Here or in an export worker."""
+    ending = dataset_json["file_ending"]
+    suffixes = ([".npz", ".pkl"] if save_probabilities else []) + [ending]  # the segmentation last: it marks done
+    with atomic_outputs(output_file_truncated, suffixes) as temporary, nnunet_output_to(nnunet_log):
+        export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json,
+                                      temporary, save_probabilities)
+    return output_file_truncated + ending
+
+
+class MissingModalityPredictor(nnUNetPredictor):
+    """:class:`nnUNetPredictor` that accepts any non-empty subset of the sequences per case.
+
+    Entry points as nnU-Net's (``initialize_from_trained_model_folder``, ``predict_from_files``,
+    ``predict_single_npy_array``), plus ``predict_case`` for one :class:`CaseFiles` and ``channel_mask`` arguments.
+    ``nnunet_log``: a file that receives nnU-Net's own prints while cases are predicted (``None``: the terminal).
+    """
+
+    nnunet_log: Optional[str] = None
+    model_folder: Optional[str] = None
+    """The trained model folder it was initialised from (``None`` after ``manual_initialization``)."""
+    full_set_predictor: Optional["MissingModalityPredictor"] = None
+    """``--full-set-model``: predicts the cases that have all its sequences (:meth:`use_full_set_model`)."""
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Union[Tuple[Union[int, str]], None],
+                                             checkpoint_name: str = 'checkpoint_final.pth'):
+        ensure_trainer_lookup()  # nnU-Net resolves the checkpoint's trainer by name
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self.model_folder = os.path.abspath(model_training_output_dir)
+        self._after_initialization()
+
+    def use_full_set_model(self, full_set: Optional["MissingModalityPredictor"]) -> None:
+        """Send each case with every sequence ``full_set`` needs to it (a complete scan then gets exactly that
+        model's segmentation, e.g. stock nnU-Net's), every other case to this model. ``None``: this model only.
+        Raises :class:`MissingModError` if the two models cannot share a case's files."""
+        if full_set is not None:
+            name = full_set.model_folder or "the full-set model"
+            extra = [m for m in full_set.channel_modalities if m not in self.channel_modalities]
+            if extra:
+                raise MissingModError(f"--full-set-model {name} needs {', '.join(extra)}, which the robust model "
+                                      f"does not read (its channels: {', '.join(self.channel_modalities)})")
+            for what, ours, theirs in (
+                    ("file ending", self.dataset_json["file_ending"], full_set.dataset_json["file_ending"]),
+                    ("image reader", self.plans_manager.image_reader_writer_class.__name__,
+                     full_set.plans_manager.image_reader_writer_class.__name__)):
+                if ours != theirs:
+                    raise MissingModError(f"--full-set-model {name} has {what} {theirs} but the robust model has "
+                                          f"{ours}: both must read the same files")
+            if full_set.configuration_manager.previous_stage_name:
+                raise MissingModError(f"--full-set-model {name}: cascaded configurations are not supported")
+        self.full_set_predictor = full_set
+
+    def full_set_route(self, preprocess=None) -> Optional[FullSetRoute]:
+        """The :class:`FullSetRoute` of :attr:`full_set_predictor` (``preprocess``: its preprocessing, default
+        the predictor's own, in this process)."""
+        full = self.full_set_predictor
+        if full is None:
+            return None
+        return FullSetRoute(tuple(self.channel_modalities.index(m) for m in full.channel_modalities),
+                            tuple(full.channel_modalities), preprocess or full.preprocess)
+
+    def manual_initialization(self, *args, **kwargs):
+        super().manual_initialization(*args, **kwargs)
+        self._after_initialization()
+
+    def _after_initialization(self) -> None:
+        self.channel_modalities = modalities_from_channel_names(self.dataset_json["channel_names"])
+        ensure_trainer_lookup()
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunet_missingmod.training.base import MissingModalityTrainerBase
+        trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
+        self.trained_for_missing_modalities = issubclass(trainer_class, MissingModalityTrainerBase)
+        self.preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+
+    # ------------------------------------------------------------------ loading
+    def load_case(self, case: CaseFiles) -> LoadedCase:
+        """Read a case's files into the model's channel order (:meth:`CaseReader.load`)."""
+        return CaseReader(self.plans_manager, self.channel_modalities).load(case)
+
     # ------------------------------------------------------------------ predicting
     def preprocess(self, data: np.ndarray, properties: dict) -> Tuple[torch.Tensor, dict]:
         """nnU-Net's preprocessing of a (C, *shape) case, as ``nnUNetv2_predict`` runs it."""
-        with nnunet_output_to(self.nnunet_log):
-            data, _, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
-                                                                 self.configuration_manager, self.dataset_json)
-        return torch.from_numpy(data), properties
+        return run_preprocessing(self.preprocessor, data, properties, self.plans_manager, self.configuration_manager,
+                                 self.dataset_json, self.nnunet_log)
+
+    def prepare_case(self, case: CaseFiles) -> PreparedCase:
+        """Load and preprocess one case in this process (:func:`prepare_case`)."""
+        try:
+            return prepare_case(case, CaseReader(self.plans_manager, self.channel_modalities), self.preprocess,
+                                self.full_set_route())
+        except Exception as e:  # only running out of memory comes here: the one message with the fixes
+            self._case_error(case.case_id, e)
+            raise
 
     def predict_preprocessed(self, data: torch.Tensor, subset: ModalitySubset) -> torch.Tensor:
         """Logits for a preprocessed case, predicted from ``subset``: the other channels are zeroed after
@@ -259,51 +409,78 @@ class MissingModalityPredictor(nnUNetPredictor):
         with nnunet_output_to(self.nnunet_log):
             return self.predict_logits_from_preprocessed_data(data).cpu()
 
-    def export(self, logits: torch.Tensor, properties: dict, output_file_truncated: str,
+    def export(self, logits: Union[torch.Tensor, np.ndarray], properties: dict, output_file_truncated: str,
                save_probabilities: bool = False) -> str:
-        """nnU-Net's export, through :func:`~nnunet_missingmod.io_checks.atomic_outputs`: a failure (or a full
-        disk, or SIGTERM) leaves no partial file and an earlier result as it was."""
-        ending = self.dataset_json["file_ending"]
-        suffixes = ([".npz", ".pkl"] if save_probabilities else []) + [ending]  # the segmentation last: it marks done
-        with atomic_outputs(output_file_truncated, suffixes) as temporary, nnunet_output_to(self.nnunet_log):
-            export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, temporary, save_probabilities)
-        return output_file_truncated + ending
+        """nnU-Net's export, through :func:`~nnunet_missingmod.io_checks.atomic_outputs` (:func:`export_case`)."""
+        return export_case(*self._export_arguments(logits, properties, output_file_truncated, save_probabilities))
+
+    def _export_arguments(self, logits, properties, output_file_truncated, save_probabilities) -> tuple:
+        """What :func:`export_case` takes, here or in an export worker; the logits as numpy, as nnU-Net sends them
+        to its export pool (both paths then export the same array)."""
+        logits = logits.numpy() if isinstance(logits, torch.Tensor) else logits
+        return (logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json,
+                output_file_truncated, save_probabilities, self.nnunet_log)
 
     def predict_case(self, case: CaseFiles, output_folder: str, save_probabilities: bool = False) -> CaseResult:
-        """Predict one case (already restricted by :func:`restrict_to`) and write ``CASE<ending>`` and
-        ``CASE.modalities.json``; never raises for bad input: the error is in the returned result (and no output
-        file is written for that case)."""
+        """Predict one case (already restricted by :func:`restrict_to`) in this process and write ``CASE<ending>``
+        and ``CASE.modalities.json``; never raises for bad input: the error is in the returned result (and no
+        output file is written for that case)."""
         os.makedirs(output_folder, exist_ok=True)
-        result = CaseResult(case.case_id, ignored_files=dict(case.excluded))
+        from nnunet_missingmod.inference.pipeline import InlineExports
+        with InlineExports() as exports:
+            self._predict_prepared(self.prepare_case(case), output_folder, save_probabilities, exports)
+            (result, error), = exports.collect(wait=True)
+        return self._finish(result, error, output_folder)
+
+    def _predict_prepared(self, prepared: PreparedCase, output_folder: str, save_probabilities: bool,
+                          exports) -> None:
+        """Predict a prepared case here (the GPU's part) and hand its export to ``exports``; a case that failed
+        (now or in its preparation) is handed over with its error, without an export."""
+        result = prepared.result
+        if result.model == ROBUST and not prepared.subset.is_full and not self.trained_for_missing_modalities:
+            result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
+                                   f"trained for missing sequences")
+        if not result.ok:
+            exports.failed(result)
+            return
+        model = self._model_of(result)
         try:
-            data, properties, subset, load_warnings = self.load_case(case)
-            result.present, result.missing, result.subset = list(subset.modalities), list(subset.missing), subset.name
-            result.files = {m: f for m, f in case.files.items() if m in subset.modalities}
-            result.warnings = load_warnings + [MISSING_SEQUENCE_WARNINGS[m] for m in subset.missing
-                                               if m in MISSING_SEQUENCE_WARNINGS]
-            if not subset.is_full and not self.trained_for_missing_modalities:
-                result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
-                                       f"trained for missing sequences")
-            preprocessed, properties = self.preprocess(data, properties)
-            logits = self.predict_preprocessed(preprocessed, subset)
-            result.output = self.export(logits, properties, os.path.join(output_folder, case.case_id),
-                                        save_probabilities)
-        except DiskFullError:
-            raise  # every later case would fail too; the earlier result of this case is kept
-        except MissingModError as e:
-            result.error = str(e)
-        except Exception as e:  # anything else also fails this case alone, except running out of GPU memory
-            if is_out_of_memory(e):
-                if self.verbose:
-                    traceback.print_exc()
-                raise OutOfMemory(prediction_out_of_memory_message(
-                    case.case_id, self.configuration_manager.patch_size, str(self.device))) from None
-            result.error = f"case {case.case_id}: {type(e).__name__}: {error_reason(e)}"
-        if result.error:
-            self._remove_outputs(os.path.join(output_folder, case.case_id))  # no stale result of an earlier run
+            logits = model.predict_preprocessed(prepared.data, prepared.subset)
+        except Exception as e:
+            result.error = self._case_error(result.case, e)  # running out of GPU memory ends the run now
+            exports.failed(result)
+            return
+        exports.wait_for_room()
+        exports.submit(result, model._export_arguments(logits, prepared.properties,
+                                                       os.path.join(output_folder, result.case), save_probabilities))
+
+    def _model_of(self, result: CaseResult) -> "MissingModalityPredictor":
+        return self.full_set_predictor if result.model == FULL_SET else self
+
+    def _finish(self, result: CaseResult, error: Optional[BaseException], output_folder: str) -> CaseResult:
+        """Record a case's outcome: its output, or its error (and no output file); then its sidecar. Stops the run
+        with :class:`DiskFullError` or :class:`OutOfMemory` (every later case would fail too)."""
+        if error is not None:
+            result.error = self._case_error(result.case, error)
+        if result.ok:
+            result.output = os.path.join(output_folder, result.case + self.dataset_json["file_ending"])
+        else:
+            self._remove_outputs(os.path.join(output_folder, result.case))  # no stale result of an earlier run
         self._write_sidecar(result, output_folder)
         return result
+
+    def _case_error(self, case_id: str, error: BaseException) -> str:
+        """The error message of a failed case; re-raises the errors that end the run instead."""
+        if isinstance(error, DiskFullError):
+            raise error  # every later case would fail too; the earlier result of this case is kept
+        if isinstance(error, MissingModError):
+            return str(error)
+        if is_out_of_memory(error):
+            if self.verbose:
+                traceback.print_exception(error)
+            raise OutOfMemory(prediction_out_of_memory_message(
+                case_id, self.configuration_manager.patch_size, str(self.device))) from None
+        return case_failure_message(case_id, error)
 
     def _remove_outputs(self, output_file_truncated: str) -> None:
         for suffix in (self.dataset_json["file_ending"], ".npz", ".pkl"):
@@ -312,61 +489,90 @@ class MissingModalityPredictor(nnUNetPredictor):
 
     def _write_sidecar(self, result: CaseResult, output_folder: str) -> None:
         content = asdict(result)
-        content["trained_for_missing_modalities"] = self.trained_for_missing_modalities
-        content["trainer"] = self.trainer_name
+        model = self._model_of(result)  # the model that segmented the case (or would have)
+        content["trained_for_missing_modalities"] = model.trained_for_missing_modalities
+        content["trainer"] = model.trainer_name
+        content["model_folder"] = model.model_folder
         atomic_write_text(os.path.join(output_folder, result.case + SIDECAR_SUFFIX), json.dumps(content, indent=2))
 
     def predict_from_files(self, list_of_lists_or_source_folder: Union[str, List[List[Optional[str]]]],
                            output_folder_or_list_of_truncated_output_files: str,
                            save_probabilities: bool = False, overwrite: bool = True,
-                           num_processes_preprocessing: int = 1, num_processes_segmentation_export: int = 1,
+                           num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0,
                            folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0,
                            modalities: Union[ModalitySubset, str, Sequence[str], None] = None) -> List[CaseResult]:
         """Predict a folder (nnU-Net raw or BraTS layout, sequences may be absent) or nnU-Net's list of lists with
         ``None`` for absent channels. ``modalities`` (a :class:`ModalitySubset`, or text/names parsed once by
         :func:`as_subset`) restricts every case to those sequences.
 
-        Cases are processed one after the other in this process (the ``num_processes_*`` arguments are accepted
-        for compatibility); ``overwrite=False`` skips cases whose segmentation and sidecar exist. Stops with
-        :class:`DiskFullError` or :class:`OutOfMemory` (every later case would fail too), and on SIGTERM (inside
-        :func:`~nnunet_missingmod.io_checks.sigterm_raises`) with :class:`Terminated` carrying ``results`` so far.
+        As ``nnUNetv2_predict``: ``num_processes_preprocessing`` background processes read and preprocess the next
+        cases (nnU-Net's ``preprocessing_iterator_fromfiles``, running our loading and checks) and
+        ``num_processes_segmentation_export`` processes export finished ones (nnU-Net's export pool) while this
+        process predicts; 0 does that step here, one case after the other (the default of this Python API; the
+        command's are nnU-Net's). The segmentations are the same either way. ``overwrite=False`` skips cases whose
+        segmentation and sidecar exist. Stops with :class:`DiskFullError` or :class:`OutOfMemory` (every later case
+        would fail too), and on SIGTERM (inside :func:`~nnunet_missingmod.io_checks.sigterm_raises`) with
+        :class:`Terminated` carrying ``results`` so far. Results are in the order of the cases.
         """
         if folder_with_segs_from_prev_stage is not None or self.configuration_manager.previous_stage_name:
             raise MissingModError("cascaded configurations are not supported by the missing-modality predictor")
+        for flag, value in (("-npp", num_processes_preprocessing), ("-nps", num_processes_segmentation_export)):
+            if value < 0:
+                raise MissingModError(f"{flag} must be 0 (in this process) or more processes, got {value}")
         output_folder = output_folder_or_list_of_truncated_output_files
         if not isinstance(output_folder, str):
             raise MissingModError("the missing-modality predictor takes an output folder")
-        requested = as_subset(modalities)  # fails early on an unknown or empty list
-        if isinstance(list_of_lists_or_source_folder, str):
-            cases = discover_cases(list_of_lists_or_source_folder, self.channel_modalities,
-                                   self.dataset_json["file_ending"])
+        cases = self._cases_to_predict(list_of_lists_or_source_folder, output_folder, overwrite, num_parts, part_id,
+                                       as_subset(modalities))  # fails early on an unknown or empty list
+        if holds_folder_alone(output_folder):
+            remove_temporaries_of_dead_runs(output_folder)
+        order = {case.case_id: i for i, case in enumerate(cases)}
+        results: List[CaseResult] = []
+        show_cases = self.allow_tqdm
+        self.allow_tqdm = False  # one bar, over cases: nnU-Net's sliding-window bar would nest inside it
+        bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not show_cases)
+
+        def finish(result: CaseResult, error: Optional[BaseException]) -> None:
+            results.append(self._finish(result, error, output_folder))
+            tqdm.write(results[-1].summary_line())
+            bar.update()
+
+        from nnunet_missingmod.inference import pipeline
+        try:
+            with pipeline.exports_for(num_processes_segmentation_export, len(cases)) as exports, \
+                    closing(pipeline.prepared_cases(self, cases, output_folder, num_processes_preprocessing)) as source:
+                for prepared in source:
+                    self._predict_prepared(prepared, output_folder, save_probabilities, exports)
+                    for done in exports.collect(wait=False):
+                        finish(*done)
+                for done in exports.collect(wait=True):
+                    finish(*done)
+        except Terminated as stop:  # SIGTERM: the cases being written were removed by atomic_outputs
+            stop.results, stop.remaining = results, len(cases) - len(results)
+            raise
+        finally:
+            bar.close()
+            self.allow_tqdm = show_cases
+        return sorted(results, key=lambda r: order[r.case])
+
+    def _cases_to_predict(self, source: Union[str, List[List[Optional[str]]]], output_folder: str, overwrite: bool,
+                          num_parts: int, part_id: int, requested: Optional[ModalitySubset]) -> List[CaseFiles]:
+        """The cases of this part (``-num_parts/-part_id``), restricted to ``--modalities``, minus those already
+        done when not overwriting; writes dataset.json and plans.json into the output folder, as nnUNetv2_predict
+        does (nnUNetv2_apply_postprocessing and ensembling read them from there)."""
+        if isinstance(source, str):
+            cases = discover_cases(source, self.channel_modalities, self.dataset_json["file_ending"])
         else:
-            cases = cases_from_lists(list_of_lists_or_source_folder, self.channel_modalities)
+            cases = cases_from_lists(source, self.channel_modalities)
         cases = [restrict_to(case, requested) for case in cases[part_id::num_parts]]
         os.makedirs(output_folder, exist_ok=True)
-        # as nnUNetv2_predict does: nnUNetv2_apply_postprocessing and ensembling read them from the output folder
         save_json(self.dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
         save_json(self.plans_manager.plans, os.path.join(output_folder, "plans.json"), sort_keys=False)
         ending = self.dataset_json["file_ending"]
         if not overwrite:
             cases = [c for c in cases if not (os.path.isfile(os.path.join(output_folder, c.case_id + ending)) and
                                               os.path.isfile(os.path.join(output_folder, c.case_id + SIDECAR_SUFFIX)))]
-        if holds_folder_alone(output_folder):
-            remove_temporaries_of_dead_runs(output_folder)
-        results = []
-        show_cases = self.allow_tqdm
-        self.allow_tqdm = False  # one bar, over cases: nnU-Net's sliding-window bar would nest inside it
-        try:
-            for case in tqdm(cases, desc="cases", unit="case", disable=not show_cases):
-                result = self.predict_case(case, output_folder, save_probabilities)
-                tqdm.write(result.summary_line())
-                results.append(result)
-        except Terminated as stop:  # SIGTERM: the case being written was removed by atomic_outputs
-            stop.results, stop.remaining = results, len(cases) - len(results)
-            raise
-        finally:
-            self.allow_tqdm = show_cases
-        return results
+        return cases
 
     def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
                                  segmentation_previous_stage: np.ndarray = None,
