@@ -38,7 +38,10 @@ def nnunet_env(root: Path, n_proc_da: str = "0") -> dict:
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f",
-               nnUNet_n_proc_DA=n_proc_da, nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+               nnUNet_n_proc_DA=n_proc_da, nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1",
+               # predict in the calling process unless a test asks for background workers (-npp/-nps): each worker
+               # imports torch (~7 s here); tests/inference/test_pipeline.py covers the pipelined path
+               nnUNet_npp="0", nnUNet_nps="0")
     return env
 
 

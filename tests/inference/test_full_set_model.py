@@ -62,7 +62,8 @@ def test_complete_cases_get_the_full_set_models_segmentation_and_the_others_the_
     env = nnunet_env(nnunet_root)
     inputs = _inputs(tiny_preprocessed / "imagesTr", tmp_path / "in")
     out = tmp_path / "routed"
-    result = _ours(env, "-i", inputs, "-o", out, "-m", trained_dropout_model, "--full-set-model", full_set_model)
+    result = _ours(env, "-i", inputs, "-o", out, "-m", trained_dropout_model, "--full-set-model", full_set_model,
+                   "-npp", "1", "-nps", "1")  # background processes (the tests' environment defaults to none)
     assert "3 of 3 cases predicted" in result.stdout
     assert "complete: T1+T1ce+T2+FLAIR (missing: none) [full-set model]" in result.stdout
 

@@ -63,7 +63,8 @@ def test_sigterm_leaves_only_complete_cases_and_continue_prediction_finishes_ide
     assert reference.returncode == 0, reference.stderr_text
 
     out = tmp_path / "out"
-    first = _predict(inputs, out, model_folder, wait=False)
+    # the default a user gets: background preprocessing and export (the tests' environment defaults to none)
+    first = _predict(inputs, out, model_folder, "-npp", "1", "-nps", "1", wait=False)
     _wait_for(lambda: (out / ".nnunet-missingmod.lock").is_file(), first)
     second = _predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
     assert second.returncode == 2
