@@ -58,12 +58,11 @@ def resolve_trainers(requested: Optional[Sequence[str]], device: str, budget: st
 
 
 def resolve_routed(requested: Optional[str], trainers: Sequence[str]) -> Optional[str]:
-    """The trainer the routed pair sends incomplete cases to (``--routed``): by default the recommended recipe
-    when it and stock nnU-Net are both trained; ``none``: no routed pair."""
-    from nnunet_missingmod.demo.pipeline import STOCK_TRAINER
-    from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+    """The trainer the routed pair sends incomplete cases to (``--routed``): by default the bar (cardinality
+    dropout) when it and stock nnU-Net are both trained; ``none``: no routed pair."""
+    from nnunet_missingmod.demo.pipeline import DEFAULT_ROUTED, STOCK_TRAINER
     if requested is None:
-        return RECOMMENDED_TRAINER if RECOMMENDED_TRAINER in trainers and STOCK_TRAINER in trainers else None
+        return DEFAULT_ROUTED if DEFAULT_ROUTED in trainers and STOCK_TRAINER in trainers else None
     if requested.lower() == "none":
         return None
     if STOCK_TRAINER not in trainers or requested not in trainers or requested == STOCK_TRAINER:
@@ -132,7 +131,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from nnunet_missingmod.demo.pipeline import DEFAULT_TRAINERS, STOCK_TRAINER
+    from nnunet_missingmod.demo.pipeline import DEFAULT_ROUTED, DEFAULT_TRAINERS, STOCK_TRAINER
 
     p = subparsers.add_parser(
         "demo", help="phantom data -> train stock nnU-Net and the missing-modality trainers -> compare over 15 subsets",
@@ -159,8 +158,7 @@ def register(subparsers) -> None:
     p.add_argument("--routed", default=None, metavar="TRAINER",
                    help="also evaluate the routed pair (predict/evaluate --full-set-model): complete scans go to "
                         f"stock nnU-Net ({STOCK_TRAINER}), every other case to TRAINER, one of --trainers; shown as "
-                        "its own column (default: the recommended trainer when it is trained; 'none': no routed "
-                        "pair)")
+                        f"its own column (default: {DEFAULT_ROUTED} when it is trained; 'none': no routed pair)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train and predict (default auto: cuda when PyTorch sees a GPU, else cpu)")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES, metavar="N",

@@ -55,6 +55,9 @@ DEFAULT_TRAINERS = {
              "CCSDTrainer_small"),
 }
 ROUTED_STAGE_TITLE = "evaluate the routed pair"
+# The routed pair's robust model: the bar. Stock segments complete scans, so the pair's complete-scan Dice is
+# stock's and its 15-subset mean is the bar's plus (stock - bar on complete scans) / 15: the goal by construction.
+DEFAULT_ROUTED = "ModalityDropoutTrainer_cardinality"
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ class DemoPipeline:
         return self.evaluation / self.s.trainer_class(trainer)
 
     def routed_evaluation_dir(self) -> Path:
-        return self.evaluation / "routed"
+        return self.evaluation / f"routed_{self.s.trainer_class(self.s.routed)}"
 
     def routed_entry(self) -> str:
         """The routed pair's trainer label in its evaluation (what ``evaluate --full-set-model`` names it)."""

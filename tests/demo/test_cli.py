@@ -79,7 +79,8 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_of_this_run(demo_run):
         for k in (1, 2, 3):
             metric = f"mean Dice, {k} sequence{'s' if k > 1 else ''}"
             assert rows[metric][ROUTED] == pytest.approx(rows[metric]["ModalityDropoutTrainer"])
-    routed_summary = json.loads((out / "evaluation" / "routed" / "summary.json").read_text())
+    routed_summary = json.loads(
+        (out / "evaluation" / "routed_ModalityDropoutTrainer_debug" / "summary.json").read_text())
     assert comparison["trainers"][ROUTED] in routed_summary["trainers"]
     for row in comparison["rows"]:  # the best mark is on a maximum of the row
         known = [v for v in row["values"].values() if v is not None]
