@@ -57,3 +57,16 @@ def test_norms_it_cannot_condition_are_refused():
         condition_on_presence(nn.Conv3d(4, 2, 1), 4)
     with pytest.raises(ValueError, match="input channels"):
         condition_on_presence(small_unet(), 9)
+
+
+def test_compiles_in_one_graph_and_follows_the_pattern_of_each_call():
+    """Dynamo traces the pre-hook and the tables with the network (backend 'eager': tracing without code
+    generation); a table change shows in the compiled network's next call."""
+    net = condition_on_presence(small_unet(), 4)
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    x = torch.randn(2, 4, 8, 8, 8)
+    x[1, 0] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x))
+        next(m for m in net.modules() if isinstance(m, PresenceConditionedNorm)).presence_shift[14] += 1.0
+        torch.testing.assert_close(compiled(x), net(x))
