@@ -60,8 +60,10 @@ MODULES = {"TeacherDiscriminatorTrainer": {"network", "teacher", "discriminator"
            "MSTKDTrainer_small": {"network", "teacher", "discriminator"},
            "CCSDTrainer_small": {"network"},
            "TwoPhaseDistillTrainer": {"network", "teacher"},
+           "TwoPhaseDistillTrainer_presence": {"network", "teacher"},  # per-pattern tables: rows without gradient
            "RobustifyTrainer": {"network", "teacher"}}
-FROZEN = {"TwoPhaseDistillTrainer": {"teacher"}, "RobustifyTrainer": {"teacher"}}
+FROZEN = {"TwoPhaseDistillTrainer": {"teacher"}, "TwoPhaseDistillTrainer_presence": {"teacher"},
+          "RobustifyTrainer": {"teacher"}}
 
 
 @pytest.mark.parametrize("trainer_name", sorted(MODULES))
