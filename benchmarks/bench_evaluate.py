@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_overhead  # noqa: E402  (the phantom dataset set-up)
+from machine import cpu_model, load_average  # noqa: E402
 
 TIMES = collections.defaultdict(float)
 CALLS = collections.Counter()
@@ -141,7 +142,7 @@ def run(root: Path, tmp: Path, args) -> None:
         argv += ["--subsets", args.subsets]
     if not args.tta:
         argv.append("--disable_tta")
-    load_start = bench_overhead._load()
+    load_start = load_average()
     profiler = None
     if args.cprofile:
         import cProfile
@@ -152,12 +153,12 @@ def run(root: Path, tmp: Path, args) -> None:
     total = time.perf_counter() - start
     if profiler is not None:
         profiler.disable()
-    load_end = bench_overhead._load()
+    load_end = load_average()
     if status not in (0, None):
         raise SystemExit(f"evaluate failed with status {status}")
 
     n_predictions = len(cases) * n_subsets
-    print(f"\nmachine: {bench_overhead._cpu_model()}, {os.cpu_count()} logical CPUs, torch threads "
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads "
           f"{torch.get_num_threads()} (evaluate sets them: all CPUs); torch {torch.__version__}; "
           f"load average {load_start} -> {load_end}")
     if note:

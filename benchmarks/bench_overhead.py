@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from machine import cpu_model, load_average
 
 DATASET_ID, DATASET = 950, "Dataset950_Bench"
 SUBSETS_PRESENT = {3: "T1ce,T2,FLAIR", 2: "T1ce,FLAIR", 1: "FLAIR"}
@@ -131,17 +132,6 @@ def _same_segmentations(folder_a: Path, folder_b: Path) -> int:
     return len(files)
 
 
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spacing", type=float, default=4.0, help="phantom voxel size in mm (4: 50x59x48)")
@@ -169,7 +159,7 @@ def run(root: Path, args) -> None:
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
 
-    load_start = _load()
+    load_start = load_average()
     stock, ours = _trainer(root, nnUNetTrainer), _trainer(root, ModalityDropoutTrainer)
     batches = [_batch(stock, s) for s in range(2)]
     step = _median_alternating({"stock": lambda: stock.train_step(batches[0]),
@@ -203,13 +193,13 @@ def run(root: Path, args) -> None:
         functions[f"ours, {k} present ({modalities.replace(',', '+')})"] = \
             lambda k=k, modalities=modalities: ours_predict(f"ours_{k}", modalities)
     predict = _median_alternating({name: _quiet(fn) for name, fn in functions.items()}, args.repeats)
-    load_end = _load()
+    load_end = load_average()
     failures = [r.error for rs in results.values() for r in rs if not r.ok]
     assert not failures, failures
     n_equal = _same_segmentations(out / "stock", out / "ours")
 
     patch = "x".join(map(str, stock.configuration_manager.patch_size))
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}; python "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}; python "
           f"{platform.python_version()}, torch {torch.__version__}; load average {load_start} -> {load_end}")
     print(f"phantom at {args.spacing} mm, {len(cases)} cases; patch {patch}, batch {stock.batch_size}; "
           f"median (min..max) of {args.repeats} after a warm-up")

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from machine import cpu_model
 
 DATASET_ID, DATASET = 951, "Dataset951_BenchPredict"
 
@@ -118,13 +119,6 @@ def _identical(a: Path, b: Path) -> int:
     return len(files)
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20, help="complete phantom cases (default 20)")
@@ -158,7 +152,7 @@ def main() -> None:
         load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     import torch
     stock, ours = (statistics.median(times[k]) for k in ("nnUNetv2_predict", "nnunet-missingmod predict"))
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, device {args.device}; python "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, device {args.device}; python "
           f"{platform.python_version()}, torch {torch.__version__}; load average {load_start} -> {load_end}")
     print(f"{n_cases} complete cases at {args.spacing} mm, patch {args.patch}^3, {args.features} features, TTA "
           f"{'on' if args.tta else 'off'}, -npp 3 -nps 3 (both defaults); segmentations identical: {n_equal} files")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from nnunet_missingmod.training.budgets import BUDGETS
+from machine import cpu_model, load_average
 
 STOCK = "nnUNetTrainer"
 DATASET = "Dataset999_TrainCost"
@@ -307,15 +308,6 @@ def profile_trainer(trainer, batch, device, steps: int, rows: int = 20) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def target_note(name: str, time_ratio: Optional[float], memory_ratio: Optional[float]) -> str:
