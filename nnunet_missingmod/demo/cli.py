@@ -113,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"segmentations side by side: {drawn}" + (f" in {picture}" if picture else ", no picture"))
     summaries = [pipeline.evaluation_dir(t) / "summary.json" for t in trainers]
     entries = [settings.trainer_class(t) for t in trainers]
-    if settings.routes:
+    if settings.routed is not None:
         columns.append(routed_column_label(routed))
         summaries.append(pipeline.routed_evaluation_dir() / "summary.json")
         entries.append(pipeline.routed_entry())

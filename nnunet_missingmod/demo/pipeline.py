@@ -56,7 +56,8 @@ DEFAULT_TRAINERS = {
 }
 ROUTED_STAGE_TITLE = "evaluate the routed pair"
 # The routed pair's robust model: the bar. Stock segments complete scans, so the pair's complete-scan Dice is
-# stock's and its 15-subset mean is the bar's plus (stock - bar on complete scans) / 15: the goal by construction.
+# stock's and its 15-subset mean is the bar's plus (stock - bar on complete scans) / 15: at or above the bar
+# wherever stock beats it on complete scans.
 DEFAULT_ROUTED = "ModalityDropoutTrainer_cardinality"
 
 
@@ -78,11 +79,9 @@ class DemoSettings:
     data: DataSettings
     verbose: bool = False
     skipped: List[str] = field(default_factory=list)  # default trainers that are not registered here
-    routed: Optional[str] = None  # the robust trainer that the routed pair sends incomplete cases to
-
-    @property
-    def routes(self) -> bool:
-        return self.routed is not None and self.routed in self.trainers and STOCK_TRAINER in self.trainers
+    # the robust trainer that the routed pair sends incomplete cases to (cli.resolve_routed: one of trainers, with
+    # stock among them), or None: no routed pair
+    routed: Optional[str] = None
 
     def trainer_class(self, trainer: str) -> str:
         return trainer + BUDGETS[self.budget].suffix
@@ -276,7 +275,7 @@ class DemoPipeline:
                    for t in self.s.trainers]
         stages += [(f"evaluate {self.s.trainer_class(t)} (15 subsets)", lambda title, t=t: self.evaluate(t, title))
                    for t in self.s.trainers]
-        if self.s.routes:
+        if self.s.routed is not None:
             stages.append((f"{ROUTED_STAGE_TITLE} (complete scans → stock nnU-Net, others → {self.s.routed})",
                            self.evaluate_routed))
         return stages
