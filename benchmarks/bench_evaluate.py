@@ -7,19 +7,23 @@ predicted masks, which are noise-like here; see docs/benchmarks.md). Then the re
 
     nnunet-missingmod evaluate -i imagesTr -l labelsTr -m MODEL -f 0 -o OUT -device cpu -np 1 [--disable_tta]
 
-with timers wrapped around its stages (methods of ``MissingModalityPredictor`` and the scoring/report functions,
-looked up by name at call time, so the wrapping does not change what runs):
+once per ``--pipelines`` setting ``NPP:NPS`` (``-npp``/``-nps``; default ``0:0`` = every step in this process, one
+after the other, as ``evaluate`` ran before its pipeline, then ``3:3`` = nnUNetv2_predict's defaults), in turns
+over ``--rounds`` so that a change of the machine's load reaches every setting alike. Timers are wrapped around
+the stages (methods of ``MissingModalityPredictor``, the export and the scoring/report functions, looked up by
+name at call time, so the wrapping does not change what runs); with background processes the reading,
+preprocessing and export run in them and show as 0 here:
 
 * start: model folder checks, predictor build and checkpoint load;
-* read + checks: ``load_case`` (nibabel NaN/truncation check, SimpleITK read, geometry checks), once per case;
-* preprocessing: ``preprocess`` (nnU-Net crop, normalisation, resampling), once per case;
+* read + checks + preprocessing: ``prepare_case`` (nibabel NaN/truncation check, SimpleITK read, geometry checks,
+  nnU-Net crop, normalisation, resampling), once per case; of which ``preprocess`` (nnU-Net's part);
 * prediction: ``predict_preprocessed`` (zeroing + sliding window), once per case x subset;
-* export: ``export`` = resampling of the logits to the original geometry
+* export: ``export_case`` = resampling of the logits to the original geometry
   (``convert_predicted_logits_to_segmentation_with_correct_shape``) + writing the NIfTI;
 * scoring: ``score_prediction_folders`` (reading, Dice, HD95), then ``write_report`` (CSV, JSON, plots).
 
-    .venv/bin/python benchmarks/bench_evaluate.py [--cases 6] [--subsets all] [--tta] [--cprofile]
-        [--work-dir DIR]
+    .venv/bin/python benchmarks/bench_evaluate.py [--cases 6] [--subsets all] [--tta] [--pipelines 0:0 3:3]
+        [--rounds 1] [--cprofile] [--work-dir DIR]
 """
 from __future__ import annotations
 
@@ -89,6 +93,9 @@ def main() -> None:
                                                            "work in 3d); default here: --disable_tta")
     parser.add_argument("-np", dest="num_processes", type=int, default=1, help="scoring processes")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pipelines", nargs="+", default=["0:0", "3:3"], metavar="NPP:NPS",
+                        help="evaluate's -npp:-nps settings, measured in turns (default: 0:0 3:3)")
+    parser.add_argument("--rounds", type=int, default=1, help="turns over the settings (default 1)")
     parser.add_argument("--cprofile", action="store_true", help="also print cProfile's top 25 by cumulative time")
     parser.add_argument("--work-dir", default=None, help="keep the planned phantom dataset here and reuse it")
     args = parser.parse_args()
@@ -120,42 +127,50 @@ def run(root: Path, tmp: Path, args) -> None:
             shutil.copy(raw / "imagesTr" / f"{case}_{channel:04d}.nii.gz", images)
     n_subsets = len(parse_subsets(args.subsets))
 
-    for attribute, label in (("initialize_from_trained_model_folder", "start: predictor + checkpoint"),
-                             ("load_case", "read + checks (per case)"),
-                             ("preprocess", "preprocessing (per case)"),
-                             ("predict_preprocessed", "prediction (per case x subset)"),
-                             ("export", "export (per case x subset)")):
-        _timed(MissingModalityPredictor, attribute, label)
-    _timed(export_prediction, "convert_predicted_logits_to_segmentation_with_correct_shape",
-           "  of which resampling to the original geometry")
-    _timed(scoring, "score_prediction_folders", "scoring (Dice, HD95, reading)")
-    _timed(report, "write_report", "report (CSV, JSON, plots)")
-    for label in ("start: predictor + checkpoint", "read + checks (per case)", "preprocessing (per case)",
-                  "prediction (per case x subset)", "export (per case x subset)",
-                  "  of which resampling to the original geometry", "scoring (Dice, HD95, reading)",
-                  "report (CSV, JSON, plots)"):
-        TIMES[label] += 0.0  # print order
+    from nnunet_missingmod.inference import pipeline
+    labels_in_order = []
+    for owner, attribute, label in (
+            (MissingModalityPredictor, "initialize_from_trained_model_folder", "start: predictor + checkpoint"),
+            (MissingModalityPredictor, "prepare_case", "read + checks + preprocessing (per case)"),
+            (MissingModalityPredictor, "preprocess", "  of which nnU-Net's preprocessing"),
+            (MissingModalityPredictor, "predict_preprocessed", "prediction (per case x subset)"),
+            (pipeline, "export_case", "export (per case x subset)"),
+            (export_prediction, "convert_predicted_logits_to_segmentation_with_correct_shape",
+             "  of which resampling to the original geometry"),
+            (scoring, "score_prediction_folders", "scoring (Dice, HD95, reading)"),
+            (report, "write_report", "report (CSV, JSON, plots)")):
+        _timed(owner, attribute, label)
+        labels_in_order.append(label)
 
-    argv = ["evaluate", "-i", str(images), "-l", str(labels), "-m", str(model), "-f", "0", "-o", str(tmp / "out"),
-            "-device", args.device, "-np", str(args.num_processes)]
-    if args.subsets:
-        argv += ["--subsets", args.subsets]
-    if not args.tta:
-        argv.append("--disable_tta")
+    settings = [tuple(int(n) for n in text.split(":")) for text in args.pipelines]
+    totals = collections.defaultdict(list)
+    stages = {}
     load_start = load_average()
     profiler = None
     if args.cprofile:
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
-    start = time.perf_counter()
-    status = cli.main(argv)
-    total = time.perf_counter() - start
+    for _ in range(args.rounds):
+        for npp, nps in settings:
+            TIMES.clear()
+            CALLS.clear()
+            argv = ["evaluate", "-i", str(images), "-l", str(labels), "-m", str(model), "-f", "0", "-o",
+                    str(tmp / f"out_{npp}_{nps}"), "-device", args.device, "-np", str(args.num_processes),
+                    "-npp", str(npp), "-nps", str(nps), "--figures", "0"]
+            if args.subsets:
+                argv += ["--subsets", args.subsets]
+            if not args.tta:
+                argv.append("--disable_tta")
+            start = time.perf_counter()
+            status = cli.main(argv)
+            totals[(npp, nps)].append(time.perf_counter() - start)
+            if status not in (0, None):
+                raise SystemExit(f"evaluate -npp {npp} -nps {nps} failed with status {status}")
+            stages[(npp, nps)] = (dict(TIMES), dict(CALLS))
     if profiler is not None:
         profiler.disable()
     load_end = load_average()
-    if status not in (0, None):
-        raise SystemExit(f"evaluate failed with status {status}")
 
     n_predictions = len(cases) * n_subsets
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads "
@@ -164,14 +179,20 @@ def run(root: Path, tmp: Path, args) -> None:
     if note:
         print(f"note: {note}")
     print(f"evaluate: {len(cases)} cases x {n_subsets} subsets = {n_predictions} predictions, TTA "
-          f"{'on' if args.tta else 'off'}, scoring -np {args.num_processes}, device {args.device}")
-    print(f"total {total:.1f} s: {n_predictions / total * 60:.1f} case x subset predictions per minute "
-          f"({total / n_predictions:.2f} s each, everything included)")
-    accounted = sum(v for k, v in TIMES.items() if not k.startswith("  "))
-    for label, value in TIMES.items():
-        print(f"  {label:48s} {value:7.2f} s  {value / total * 100:5.1f} %  ({CALLS[label]} calls)")
-    print(f"  {'other (discovery, checks, progress, ...)':48s} {total - accounted:7.2f} s  "
-          f"{(total - accounted) / total * 100:5.1f} %")
+          f"{'on' if args.tta else 'off'}, scoring -np {args.num_processes}, device {args.device}, "
+          f"{args.rounds} round(s)")
+    baseline = min(totals[settings[0]])
+    for npp, nps in settings:
+        best = min(totals[(npp, nps)])
+        print(f"-npp {npp} -nps {nps}: best of {len(totals[(npp, nps)])} {best:.1f} s "
+              f"({', '.join(f'{t:.1f}' for t in totals[(npp, nps)])}): {n_predictions / best * 60:.1f} case x "
+              f"subset predictions per minute, {baseline / best:.2f}x the first setting's")
+        times, calls = stages[(npp, nps)]
+        accounted = sum(v for k, v in times.items() if not k.startswith("  "))
+        for label in labels_in_order:
+            value = times.get(label, 0.0)
+            print(f"    {label:48s} {value:7.2f} s  ({calls.get(label, 0)} calls, in this process)")
+        print(f"    {'other (waiting for workers, discovery, checks)':48s} {totals[(npp, nps)][-1] - accounted:7.2f} s")
     if profiler is not None:
         import pstats
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)

@@ -27,8 +27,8 @@ from nnunet_missingmod.evaluation.options import (
     ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
     scoring_settings_from_args)
 from nnunet_missingmod.inference.model_folder import (
-    add_model_arguments, add_prediction_arguments, check_model_folder, model_folders_from_args, parse_folds,
-    resolve_device)
+    add_model_arguments, add_pipeline_arguments, add_prediction_arguments, check_model_folder,
+    check_pipeline_arguments, model_folders_from_args, parse_folds, resolve_device)
 from nnunet_missingmod.modalities import FULL_SET, ModalitySubset, SUBSETS
 
 ROUTED_SUFFIX = "_routed"
@@ -55,24 +55,45 @@ def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None)
 
 
 def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
-                        progress: bool = True, label: Optional[str] = None) -> Dict[str, str]:
+                        progress: bool = True, label: Optional[str] = None, num_processes_preprocessing: int = 0,
+                        num_processes_export: int = 0) -> Dict[str, str]:
     """Predict every case under every subset into ``out_root/<subset>/`` (emptied first, so no prediction of an
-    earlier run is scored); returns subset name → prediction folder."""
+    earlier run is scored); returns subset name -> prediction folder.
+
+    A case is read and preprocessed once (by ``num_processes_preprocessing`` of nnU-Net's preprocessing workers
+    while the previous case is predicted, or here with 0); its subset predictions are exported by
+    ``num_processes_export`` workers while the next subsets are predicted (or here): ``predict``'s pipeline
+    (:mod:`nnunet_missingmod.inference.pipeline`), with the same segmentations either way."""
+    from contextlib import closing
+
+    from nnunet_missingmod.inference import pipeline
     folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
     with tqdm(total=len(cases) * len(subsets), desc=f"{label or predictor.trainer_name}: case x subset",
               unit="pred", disable=not progress, leave=False) as bar:
-        for case in cases:
-            data, properties, available, load_warnings = predictor.load_case(case)
-            if not available.is_full:  # a constant volume counts as missing, and a subset needs all to simulate
-                raise MissingModError(f"case {case.case_id}: {'; '.join(load_warnings)}")
-            preprocessed, properties = predictor.preprocess(data, properties)
-            for subset in subsets:
-                logits = predictor.predict_preprocessed(preprocessed, subset)
-                predictor.export(logits, properties, os.path.join(folders[subset.name], case.case_id))
+        def finished(done) -> None:
+            for _, error in done:
+                if error is not None:
+                    raise error
                 bar.update()
+
+        with pipeline.exports_for(num_processes_export, len(cases) * len(subsets)) as exports, \
+                closing(pipeline.prepared_cases(predictor, cases, out_root, num_processes_preprocessing)) as source:
+            for prepared in source:
+                result = prepared.result
+                if not result.ok:
+                    raise MissingModError(result.error)
+                if not prepared.subset.is_full:  # a constant volume counts as missing; a subset needs all
+                    raise MissingModError(f"case {result.case}: {'; '.join(result.warnings)}")
+                for subset in subsets:
+                    logits = predictor.predict_preprocessed(prepared.data, subset)
+                    exports.wait_for_room()
+                    exports.submit(result, predictor._export_arguments(
+                        logits, prepared.properties, os.path.join(folders[subset.name], result.case), False))
+                    finished(exports.collect(wait=False))
+            finished(exports.collect(wait=True))
     return folders
 
 
@@ -101,6 +122,8 @@ class EvaluateSettings:
     verbose: bool
     scoring: ScoringSettings
     figures: Union[int, str] = DEFAULT_FIGURES  # --figures: pictures of this many cases, or "all"
+    num_processes_preprocessing: int = 0  # -npp
+    num_processes_export: int = 0  # -nps
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -110,6 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
         if not os.path.isdir(folder):
             raise MissingModError(f"not a folder: {folder}")
     scoring = scoring_settings_from_args(args)
+    check_pipeline_arguments(args)
     subsets = tuple(parse_subsets(args.subsets))
     figures = parse_figure_count(args.figures)
     model_folders = tuple(model_folders_from_args(args))
@@ -122,7 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
                             full_set_model=args.full_set_model, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
-                            figures=figures)
+                            figures=figures, num_processes_preprocessing=args.npp, num_processes_export=args.nps)
 
 
 def routed_label(robust_label: str, full_set_label: str) -> str:
@@ -169,7 +193,9 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     prediction_folders, folders_by_label = [], {}
     for label, predictor, model_cases in zip(labels, predictors, cases):
         folders = predict_all_subsets(predictor, model_cases, os.path.join(scoring.output, "predictions", label),
-                                      settings.subsets, label=label)
+                                      settings.subsets, label=label,
+                                      num_processes_preprocessing=settings.num_processes_preprocessing,
+                                      num_processes_export=settings.num_processes_export)
         print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
         folders_by_label[label] = folders
@@ -244,6 +270,7 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("--subsets", default=None,
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
     add_prediction_arguments(p)
+    add_pipeline_arguments(p)
     add_scoring_arguments(p)
     p.add_argument("--figures", default=str(DEFAULT_FIGURES), metavar="N|all",
                    help="pictures cases/CASE.png of N cases (default %(default)s: the best, median and worst by the "

@@ -7,13 +7,8 @@ from typing import Optional
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.model_folder import (
-    add_model_arguments, add_prediction_arguments, check_model_folder, parse_folds, resolve_device,
-    resolve_model_folder)
-
-
-def _default_from_env(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+    add_model_arguments, add_pipeline_arguments, add_prediction_arguments, check_model_folder,
+    check_pipeline_arguments, parse_folds, resolve_device, resolve_model_folder)
 
 
 def _predict(args) -> int:
@@ -34,9 +29,7 @@ def _predict(args) -> int:
 def _predict_folder(args) -> int:
     from nnunet_missingmod.io_checks import claim_folder
     from nnunet_missingmod.modalities import parse_subset
-    for flag, value in (("-npp", args.npp), ("-nps", args.nps)):
-        if value < 0:
-            raise MissingModError(f"{flag} must be 0 (in this process) or a number of processes, got {value}")
+    check_pipeline_arguments(args)
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
     requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
@@ -113,12 +106,7 @@ def register(subparsers) -> None:
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz and CASE.pkl")
     p.add_argument("--continue_prediction", action="store_true",
                    help="skip cases whose segmentation and sidecar already exist")
-    p.add_argument("-npp", type=int, default=_default_from_env("nnUNet_npp", 3),
-                   help="processes that read and preprocess the next cases while one is predicted, as "
-                        "nnUNetv2_predict; 0: in this process, one case after the other. Default: $nnUNet_npp or 3")
-    p.add_argument("-nps", type=int, default=_default_from_env("nnUNet_nps", 3),
-                   help="processes that export finished cases while the next is predicted, as nnUNetv2_predict; "
-                        "0: in this process. Default: $nnUNet_nps or 3")
+    add_pipeline_arguments(p)
     p.add_argument("-num_parts", type=int, default=1, help="number of parallel calls splitting the cases")
     p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0 .. num_parts-1)")
     p.add_argument("--disable_progress_bar", action="store_true")

@@ -1,5 +1,6 @@
 """Choosing a trained model and the device to run it on: the flags and checks shared by ``predict`` and
-``evaluate`` (nnUNetv2_predict's ``-d -p -tr -c -f -chk``, ``-m MODEL_FOLDER``, ``-step_size``, ``-device``).
+``evaluate`` (nnUNetv2_predict's ``-d -p -tr -c -f -chk``, ``-m MODEL_FOLDER``, ``-step_size``, ``-device``,
+``-npp``, ``-nps``).
 
 Everything here fails with one :class:`MissingModError` naming the folder, fold or device at fault, before any
 model is loaded.
@@ -29,6 +30,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) 
     parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
                         help="folds to ensemble. Default: 0 1 2 3 4")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name. Default: checkpoint_final.pth")
+
+
+def _default_from_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """nnUNetv2_predict's ``-npp``/``-nps``: background processes that read and preprocess the next cases and
+    export finished predictions while this process predicts."""
+    parser.add_argument("-npp", type=int, default=_default_from_env("nnUNet_npp", 3),
+                        help="processes that read and preprocess the next cases while one is predicted, as "
+                             "nnUNetv2_predict; 0: in this process, one case after the other. Default: $nnUNet_npp "
+                             "or 3")
+    parser.add_argument("-nps", type=int, default=_default_from_env("nnUNet_nps", 3),
+                        help="processes that export finished predictions while the next is predicted, as "
+                             "nnUNetv2_predict; 0: in this process. Default: $nnUNet_nps or 3")
+
+
+def check_pipeline_arguments(args: argparse.Namespace) -> None:
+    for flag, value in (("-npp", args.npp), ("-nps", args.nps)):
+        if value < 0:
+            raise MissingModError(f"{flag} must be 0 (in this process) or a number of processes, got {value}")
 
 
 def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """``evaluate`` stopped by SIGTERM (a scheduler's time limit): a real process and a real signal, on the untrained
 tiny model of inference/test_cli (seconds, not minutes). The prediction being written is finished or removed,
-never left partial, and the exit status is 143."""
+never left partial, and the exit status is 143. The stopped run and the rerun use background preprocessing and
+export (``-npp 1 -nps 1``), the reference the in-process path: the same files either way."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from nnunet_missingmod.modalities import MODALITIES
 N_CASES = 4
 SUBSETS = ("T1ce", "T2", "T1+T1ce+T2+FLAIR")
 SHAPE = (20, 20, 20)  # 64 patches of 8^3 per prediction: a few seconds each on a busy CPU core
+PIPELINED = ("-npp", "1", "-nps", "1")
 
 
 def _write_cases(images, labels):
@@ -33,10 +35,10 @@ def _write_cases(images, labels):
         sitk.WriteImage(sitk.GetImageFromArray(label), str(labels / f"case{i:02d}.nii.gz"))
 
 
-def _evaluate(images, labels, out, model, wait=True):
+def _evaluate(images, labels, out, model, *extra, wait=True):
     exe = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
     args = [exe, "evaluate", "-i", str(images), "-l", str(labels), "-o", str(out), "-m", str(model), "-f", "0",
-            "--subsets", ";".join(SUBSETS), "-device", "cpu", "--disable_tta", "-np", "1"]
+            "--subsets", ";".join(SUBSETS), "-device", "cpu", "--disable_tta", "-np", "1", *extra]
     env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
@@ -59,7 +61,7 @@ def test_sigterm_leaves_only_complete_predictions_and_exits_143(tmp_path, model_
     assert len(expected) == N_CASES * len(SUBSETS)
 
     out = tmp_path / "out"
-    run = _evaluate(images, labels, out, model_folder, wait=False)
+    run = _evaluate(images, labels, out, model_folder, *PIPELINED, wait=False)
     deadline = time.monotonic() + 300
     while not list((out / "predictions").rglob("*.nii.gz")):
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
@@ -75,3 +77,11 @@ def test_sigterm_leaves_only_complete_predictions_and_exits_143(tmp_path, model_
         assert np.array_equal(voxels, expected[name]), name
     assert not [str(p) for p in out.rglob(".*")]  # no temporary file, no lock
     assert not (out / "metrics.csv").exists()  # stopped while predicting: no report
+
+    rerun = _evaluate(images, labels, out, model_folder, *PIPELINED)
+    assert rerun.returncode == 0, rerun.stderr_text
+    finished = _predictions(out)
+    assert finished.keys() == expected.keys()
+    for name, voxels in expected.items():
+        assert np.array_equal(finished[name], voxels), name
+    assert (out / "metrics.csv").is_file()
