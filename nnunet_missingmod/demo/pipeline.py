@@ -54,6 +54,10 @@ DEFAULT_TRAINERS = {
     "cuda": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_vitSmall",
              "CCSDTrainer_small"),
 }
+# evaluate's background workers (-npp/-nps) on a GPU, as nnU-Net's defaults; on the CPU the demo's few small
+# cases make each worker's start (it imports torch) cost more than it overlaps (benchmarks/bench_evaluate.py: 0.68x
+# with one worker each on 2 cores)
+EVALUATE_PIPELINE = {"cpu": ("-npp", "0", "-nps", "0"), "cuda": ()}
 ROUTED_STAGE_TITLE = "evaluate the routed pair"
 # The routed pair's robust model: the bar. Stock segments complete scans, so the pair's complete-scan Dice is
 # stock's and its 15-subset mean is the bar's plus (stock - bar on complete scans) / 15: at or above the bar
@@ -404,7 +408,8 @@ class DemoPipeline:
         images, labels = self.test_images_labels()
         predictions = out / "predictions"
         command = our_command("evaluate", "-i", images, "-l", labels, *models, "-f", FOLD,
-                              "-device", self.s.device, "--disable_tta", "-np", "1", "-o", out)
+                              "-device", self.s.device, "--disable_tta", "-np", "1", "-o", out,
+                              *EVALUATE_PIPELINE[self.s.device])
         if self.s.verbose:
             command.append("--verbose")
         self.runner.run(
