@@ -21,8 +21,8 @@ from nnunet_missingmod.modalities import MODALITIES
 
 N_CASES = 6
 # The first sidecar appears once case 0's export is collected, while predict works on case 3 or 4 (the export
-# worker starts behind the predictions): the cases from case 2 on are large, so that SIGTERM lands before the last
-# case is recorded even when this test's process is slow to notice the sidecar on a loaded machine.
+# worker starts behind the predictions): the cases from case 2 on are large, so that the run is stopped (SIGSTOP,
+# then SIGTERM) before its last case is recorded even when this test's process is slow to notice the sidecar.
 SMALL_SHAPE, LARGE_SHAPE = (20, 20, 20), (28, 28, 28)  # 64 and 216 patches of 8^3
 
 
@@ -69,13 +69,18 @@ def test_sigterm_leaves_only_complete_cases_and_continue_prediction_finishes_ide
     out = tmp_path / "out"
     # the default a user gets: background preprocessing and export (the tests' environment defaults to none)
     first = _predict(inputs, out, model_folder, "-npp", "1", "-nps", "1", wait=False)
-    _wait_for(lambda: (out / ".nnunet-missingmod.lock").is_file(), first)
-    second = _predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
+    _wait_for(lambda: list(out.glob("*.modalities.json")), first)
+    # frozen at its first recorded case, the run still holds the folder: nothing it does depends on how long the
+    # second job takes to start
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first run ended before it could be stopped: make the cases larger"
+        second = _predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
+    finally:
+        first.send_signal(signal.SIGTERM)  # delivered when it continues
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"is being written by process {first.pid} (predict on " in second.stderr_text
-    _wait_for(lambda: list(out.glob("*.modalities.json")), first)
-    assert first.poll() is None, "the first run ended before it could be stopped: make the cases larger"
-    first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM
     # a case is done when its sidecar is written, after its export; exports still running when SIGTERM came are
