@@ -9,6 +9,10 @@ scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
 With ``--full-set-model``, that model is evaluated like the others, and for each other (robust) model one more
 entry, ``<robust>+<full>_routed``, is scored without predicting anything again: its full-set predictions are the
 full-set model's, its other subsets' the robust model's (what ``predict --full-set-model`` does per case).
+
+With ``--et-rule RULE.json`` (:mod:`nnunet_missingmod.evaluation.et_rule`), every model gets one more entry,
+``<model>_etRule``: its predictions with the rule applied (written under ``OUT/predictions/<model>_etRule/``),
+scored beside the raw ones, again without predicting anything again.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from nnunet_missingmod.inference.model_folder import (
 from nnunet_missingmod.modalities import FULL_SET, ModalitySubset, SUBSETS
 
 ROUTED_SUFFIX = "_routed"
+ET_RULE_SUFFIX = "_etRule"
 
 
 def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None) -> list:
@@ -124,6 +129,7 @@ class EvaluateSettings:
     figures: Union[int, str] = DEFAULT_FIGURES  # --figures: pictures of this many cases, or "all"
     num_processes_preprocessing: int = 0  # -npp
     num_processes_export: int = 0  # -nps
+    et_rule: Optional[object] = None  # --et-rule, loaded: an et_rule.EtRule
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -142,11 +148,16 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
         raise MissingModError(f"--full-set-model: model folder {args.full_set_model} does not exist")
     for folder in model_folders + ((args.full_set_model,) if args.full_set_model else ()):
         check_model_folder(folder, folds, args.chk)
+    et_rule = None
+    if args.et_rule is not None:
+        from nnunet_missingmod.evaluation.et_rule import load_et_rule
+        et_rule = load_et_rule(args.et_rule)
     return EvaluateSettings(images=args.i, labels=args.l, model_folders=model_folders,
                             full_set_model=args.full_set_model, folds=folds,
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
-                            figures=figures, num_processes_preprocessing=args.npp, num_processes_export=args.nps)
+                            figures=figures, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+                            et_rule=et_rule)
 
 
 def routed_label(robust_label: str, full_set_label: str) -> str:
@@ -163,6 +174,28 @@ def routed_prediction_folders(robust_label: str, robust_folders: Mapping[str, st
     label = routed_label(robust_label, full_set_label)
     return [PredictionFolder(label, name, full_set_folders[name] if name == FULL_SET.name else folder)
             for name, folder in robust_folders.items()]
+
+
+def et_rule_label(label: str) -> str:
+    return f"{label}{ET_RULE_SUFFIX}"
+
+
+def et_rule_prediction_folders(rule, folders_by_label: Mapping[str, Mapping[str, str]], predictions_root: str,
+                               file_ending: str) -> List:
+    """Each model's predictions with the ET rule applied, as one more entry per model (``<model>_etRule``)."""
+    from nnunet_missingmod.evaluation.et_rule import apply_et_rule_to_folder
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder
+    entries = []
+    for label, folders in folders_by_label.items():
+        changed = {}
+        for name, folder in folders.items():
+            out = os.path.join(predictions_root, et_rule_label(label), name)
+            changed.update({(name, case): c for case, c in
+                            apply_et_rule_to_folder(rule, folder, out, file_ending).items()})
+            entries.append(PredictionFolder(et_rule_label(label), name, out))
+        print(f"{et_rule_label(label)}: {label}'s predictions with ET below {rule.min_volume_ml:.4g} ml relabelled "
+              f"({sum(changed.values())} of {len(changed)} changed)")
+    return entries
 
 
 def run_evaluate(settings: EvaluateSettings) -> int:
@@ -207,6 +240,9 @@ def run_evaluate(settings: EvaluateSettings) -> int:
             print(f"{routed_label(robust, full_label)}: {full_label}'s {FULL_SET.name} predictions, {robust}'s "
                   "for the other subsets (scored, not predicted again)")
     file_ending = predictors[0].dataset_json["file_ending"]
+    if settings.et_rule is not None:
+        prediction_folders += et_rule_prediction_folders(settings.et_rule, folders_by_label,
+                                                         os.path.join(scoring.output, "predictions"), file_ending)
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
                                        file_ending=file_ending, lesion_protocol=scoring.lesion_protocol)
@@ -269,6 +305,9 @@ def register_evaluate(subparsers) -> None:
                         "prediction. Same -f and -chk as the other models")
     p.add_argument("--subsets", default=None,
                    help="subsets to evaluate, separated by ';' (e.g. 'T1ce+FLAIR;T2'); default: all 15")
+    p.add_argument("--et-rule", dest="et_rule", default=None, metavar="RULE_JSON",
+                   help="an ET volume rule ('nnunet-missingmod et-rule fit'): every model gets one more entry "
+                        "'<model>" + ET_RULE_SUFFIX + "', its predictions with the rule applied (no extra prediction)")
     add_prediction_arguments(p)
     add_pipeline_arguments(p)
     add_scoring_arguments(p)
