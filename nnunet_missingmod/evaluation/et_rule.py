@@ -3,7 +3,7 @@ necrosis (the label that is in TC but not in ET), so WT and TC are unchanged and
 
 Why: under the BraTS convention a tumour without ET scores ET Dice 1 when the prediction has none and 0 for a single
 false-positive voxel, so a few stray ET voxels cost a whole case. Isensee et al.'s nnU-Net entry to BraTS 2020
-("nnU-Net for Brain Tumor Segmentation", BrainLes 2020, section 2.4) removes them this way, with the threshold
+("nnU-Net for Brain Tumor Segmentation", BrainLes 2020) removes them this way, with the threshold
 chosen on the cross-validation predictions of the training set; :func:`fit_et_rule` does that choice on any
 prediction folders with their ground truth (e.g. nnU-Net's ``fold_X/validation``). The threshold is a volume in
 ml, so a rule chosen at one spacing means the same at another.
