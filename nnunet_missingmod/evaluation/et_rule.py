@@ -136,21 +136,8 @@ def load_et_rule(path: str) -> EtRule:
 
 
 # ----------------------------------------------------------------------------------------------- label-map files
-def _read_label_map(path: Path) -> Tuple[np.ndarray, float, object]:
-    import SimpleITK as sitk
-
-    from nnunet_missingmod.io_checks import check_nifti_data
-    check_nifti_data(str(path), "segmentation")
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), float(np.prod(image.GetSpacing())) / 1000.0, image
-
-
-def label_files(folder: str, file_ending: str) -> Dict[str, Path]:
-    """Case name -> file of the label maps in ``folder`` (hidden files skipped)."""
-    if not os.path.isdir(folder):
-        raise MissingModError(f"not a folder: {folder}")
-    return {p.name[:-len(file_ending)]: p for p in sorted(Path(folder).iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.name.endswith(file_ending)}
+def _voxel_ml(spacing_mm: Sequence[float]) -> float:
+    return float(np.prod(spacing_mm)) / 1000.0
 
 
 def fit_et_rule_on_folders(prediction_folders: Sequence[str], reference_folder: str,
@@ -158,22 +145,23 @@ def fit_et_rule_on_folders(prediction_folders: Sequence[str], reference_folder: 
                            source: str = "regions") -> EtRule:
     """:func:`fit_et_rule` on every prediction of ``prediction_folders`` (e.g. the five ``fold_X/validation``
     folders) against the file of the same name in ``reference_folder``."""
+    from nnunet_missingmod.evaluation.scoring import list_label_files, read_label_image
     et_label, replacement = et_labels_from_regions(regions, source)
-    references = label_files(reference_folder, file_ending)
+    references = list_label_files(reference_folder, file_ending)
     cases: List[FitCase] = []
     for folder in prediction_folders:
-        predictions = label_files(folder, file_ending)
+        predictions = list_label_files(folder, file_ending)
         if not predictions:
             raise MissingModError(f"no {file_ending} predictions in {folder}")
         for name, path in predictions.items():
             if name not in references:
                 raise MissingModError(f"{path}: no reference segmentation {name}{file_ending} in {reference_folder}")
-            prediction, voxel_ml, _ = _read_label_map(path)
-            reference, _, _ = _read_label_map(references[name])
+            prediction, spacing = read_label_image(path)
+            reference, _ = read_label_image(references[name])
             if prediction.shape != reference.shape:
                 raise MissingModError(f"{path}: shape {prediction.shape} differs from its reference "
                                       f"{references[name]} {reference.shape}")
-            cases.append(FitCase(f"{folder}/{name}", prediction, reference, voxel_ml))
+            cases.append(FitCase(f"{folder}/{name}", prediction, reference, _voxel_ml(spacing)))
     return fit_et_rule(cases, et_label, replacement)
 
 
@@ -184,21 +172,24 @@ def apply_et_rule_to_folder(rule: EtRule, input_folder: str, output_folder: str,
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from nnunet_missingmod.io_checks import atomic_output
+    from nnunet_missingmod.evaluation.scoring import list_label_files
+    from nnunet_missingmod.io_checks import atomic_output, check_nifti_data
     if os.path.abspath(input_folder) == os.path.abspath(output_folder):
         raise MissingModError(f"output folder {output_folder} must differ from the input folder: the rule is never "
                               f"applied in place")
-    files = label_files(input_folder, file_ending)
+    files = list_label_files(input_folder, file_ending)
     if not files:
         raise MissingModError(f"no {file_ending} segmentations in {input_folder}")
     os.makedirs(output_folder, exist_ok=True)
     changed = {}
     for name, path in tqdm(files.items(), desc="et-rule", disable=not progress):
-        segmentation, voxel_ml, image = _read_label_map(path)
-        result = apply_et_rule(segmentation, voxel_ml, rule)
+        check_nifti_data(path, "segmentation")
+        image = sitk.ReadImage(path)  # kept for its geometry, which the output copies
+        segmentation = sitk.GetArrayFromImage(image)
+        result = apply_et_rule(segmentation, _voxel_ml(image.GetSpacing()), rule)
         changed[name] = result is not segmentation
-        out = sitk.GetImageFromArray(result.astype(segmentation.dtype, copy=False))
+        out = sitk.GetImageFromArray(result)
         out.CopyInformation(image)
-        with atomic_output(os.path.join(output_folder, path.name)) as temporary:
+        with atomic_output(os.path.join(output_folder, os.path.basename(path))) as temporary:
             sitk.WriteImage(out, temporary)
     return changed

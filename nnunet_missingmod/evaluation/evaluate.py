@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
@@ -34,6 +34,9 @@ from nnunet_missingmod.inference.model_folder import (
     add_model_arguments, add_pipeline_arguments, add_prediction_arguments, check_model_folder,
     check_pipeline_arguments, model_folders_from_args, parse_folds, resolve_device)
 from nnunet_missingmod.modalities import FULL_SET, ModalitySubset, SUBSETS
+
+if TYPE_CHECKING:
+    from nnunet_missingmod.evaluation.et_rule import EtRule
 
 ROUTED_SUFFIX = "_routed"
 ET_RULE_SUFFIX = "_etRule"
@@ -129,7 +132,7 @@ class EvaluateSettings:
     figures: Union[int, str] = DEFAULT_FIGURES  # --figures: pictures of this many cases, or "all"
     num_processes_preprocessing: int = 0  # -npp
     num_processes_export: int = 0  # -nps
-    et_rule: Optional[object] = None  # --et-rule, loaded: an et_rule.EtRule
+    et_rule: Optional["EtRule"] = None  # --et-rule, loaded
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -187,14 +190,14 @@ def et_rule_prediction_folders(rule, folders_by_label: Mapping[str, Mapping[str,
     from nnunet_missingmod.evaluation.scoring import PredictionFolder
     entries = []
     for label, folders in folders_by_label.items():
-        changed = {}
+        written = relabelled = 0
         for name, folder in folders.items():
             out = os.path.join(predictions_root, et_rule_label(label), name)
-            changed.update({(name, case): c for case, c in
-                            apply_et_rule_to_folder(rule, folder, out, file_ending).items()})
+            changed = apply_et_rule_to_folder(rule, folder, out, file_ending)
+            written, relabelled = written + len(changed), relabelled + sum(changed.values())
             entries.append(PredictionFolder(et_rule_label(label), name, out))
         print(f"{et_rule_label(label)}: {label}'s predictions with ET below {rule.min_volume_ml:.4g} ml relabelled "
-              f"({sum(changed.values())} of {len(changed)} changed)")
+              f"({relabelled} of {written} changed)")
     return entries
 
 
