@@ -56,8 +56,8 @@ from nnunet_missingmod.modalities import (
     SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names, sample_subset_indices,
     subset_channel_masks, subset_distribution)
 from nnunet_missingmod.training.distillation import (
-    TEACHER_ENV, build_network_of_run, check_teacher_fits, float32_autocast_off, full_resolution, load_finished_run,
-    load_network_weights, logit_kl, plain_weights, soft_dice_loss)
+    TEACHER_ENV, build_network_of_run, check_teacher_fits, deep_supervision_weights, float32_autocast_off,
+    full_resolution, load_finished_run, load_network_weights, logit_kl, plain_weights, soft_dice_loss)
 from nnunet_missingmod.training.budgets import BUDGET_VARIANTS, BUDGETS, DEBUG_SUFFIX  # noqa: F401 (re-exported)
 from nnunet_missingmod.training.logging import LossTermLocalLogger, loss_term_key
 from nnunet_missingmod.training.registry import register_trainer
@@ -233,11 +233,15 @@ class MissingModalityTrainerBase(nnUNetTrainer):
       same architecture), ``"matching"`` (from the weights whose names and shapes match) or ``None``;
     * ``"snapshot"`` (two-phase): the run trains on the full set until epoch ``teacher_switch_epoch()``
       (``teacher_switch`` × the epochs), copies its network into the teacher then, and draws subsets afterwards.
+      With ``teacher_ema_momentum`` = m the teacher then follows the student after every step
+      (``teacher ← m · teacher + (1 − m) · student``, a mean teacher) instead of staying frozen at the snapshot.
 
     With ``distillation_weight > 0`` the default loss adds :meth:`teacher_distillation` on every sample while the
     teacher is active: a KL at ``distillation_temperature`` on the full-resolution output (per region for region
     outputs, over the classes for label outputs; τ² · voxel mean) and, with ``distillation_dice_weight > 0``, a
-    soft Dice towards the teacher's probabilities, which weighs each region alike whatever its size.
+    soft Dice towards the teacher's probabilities, which weighs each region alike whatever its size. With
+    ``distillation_every_scale`` both terms are taken at every deep-supervision scale, weighted as nnU-Net's loss
+    weighs them (:func:`~nnunet_missingmod.training.distillation.deep_supervision_weights`).
     """
 
     subset_sampling: str = "uniform"
@@ -252,6 +256,8 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     distillation_weight: float = 0.0
     distillation_temperature: float = 1.0
     distillation_dice_weight: float = 0.0
+    distillation_every_scale: bool = False
+    teacher_ema_momentum: Optional[float] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -282,6 +288,11 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                              f"{self.teacher_source!r}")
         if self.start_from_teacher not in (None, "strict", "matching"):
             raise ValueError(f"{type(self).__name__}.start_from_teacher must be None, 'strict' or 'matching'")
+        if self.teacher_ema_momentum is not None and not (self.teacher_source == "snapshot"
+                                                          and 0 <= self.teacher_ema_momentum < 1):
+            raise ValueError(f"{type(self).__name__}.teacher_ema_momentum needs teacher_source 'snapshot' (the "
+                             f"teacher must have the student's architecture) and a value in [0, 1), got "
+                             f"{self.teacher_ema_momentum!r} with teacher_source {self.teacher_source!r}")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -378,6 +389,18 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         self.print_to_log_file(f"teacher snapshot taken at the start of epoch {self.current_epoch}; subsets are "
                                f"drawn from now on")
 
+    @torch.no_grad()
+    def update_ema_teacher(self) -> None:
+        """``teacher ← m · teacher + (1 − m) · student`` for every parameter (m = ``teacher_ema_momentum``); buffers
+        are copied. Called after each optimiser step of phase 2; identical on every DDP rank, whose students are."""
+        keep = self.teacher_ema_momentum
+        student = dict(unwrap_network(self.network).named_parameters())
+        for name, weight in unwrap_network(self.extra_modules[TEACHER]).named_parameters():
+            weight.lerp_(student[name].detach(), 1 - keep)
+        student_buffers = dict(unwrap_network(self.network).named_buffers())
+        for name, buffer in unwrap_network(self.extra_modules[TEACHER]).named_buffers():
+            buffer.copy_(student_buffers[name])
+
     def teacher_active(self) -> bool:
         """Whether the base's teacher distils in this step (a snapshot teacher only after its switch)."""
         if self.teacher_source == "snapshot":
@@ -390,17 +413,28 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         ``loss = distillation_weight · τ² · mean KL + distillation_dice_weight · (1 − soft Dice)``, the KL per
         region (Bernoulli) for region outputs, over the classes for label outputs; the soft Dice
         (:func:`~nnunet_missingmod.training.distillation.soft_dice_loss`, per region or foreground class) compares
-        the student's probabilities with the teacher's. Both are 0 when the outputs agree.
+        the student's probabilities with the teacher's. Both are 0 when the outputs agree. With
+        ``distillation_every_scale`` (and deep-supervision lists) each term is the weighted sum over the scales,
+        with nnU-Net's weights; otherwise it is taken on the full-resolution output only.
         Terms are float32 (autocast off). Returns the weighted loss and the unweighted terms ``distill_kl`` and
         ``distill_dice``.
         """
         regions = self.label_manager.has_regions
-        teacher_logits = full_resolution(teacher_output).detach()
-        student_logits = full_resolution(student_output)
         tau = self.distillation_temperature
-        kl = logit_kl(teacher_logits, student_logits, regions=regions, temperature=tau).mean() * tau * tau
-        with float32_autocast_off(student_logits):
-            dice = soft_dice_loss(teacher_logits.float(), student_logits.float(), regions=regions)
+        if self.distillation_every_scale and isinstance(student_output, (list, tuple)):
+            pairs = list(zip(teacher_output, student_output))
+            weights = deep_supervision_weights(len(pairs))
+        else:
+            pairs, weights = [(full_resolution(teacher_output), full_resolution(student_output))], [1.0]
+        kl = dice = 0.0
+        for weight, (teacher_logits, student_logits) in zip(weights, pairs):
+            if weight == 0:
+                continue
+            teacher_logits = teacher_logits.detach()
+            kl = kl + weight * logit_kl(teacher_logits, student_logits, regions=regions,
+                                        temperature=tau).mean() * tau * tau
+            with float32_autocast_off(student_logits):
+                dice = dice + weight * soft_dice_loss(teacher_logits.float(), student_logits.float(), regions=regions)
         loss = self.distillation_weight * kl + self.distillation_dice_weight * dice
         return StepResult(loss, {"distill_kl": kl.detach(), "distill_dice": dice.detach()})
 
@@ -576,6 +610,8 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         with self.autocast():
             result = self.compute_loss_terms(masked)
         self._backward_and_step(result.loss, self.optimizer, self.grad_scaler, self.jointly_optimised_parameters())
+        if self.teacher_ema_momentum is not None and self.teacher_active():
+            self.update_ema_teacher()
         logged = {"loss": result.loss, **result.terms}
         for name, optimizer in self.extra_optimizers.items():
             optimizer.zero_grad(set_to_none=True)
@@ -660,6 +696,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             "trained_subsets": self.trainable_subsets(),
             "extra_modules": sorted(self.extra_specs),
             "teacher_source": self.teacher_source,
+            "teacher_ema_momentum": self.teacher_ema_momentum,
         }
 
     def _extra_state(self) -> dict:

@@ -2,6 +2,7 @@
 methods need alike lives here once, and no method package imports another.
 
 * :func:`full_resolution`: the highest-resolution output of a deep-supervision list;
+  :func:`deep_supervision_weights`: nnU-Net's weights of the scales of such a list;
 * :func:`float32_autocast_off`: the context in which loss terms run in float32 (terms of ~1e-9 before their weight
   vanish in half precision);
 * :func:`bernoulli_kl`, :func:`softmax_kl`, :func:`logit_kl`: the KL from teacher to student logits, per region
@@ -37,6 +38,19 @@ def full_resolution(output):
     if isinstance(output, (list, tuple)):
         return output[0]
     return output
+
+
+def deep_supervision_weights(num_scales: int) -> List[float]:
+    """nnU-Net 2.8.1's deep-supervision loss weights (``nnUNetTrainer._build_loss``): ``1 / 2**i`` for scale ``i``
+    (0 = full resolution), the lowest scale 0 (when there is more than one), normalised to sum 1. Distillation at
+    every scale weighs the scales as nnU-Net's own loss does."""
+    if num_scales < 1:
+        raise ValueError(f"deep_supervision_weights: need at least one scale, got {num_scales}")
+    weights = [1 / 2 ** i for i in range(num_scales)]
+    if num_scales > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 def float32_autocast_off(like: Union[torch.Tensor, torch.device]):

@@ -76,6 +76,21 @@ class TwoPhaseDistillTrainer_keepFull50(TwoPhaseDistillTrainer):
     full_set_probability = 0.5
 
 
+class TwoPhaseDistillTrainer_everyScale(TwoPhaseDistillTrainer):
+    """Both distillation terms at every deep-supervision scale, weighted as nnU-Net's loss weighs the scales
+    (instead of the full-resolution output only): the coarse scales carry the shape of the whole tumour."""
+
+    distillation_every_scale = True
+
+
+class TwoPhaseDistillTrainer_emaTeacher(TwoPhaseDistillTrainer):
+    """After the switch the teacher follows the student as an exponential moving average (momentum 0.99, a time
+    constant of 100 iterations; Tarvainen & Valpola's mean teacher) instead of staying frozen at the snapshot: a
+    teacher that keeps improving where the half-trained snapshot stops, at the risk of drifting with the student."""
+
+    teacher_ema_momentum = 0.99
+
+
 class TwoPhaseDistillTrainer_presence(PresenceConditioning, TwoPhaseDistillTrainer):
     """Two-phase self-distillation with presence-conditioned norms (:mod:`nnunet_missingmod.training.presence`):
     phase 1 learns the full set's pattern, phase 2 the other patterns while the distillation holds the full-set

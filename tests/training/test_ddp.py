@@ -61,9 +61,11 @@ MODULES = {"TeacherDiscriminatorTrainer": {"network", "teacher", "discriminator"
            "CCSDTrainer_small": {"network"},
            "TwoPhaseDistillTrainer": {"network", "teacher"},
            "TwoPhaseDistillTrainer_presence": {"network", "teacher"},  # per-pattern tables: rows without gradient
+           "TwoPhaseDistillTrainer_emaTeacher": {"network", "teacher"},
            "RobustifyTrainer": {"network", "teacher"}}
 FROZEN = {"TwoPhaseDistillTrainer": {"teacher"}, "TwoPhaseDistillTrainer_presence": {"teacher"},
-          "RobustifyTrainer": {"teacher"}}
+          "TwoPhaseDistillTrainer_emaTeacher": {"teacher"}, "RobustifyTrainer": {"teacher"}}
+MEAN_TEACHER = {"TwoPhaseDistillTrainer_emaTeacher": {"teacher"}}  # frozen (not wrapped), yet moved by the average
 
 
 @pytest.mark.parametrize("trainer_name", sorted(MODULES))
@@ -82,7 +84,8 @@ def test_one_ddp_train_step_keeps_every_module_in_sync(nnunet_root, tiny_preproc
     for name in r0["after"]:
         assert torch.equal(r0["before"][name], r1["before"][name]), name
         changed = not torch.equal(r0["before"][name], r0["after"][name])
-        assert changed != (name in FROZEN.get(trainer_name, set())), name  # the step changed the trainable ones
+        moved = name not in FROZEN.get(trainer_name, set()) or name in MEAN_TEACHER.get(trainer_name, set())
+        assert changed == moved, name  # the step changed the trainable ones (and a mean teacher)
         assert torch.equal(r0["after"][name], r1["after"][name]), name  # averaged gradients: identical on ranks
     if trainer_name != "CCSDTrainer_small":  # CCSD feeds every sequence and draws its students per step
         assert not torch.equal(r0["masks"], r1["masks"])  # while each rank trained on its own subsets

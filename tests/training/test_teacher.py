@@ -9,7 +9,9 @@ from nnunet_missingmod.modalities import SUBSETS
 from nnunet_missingmod.training.base import TEACHER
 from nnunet_missingmod.training.distillation import TEACHER_ENV
 from nnunet_missingmod.training.mstkd.trainer import MSTKDTeacherTrainer_small, MSTKDTrainer_stockTeacher_small
-from nnunet_missingmod.training.robust import RobustifyTrainer, TwoPhaseDistillTrainer
+from nnunet_missingmod.training.distillation import deep_supervision_weights, logit_kl, soft_dice_loss
+from nnunet_missingmod.training.robust import (
+    RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseDistillTrainer_emaTeacher, TwoPhaseDistillTrainer_everyScale)
 from trainer_helpers import make_batch, make_trainer, module_parameters
 
 FULL_SET = len(SUBSETS) - 1
@@ -19,6 +21,13 @@ class _TwoPhase4Epochs(TwoPhaseDistillTrainer):
     """4 epochs of 2 iterations: the snapshot is taken at the start of epoch 2."""
 
     budget = {"num_epochs": 4, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+    subset_seed = 5
+
+
+class _TwoPhaseEma4Epochs(TwoPhaseDistillTrainer_emaTeacher):
+    """The same schedule with the mean teacher after the switch."""
+
+    budget = _TwoPhase4Epochs.budget
     subset_seed = 5
 
 
@@ -62,12 +71,13 @@ def test_two_phase_draws_the_full_set_then_snapshots_and_keeps_the_teacher_fixed
     assert not any(p.requires_grad for p in trainer.extra_modules[TEACHER].parameters())
 
 
+@pytest.mark.parametrize("trainer_class", [_TwoPhase4Epochs, _TwoPhaseEma4Epochs], ids=["snapshot", "ema"])
 def test_two_phase_resume_before_and_after_the_switch_equals_an_uninterrupted_run(nnunet_root, tiny_preprocessed,
-                                                                                  tmp_path):
+                                                                                  tmp_path, trainer_class):
     torch.manual_seed(0)
-    uninterrupted = make_trainer(nnunet_root, _TwoPhase4Epochs)
+    uninterrupted = make_trainer(nnunet_root, trainer_class)
     torch.manual_seed(0)
-    interrupted = make_trainer(nnunet_root, _TwoPhase4Epochs)
+    interrupted = make_trainer(nnunet_root, trainer_class)
     for trainer in (uninterrupted, interrupted):
         _epoch(trainer, 1, seed=0)
     # killed at the end of epoch 1 (phase 1): the resumed run takes its snapshot at the same epoch
@@ -87,6 +97,68 @@ def test_two_phase_resume_before_and_after_the_switch_equals_an_uninterrupted_ru
     for name in ("network", TEACHER):
         get = (lambda t: t.network) if name == "network" else (lambda t: t.extra_modules[TEACHER])
         assert torch.equal(module_parameters(get(uninterrupted)), module_parameters(get(interrupted))), name
+
+
+def test_deep_supervision_weights_are_nnunets():
+    assert deep_supervision_weights(1) == [1.0]
+    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])  # 1, 1/2, lowest 0; normalised
+    assert sum(deep_supervision_weights(5)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one scale"):
+        deep_supervision_weights(0)
+
+
+def test_every_scale_distillation_weighs_each_scale_as_nnunets_loss(nnunet_root, tiny_preprocessed):
+    every = make_trainer(nnunet_root, TwoPhaseDistillTrainer_everyScale)
+    plain = make_trainer(nnunet_root, TwoPhaseDistillTrainer)
+    g = torch.Generator().manual_seed(0)
+    # three scales of region logits (the tiny plans have two, whose lowest weighs 0), highest resolution first
+    teacher = [torch.randn(2, 3, size, size, size, generator=g) for size in (8, 4, 2)]
+    with torch.no_grad():
+        student = [t.clone() for t in teacher]
+        student[1] = student[1] + 1.0  # only the second scale disagrees
+        assert float(plain.teacher_distillation(teacher, student).loss) == pytest.approx(0.0, abs=1e-6)
+        distilled = every.teacher_distillation(teacher, student)
+        weight = deep_supervision_weights(len(teacher))[1]
+        kl = logit_kl(teacher[1], student[1], regions=True).mean()
+        dice = soft_dice_loss(teacher[1], student[1], regions=True)
+        assert float(distilled.terms["distill_kl"]) == pytest.approx(weight * float(kl), rel=1e-5)
+        assert float(distilled.terms["distill_dice"]) == pytest.approx(weight * float(dice), rel=1e-5)
+        assert float(distilled.loss) == pytest.approx(weight * float(kl + dice), rel=1e-5)
+        lowest = [t.clone() for t in teacher]
+        lowest[-1] = lowest[-1] + 1.0  # nnU-Net gives the lowest scale weight 0
+        assert float(every.teacher_distillation(teacher, lowest).loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_mean_teacher_follows_the_student_after_the_switch_only(nnunet_root, tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, _TwoPhaseEma4Epochs)
+    momentum = trainer.teacher_ema_momentum
+    initial_teacher = module_parameters(trainer.extra_modules[TEACHER])
+    _epoch(trainer, 1, seed=0)  # phase 1: the teacher is not touched
+    assert torch.equal(module_parameters(trainer.extra_modules[TEACHER]), initial_teacher)
+    trainer.current_epoch = 2
+    trainer.on_train_epoch_start()
+    teacher = module_parameters(trainer.extra_modules[TEACHER])
+    assert torch.equal(teacher, module_parameters(trainer.network))  # the snapshot starts the average
+    for seed in (30, 31):
+        trainer.train_step(make_batch(trainer, seed=seed))
+        student = module_parameters(trainer.network)
+        expected = momentum * teacher + (1 - momentum) * student
+        teacher = module_parameters(trainer.extra_modules[TEACHER])
+        assert torch.allclose(teacher, expected, atol=1e-7)
+        assert not torch.equal(teacher, student)
+    assert not any(p.requires_grad for p in trainer.extra_modules[TEACHER].parameters())
+
+
+def test_a_mean_teacher_needs_a_snapshot_teacher_and_a_momentum_below_one(nnunet_root, tiny_preprocessed):
+    class _EmaOfACheckpoint(RobustifyTrainer):
+        teacher_ema_momentum = 0.99
+
+    class _MomentumOne(TwoPhaseDistillTrainer):
+        teacher_ema_momentum = 1.0
+
+    for cls in (_EmaOfACheckpoint, _MomentumOne):
+        with pytest.raises(ValueError, match="teacher_ema_momentum needs teacher_source 'snapshot'"):
+            make_trainer(nnunet_root, cls)
 
 
 @pytest.fixture(scope="module")
