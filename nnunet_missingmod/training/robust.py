@@ -63,6 +63,13 @@ class TwoPhaseDistillTrainer_weight3(TwoPhaseDistillTrainer):
     distillation_dice_weight = 3.0
 
 
+class TwoPhaseDistillTrainer_tau2(TwoPhaseDistillTrainer):
+    """The KL at temperature 2 instead of 1 (scaled by τ², as Hinton et al.): softer targets, more weight on the
+    teacher's uncertain voxels (the tumour's borders)."""
+
+    distillation_temperature = 2.0
+
+
 class TwoPhaseDistillTrainer_uniform(TwoPhaseDistillTrainer):
     """Uniform sampling over the 15 subsets after the switch instead of cardinality sampling."""
 
