@@ -7,9 +7,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import SUBSETS
 from nnunet_missingmod.training.base import TEACHER
-from nnunet_missingmod.training.distillation import TEACHER_ENV
+from nnunet_missingmod.training.distillation import TEACHER_ENV, deep_supervision_weights, logit_kl, soft_dice_loss
 from nnunet_missingmod.training.mstkd.trainer import MSTKDTeacherTrainer_small, MSTKDTrainer_stockTeacher_small
-from nnunet_missingmod.training.distillation import deep_supervision_weights, logit_kl, soft_dice_loss
 from nnunet_missingmod.training.robust import (
     RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseDistillTrainer_emaTeacher, TwoPhaseDistillTrainer_everyScale)
 from trainer_helpers import make_batch, make_trainer, module_parameters
