@@ -96,6 +96,31 @@ def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
 _ALIASED_STORAGE_ERROR = "view the same data as different types"
 
 
+class SwitchAnnealedPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule with phase 1 annealed on its own: before ``switch_epoch`` the learning rate is
+    ``initial_lr · (1 − epoch / switch_epoch)^0.9``, from the switch on it is nnU-Net's
+    ``initial_lr · (1 − epoch / max_steps)^0.9``. Stepped with the epoch as nnU-Net steps its scheduler, so it has
+    no state to checkpoint (``--c`` resumes it from the epoch)."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, switch_epoch: int, exponent: float = 0.9):
+        if not 0 < switch_epoch < max_steps:
+            raise ValueError(f"the switch epoch must lie inside the run's {max_steps} epochs, got {switch_epoch}")
+        self.switch_epoch = switch_epoch
+        super().__init__(optimizer, initial_lr, max_steps, exponent)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        if current_step < self.switch_epoch:
+            new_lr = self.initial_lr * (1 - current_step / self.switch_epoch) ** self.exponent
+        else:
+            new_lr = self.initial_lr * (1 - current_step / self.max_steps) ** self.exponent
+        for param_group in self.optimizer.param_groups:
+            param_group['lr'] = new_lr
+        self._last_lr = [group['lr'] for group in self.optimizer.param_groups]
+
+
 def write_checkpoint(checkpoint: dict, filename: str) -> None:
     """``torch.save(checkpoint, filename)``, written atomically: a crash or a failed save during training leaves the
     previous ``checkpoint_latest.pth`` as it was (nnU-Net 2.8.1 writes in place, and ``--c`` then fails on a
@@ -235,6 +260,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
       (``teacher_switch`` × the epochs), copies its network into the teacher then, and draws subsets afterwards.
       With ``teacher_ema_momentum`` = m the teacher then follows the student after every step
       (``teacher ← m · teacher + (1 − m) · student``, a mean teacher) instead of staying frozen at the snapshot.
+      With ``anneal_before_switch`` phase 1 has its own poly schedule that ends at the switch
+      (:class:`SwitchAnnealedPolyLRScheduler`), so the snapshot is a converged model rather than one taken at half
+      the learning rate; phase 2 follows nnU-Net's schedule as before.
 
     With ``distillation_weight > 0`` the default loss adds :meth:`teacher_distillation` on every sample while the
     teacher is active: a KL at ``distillation_temperature`` on the full-resolution output (per region for region
@@ -258,6 +286,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
     distillation_dice_weight: float = 0.0
     distillation_every_scale: bool = False
     teacher_ema_momentum: Optional[float] = None
+    anneal_before_switch: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -288,6 +317,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
                              f"{self.teacher_source!r}")
         if self.start_from_teacher not in (None, "strict", "matching"):
             raise ValueError(f"{type(self).__name__}.start_from_teacher must be None, 'strict' or 'matching'")
+        if self.anneal_before_switch and self.teacher_source != "snapshot":
+            raise ValueError(f"{type(self).__name__}.anneal_before_switch needs teacher_source 'snapshot' (there is "
+                             f"no switch otherwise), got {self.teacher_source!r}")
         if self.teacher_ema_momentum is not None and not (self.teacher_source == "snapshot"
                                                           and 0 <= self.teacher_ema_momentum < 1):
             raise ValueError(f"{type(self).__name__}.teacher_ema_momentum needs teacher_source 'snapshot' (the "
@@ -494,6 +526,9 @@ class MissingModalityTrainerBase(nnUNetTrainer):
         # extra modules that join the main optimiser.
         optimizer = torch.optim.SGD(self.jointly_optimised_parameters(), self.initial_lr,
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        if self.anneal_before_switch:
+            return optimizer, SwitchAnnealedPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs,
+                                                            self.teacher_switch_epoch())
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _configure_extra_optimizers(self) -> None:
@@ -697,6 +732,7 @@ class MissingModalityTrainerBase(nnUNetTrainer):
             "extra_modules": sorted(self.extra_specs),
             "teacher_source": self.teacher_source,
             "teacher_ema_momentum": self.teacher_ema_momentum,
+            "anneal_before_switch": self.anneal_before_switch,
         }
 
     def _extra_state(self) -> dict:

@@ -70,6 +70,39 @@ class TwoPhaseDistillTrainer_tau2(TwoPhaseDistillTrainer):
     distillation_temperature = 2.0
 
 
+class TwoPhaseDistillTrainer_tau2Weight3(TwoPhaseDistillTrainer_tau2):
+    """``_tau2`` with both distillation terms weighted 3 (``_weight3``'s setting)."""
+
+    distillation_weight = 3.0
+    distillation_dice_weight = 3.0
+
+
+class TwoPhaseDistillTrainer_tau4(TwoPhaseDistillTrainer):
+    """The KL at temperature 4 (τ² scaling): softer still than ``_tau2``."""
+
+    distillation_temperature = 4.0
+
+
+class TwoPhaseDistillTrainer_tau2EveryScale(TwoPhaseDistillTrainer_tau2):
+    """``_tau2`` with both terms at every deep-supervision scale (``_everyScale``'s setting)."""
+
+    distillation_every_scale = True
+
+
+class TwoPhaseDistillTrainer_annealedSnapshot(TwoPhaseDistillTrainer):
+    """Phase 1 anneals its learning rate to zero at the switch (its own poly schedule), so the teacher is a
+    converged full-set model instead of a snapshot taken at half nnU-Net's learning rate; phase 2 follows nnU-Net's
+    schedule from the switch on."""
+
+    anneal_before_switch = True
+
+
+class TwoPhaseDistillTrainer_tau2AnnealedSnapshot(TwoPhaseDistillTrainer_tau2):
+    """``_tau2`` with phase 1 annealed to the switch (``_annealedSnapshot``'s setting)."""
+
+    anneal_before_switch = True
+
+
 class TwoPhaseDistillTrainer_uniform(TwoPhaseDistillTrainer):
     """Uniform sampling over the 15 subsets after the switch instead of cardinality sampling."""
 

@@ -6,11 +6,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import SUBSETS
-from nnunet_missingmod.training.base import TEACHER
+from nnunet_missingmod.training.base import TEACHER, SwitchAnnealedPolyLRScheduler
 from nnunet_missingmod.training.distillation import TEACHER_ENV, deep_supervision_weights, logit_kl, soft_dice_loss
 from nnunet_missingmod.training.mstkd.trainer import MSTKDTeacherTrainer_small, MSTKDTrainer_stockTeacher_small
 from nnunet_missingmod.training.robust import (
-    RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseDistillTrainer_emaTeacher, TwoPhaseDistillTrainer_everyScale)
+    RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseDistillTrainer_annealedSnapshot,
+    TwoPhaseDistillTrainer_emaTeacher, TwoPhaseDistillTrainer_everyScale)
 from trainer_helpers import make_batch, make_trainer, module_parameters
 
 FULL_SET = len(SUBSETS) - 1
@@ -25,6 +26,13 @@ class _TwoPhase4Epochs(TwoPhaseDistillTrainer):
 
 class _TwoPhaseEma4Epochs(TwoPhaseDistillTrainer_emaTeacher):
     """The same schedule with the mean teacher after the switch."""
+
+    budget = _TwoPhase4Epochs.budget
+    subset_seed = 5
+
+
+class _TwoPhaseAnnealed4Epochs(TwoPhaseDistillTrainer_annealedSnapshot):
+    """The same schedule with phase 1 annealed to the switch."""
 
     budget = _TwoPhase4Epochs.budget
     subset_seed = 5
@@ -70,7 +78,8 @@ def test_two_phase_draws_the_full_set_then_snapshots_and_keeps_the_teacher_fixed
     assert not any(p.requires_grad for p in trainer.extra_modules[TEACHER].parameters())
 
 
-@pytest.mark.parametrize("trainer_class", [_TwoPhase4Epochs, _TwoPhaseEma4Epochs], ids=["snapshot", "ema"])
+@pytest.mark.parametrize("trainer_class", [_TwoPhase4Epochs, _TwoPhaseEma4Epochs, _TwoPhaseAnnealed4Epochs],
+                         ids=["snapshot", "ema", "annealed"])
 def test_two_phase_resume_before_and_after_the_switch_equals_an_uninterrupted_run(nnunet_root, tiny_preprocessed,
                                                                                   tmp_path, trainer_class):
     torch.manual_seed(0)
@@ -158,6 +167,37 @@ def test_a_mean_teacher_needs_a_snapshot_teacher_and_a_momentum_below_one(nnunet
     for cls in (_EmaOfACheckpoint, _MomentumOne):
         with pytest.raises(ValueError, match="teacher_ema_momentum needs teacher_source 'snapshot'"):
             make_trainer(nnunet_root, cls)
+
+
+def test_the_switch_annealed_schedule_ends_phase_1_near_zero_and_then_follows_nnunets_poly():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = SwitchAnnealedPolyLRScheduler(optimizer, 0.01, max_steps=20, switch_epoch=10)
+    expected = {0: 0.01, 5: 0.01 * 0.5 ** 0.9, 9: 0.01 * 0.1 ** 0.9,  # phase 1: its own poly over 10 epochs
+                10: 0.01 * 0.5 ** 0.9, 15: 0.01 * 0.25 ** 0.9, 19: 0.01 * 0.05 ** 0.9}  # nnU-Net's over 20
+    for epoch, lr in expected.items():
+        scheduler.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12), epoch
+    for switch in (0, 20):
+        with pytest.raises(ValueError, match="inside the run's 20 epochs, got " + str(switch)):
+            SwitchAnnealedPolyLRScheduler(optimizer, 0.01, max_steps=20, switch_epoch=switch)
+
+
+def test_an_annealed_two_phase_run_sets_each_epochs_learning_rate_and_needs_a_snapshot(nnunet_root,
+                                                                                        tiny_preprocessed):
+    trainer = make_trainer(nnunet_root, _TwoPhaseAnnealed4Epochs)
+    initial = trainer.initial_lr
+    expected = [initial, initial * 0.5 ** 0.9, initial * 0.5 ** 0.9, initial * 0.25 ** 0.9]  # switch at epoch 2
+    for epoch, lr in enumerate(expected):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12), epoch
+    assert trainer.missingmod_config()["anneal_before_switch"] is True
+
+    class _AnnealedRobustify(RobustifyTrainer):
+        anneal_before_switch = True
+
+    with pytest.raises(ValueError, match="anneal_before_switch needs teacher_source 'snapshot'"):
+        make_trainer(nnunet_root, _AnnealedRobustify)
 
 
 @pytest.fixture(scope="module")
