@@ -109,6 +109,7 @@ class SwitchAnnealedPolyLRScheduler(PolyLRScheduler):
         super().__init__(optimizer, initial_lr, max_steps, exponent)
 
     def step(self, current_step=None):
+        # copied from nnU-Net 2.8.1's PolyLRScheduler.step; only the horizon before the switch differs
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
