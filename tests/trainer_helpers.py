@@ -36,13 +36,13 @@ def make_batch(trainer, batch_size=2, seed=0):
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nnunet_missingmod.training.base import (  # noqa: E402
-    ExtraModule, MissingModalityTrainerBase, StepResult, frozen_parameters)
+from nnunet_missingmod.training.base import MissingModalityTrainerBase, SamplingSettings, StepResult  # noqa: E402
+from nnunet_missingmod.training.extra_modules import ExtraModule, frozen_parameters  # noqa: E402
 
 
 class TeacherDiscriminatorTrainer(MissingModalityTrainerBase):
     loss_terms = ("kd", "adv", "disc")
-    subset_seed = 7
+    sampling = SamplingSettings(seed=7)
 
     def build_extra_modules(self):
         teacher = self.build_network_architecture(

@@ -1,7 +1,7 @@
 """Subcommands about trainers: ``trainer-dir``."""
 from __future__ import annotations
 
-from nnunet_missingmod.training.registry import trainer_dir
+from nnunet_missingmod.training.naming import trainer_dir
 
 
 def _print_trainer_dir(args) -> int:

@@ -1,104 +1,32 @@
-"""The distillation kit every method imports (MST-KD, CCSD, the base trainer's teacher, a later method): what two
-methods need alike lives here once, and no method package imports another.
+"""A finished run used as a teacher or a starting point: resolve the path, read the checkpoint, check that it fits
+the student's data, build its network with its own trainer class and load its weights, each with one clear error
+naming the file, its trainer and the trainer to use.
 
-* :func:`full_resolution`: the highest-resolution output of a deep-supervision list;
-  :func:`deep_supervision_weights`: nnU-Net's weights of the scales of such a list;
-* :func:`float32_autocast_off`: the context in which loss terms run in float32 (terms of ~1e-9 before their weight
-  vanish in half precision);
-* :func:`bernoulli_kl`, :func:`softmax_kl`, :func:`logit_kl`: the KL from teacher to student logits, per region
-  (sigmoid outputs, nnU-Net's region training) or over the classes (softmax label outputs), with a temperature;
 * :func:`load_finished_run`: a finished run's checkpoint (fold folder or ``.pth``), with the trainer and plans it
-  came from, and one clear error when it is not a checkpoint;
+  came from;
 * :func:`check_teacher_fits`, :func:`build_network_of_run`, :func:`load_network_weights`: whether the run fits the
-  student's data, its network built by its own trainer class, and weights loaded into a network, strictly or where
-  names and shapes match, each with one clear error naming the file, its trainer and the trainer to use;
-* :func:`soft_dice_loss`: a Dice towards the teacher's probabilities (every region weighs alike, whatever its size).
+  student's data, its network, and its weights loaded into a network, strictly or where names and shapes match;
+* :func:`load_checkpoint_teacher`: all of it for a trainer whose teacher is ``nnUNet_missingmod_teacher``.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.training.extra_modules import unwrap_network
+from nnunet_missingmod.training.naming import trainer_registry
 
 TEACHER_ENV = "nnUNet_missingmod_teacher"
 """Environment variable naming the finished run (a fold folder such as ``.../fold_0``, or its
 ``checkpoint_final.pth``) that a trainer with a checkpoint teacher loads."""
 CHECKPOINT_FILENAME = "checkpoint_final.pth"
+START_FROM_TEACHER = (None, "strict", "matching")
 
-
-def full_resolution(output):
-    """``output[0]`` for a deep-supervision list/tuple (highest resolution first, as nnU-Net orders it), else
-    ``output``. Logit distillation acts on this output only (``docs/methods.md``)."""
-    if isinstance(output, (list, tuple)):
-        return output[0]
-    return output
-
-
-def deep_supervision_weights(num_scales: int) -> List[float]:
-    """nnU-Net 2.8.1's deep-supervision loss weights (``nnUNetTrainer._build_loss``): ``1 / 2**i`` for scale ``i``
-    (0 = full resolution), the lowest scale 0 (when there is more than one), normalised to sum 1. Distillation at
-    every scale weighs the scales as nnU-Net's own loss does."""
-    if num_scales < 1:
-        raise ValueError(f"deep_supervision_weights: need at least one scale, got {num_scales}")
-    weights = [1 / 2 ** i for i in range(num_scales)]
-    if num_scales > 1:
-        weights[-1] = 0.0
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
-def float32_autocast_off(like: Union[torch.Tensor, torch.device]):
-    """Autocast switched off on the device of ``like``: inside it, matmuls and reductions run in the dtype of their
-    inputs, so a loss that casts its inputs to float32 once is computed in float32."""
-    device = like.device if isinstance(like, torch.Tensor) else torch.device(like)
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Element-wise ``KL(Bern(σ(a)) ‖ Bern(σ(b)))`` from logits ``a`` (teacher) and ``b`` (student), stable through
-    ``logsigmoid``. Any shape (same for both); returns that shape. Call in float32."""
-    log_p, log_not_p = F.logsigmoid(teacher_logits), F.logsigmoid(-teacher_logits)
-    log_q, log_not_q = F.logsigmoid(student_logits), F.logsigmoid(-student_logits)
-    return log_p.exp() * (log_p - log_q) + log_not_p.exp() * (log_not_p - log_not_q)
-
-
-def softmax_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """``KL(softmax(a) ‖ softmax(b))`` over ``dim`` (the class axis), from logits; ``dim`` is summed out:
-    (B, C, *spatial) -> (B, *spatial). Call in float32."""
-    log_p = F.log_softmax(teacher_logits, dim=dim)
-    log_q = F.log_softmax(student_logits, dim=dim)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=dim)
-
-
-def logit_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, regions: bool,
-             temperature: float = 1.0) -> torch.Tensor:
-    """Voxel-wise KL from teacher to student at temperature τ, in float32 with autocast off (inputs cast once).
-
-    Args:
-        teacher_logits, student_logits: (B, C, *spatial), equal shapes, any float dtype.
-        regions: ``True`` for sigmoid region outputs (``label_manager.has_regions``): per-region Bernoulli KL,
-            returns (B, C, *spatial); ``False`` for softmax label outputs: KL over the class axis, returns
-            (B, *spatial).
-        temperature: τ > 0; the logits are divided by it (no τ² factor: callers scale).
-    """
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"logit_kl: teacher shape {tuple(teacher_logits.shape)} != student shape "
-                         f"{tuple(student_logits.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"logit_kl: temperature must be > 0, got {temperature}")
-    with float32_autocast_off(teacher_logits):
-        t = teacher_logits.float() / temperature
-        s = student_logits.float() / temperature
-        return bernoulli_kl(t, s) if regions else softmax_kl(t, s, dim=1)
-
-
-# ------------------------------------------------------------------------------------------- finished runs
 
 @dataclass
 class FinishedRun:
@@ -150,24 +78,8 @@ def load_finished_run(path: str, variable: str = TEACHER_ENV) -> FinishedRun:
                        network_weights=checkpoint["network_weights"])
 
 
-def soft_dice_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, regions: bool,
-                   smooth: float = 1e-5) -> torch.Tensor:
-    """``1 − mean_c 2 Σ p_c q_c / (Σ p_c² + Σ q_c²)``, sums over the batch and voxels (a batch Dice as nnU-Net's),
-    with ``p`` the teacher's and ``q`` the student's probabilities: sigmoid per region (``regions``) or softmax
-    without the background class. The squared denominators (V-Net's form) make it 0 exactly when ``q = p``, and each
-    region weighs alike whatever its size. (B, C, *spatial) float32 logits -> 0-dim tensor in [0, 1]."""
-    if regions:
-        p, q = torch.sigmoid(teacher_logits), torch.sigmoid(student_logits)
-    else:
-        p, q = torch.softmax(teacher_logits, 1)[:, 1:], torch.softmax(student_logits, 1)[:, 1:]
-    axes = [0] + list(range(2, p.dim()))
-    dice = (2 * (p * q).sum(axes) + smooth) / ((p * p).sum(axes) + (q * q).sum(axes) + smooth)
-    return 1 - dice.mean()
-
-
 def find_trainer_class(name: str) -> type:
     """The trainer class ``name``: one of ours, or nnU-Net's (its own lookup, as ``nnUNetv2_train`` uses)."""
-    from nnunet_missingmod.training.registry import trainer_registry
     ours = trainer_registry().get(name)
     if ours is not None:
         return ours
@@ -181,7 +93,7 @@ def find_trainer_class(name: str) -> type:
 
 
 def build_network_of_run(run, enable_deep_supervision: bool) -> nn.Module:
-    """The network of a finished run (:class:`~nnunet_missingmod.training.distillation.FinishedRun`), built by its
+    """The network of a finished run (:class:`FinishedRun`), built by its
     trainer class from its own plans, configuration and dataset.json, as nnU-Net's predictor builds it."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -261,3 +173,33 @@ def same_state_dict_layout(a: nn.Module, b_weights: Dict[str, torch.Tensor]) -> 
     b = plain_weights(b_weights, own.keys())
     return own.keys() == b.keys() and all(own[k].shape == b[k].shape for k in own)
 
+
+
+def load_checkpoint_teacher(trainer, start_from: Optional[str], teacher_trainer_name: str,
+                            check_network: Optional[Callable[[nn.Module, FinishedRun], None]] = None) -> nn.Module:
+    """The frozen teacher of ``trainer``: the network of the finished run named by ``nnUNet_missingmod_teacher``,
+    built by its own trainer class from its own plans and checked against ``trainer``'s plans. With ``start_from``
+    (``"strict"``: same architecture; ``"matching"``: the tensors whose names and shapes match) ``trainer``'s network
+    starts from its weights. ``teacher_trainer_name`` is the trainer the errors tell the user to train the teacher
+    with; ``check_network(teacher, run)`` refuses a run that the method cannot use, with a :class:`MissingModError`
+    naming ``run.path``."""
+    if start_from not in START_FROM_TEACHER:
+        raise ValueError(f"start_from must be one of {START_FROM_TEACHER}, got {start_from!r}")
+    name = type(trainer).__name__
+    location = os.environ.get(TEACHER_ENV)
+    if not location:
+        raise MissingModError(f"{name} needs a finished run as its teacher: set {TEACHER_ENV} to its fold folder or "
+                              f"checkpoint_final.pth (train it with nnUNetv2_train ... -tr {teacher_trainer_name})")
+    run = load_finished_run(location)
+    check_teacher_fits(run, trainer.plans_manager.plans, trainer.configuration_name, trainer.dataset_json, name,
+                       teacher_trainer_name)
+    teacher = build_network_of_run(run, trainer.enable_deep_supervision)
+    load_network_weights(teacher, run, f"the network of {run.trainer_name}", run.trainer_name, strict=True)
+    if check_network is not None:
+        check_network(teacher, run)
+    if start_from is not None:
+        loaded = load_network_weights(unwrap_network(trainer.network), run, f"{name}'s network",
+                                      teacher_trainer_name, strict=start_from == "strict")
+        trainer.print_to_log_file(f"student starts from {len(loaded)} tensors of {run.path}")
+    trainer.print_to_log_file(f"teacher: {run.describe()}")
+    return teacher

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_missingmod.training.distillation import bernoulli_kl, float32_autocast_off, softmax_kl
+from nnunet_missingmod.training.kd import bernoulli_kl, float32_autocast_off, softmax_kl
 
 __all__ = [
     "OFFICIAL_WEIGHTS", "SOURCE_LABEL", "TARGET_LABEL", "consistency_weight", "EVDLoss",

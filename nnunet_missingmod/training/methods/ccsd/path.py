@@ -3,7 +3,7 @@
 A path is, per sample, the chain ``S_0 ⊃ S_1 ⊃ ... ⊃ S_{M-1}`` of modality sets obtained by removing one modality per
 step, starting from the full set and ending with a single modality. It is returned as a ``(B, M)`` long tensor of
 indices into :data:`nnunet_missingmod.modalities.SUBSETS` (column 0 = 14 = the full set), which is what
-:class:`nnunet_missingmod.training.ccsd.losses.DMCDLoss` consumes.
+:class:`nnunet_missingmod.training.methods.ccsd.losses.DMCDLoss` consumes.
 
 Modalities are indexed in canonical order (:data:`~nnunet_missingmod.modalities.MODALITIES`: T1, T1ce, T2, FLAIR), i.e.
 axis ``M`` of every ``(B, M, ...)`` tensor here is that order.
@@ -185,7 +185,7 @@ def decremental_path(features: Optional[torch.Tensor] = None,
         (B, M) long tensor (CPU) of indices into :data:`SUBSETS`; column 0 is the index of ``S_0`` (14 for the full
         set), column t has cardinality ``|S_0| - t`` and is a strict subset of column t-1, down to one modality.
         If ``S_0`` has fewer than M modalities, the last (single-modality) index is repeated to fill the M columns;
-        :class:`~nnunet_missingmod.training.ccsd.losses.DMCDLoss` ignores such repeated (no-op) steps.
+        :class:`~nnunet_missingmod.training.methods.ccsd.losses.DMCDLoss` ignores such repeated (no-op) steps.
         Ties are broken deterministically towards the lowest modality index (canonical order).
     """
     if strategy not in PATH_STRATEGIES:

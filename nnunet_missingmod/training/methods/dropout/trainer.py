@@ -1,18 +1,20 @@
-"""Modality-dropout baseline: stock nnU-Net, each sample trained on a random subset of the sequences; and the
-stock baseline itself with our budget variants."""
-from nnunet_missingmod.training.base import MissingModalityTrainerBase
-from nnunet_missingmod.training.presence import PresenceConditioning
+"""The dropout baselines: stock nnU-Net training (``FullSetTrainer``) and stock nnU-Net with per-sample modality
+dropout (``ModalityDropoutTrainer``, ``ModalityDropoutTrainer_cardinality``)."""
+from nnunet_missingmod.training.base import MissingModalityTrainerBase, SamplingSettings
+from nnunet_missingmod.training.naming import with_budgets
 
 
+@with_budgets
 class FullSetTrainer(MissingModalityTrainerBase):
     """Stock nnU-Net training on all sequences: ``nnUNetTrainer``'s network, loss, optimiser, schedule and
     augmentation, with every sample keeping every channel (the channel mask is all ones, so the network sees
-    exactly what ``nnUNetTrainer`` feeds it). It exists so that the stock baseline gets the same budget variants
-    (``FullSetTrainer_demoSmall``, ...) as our trainers for equal-iteration comparisons."""
+    exactly what ``nnUNetTrainer`` feeds it). It exists so that the stock baseline gets the same budget siblings
+    (``FullSetTrainer_200iters``, ...) as our trainers for equal-iteration comparisons."""
 
-    full_set_probability = 1.0
+    sampling = SamplingSettings(full_set_probability=1.0)
 
 
+@with_budgets
 class ModalityDropoutTrainer(MissingModalityTrainerBase):
     """Stock nnU-Net (network, loss, schedule) with per-sample modality dropout in ``train_step``.
 
@@ -23,19 +25,9 @@ class ModalityDropoutTrainer(MissingModalityTrainerBase):
     """
 
 
+@with_budgets
 class ModalityDropoutTrainer_cardinality(ModalityDropoutTrainer):
     """Draws the number of kept sequences uniformly in 1..4, then a subset of that size (ShaSpec's sampling):
     single sequences are drawn 1/4 of the time instead of 4/15."""
 
-    subset_sampling = "cardinality"
-
-
-class ModalityDropoutTrainer_keepFull50(ModalityDropoutTrainer):
-    """Keeps all sequences for half of the samples; the other half draw uniformly among the 14 proper subsets."""
-
-    full_set_probability = 0.5
-
-
-class ModalityDropoutTrainer_cardinalityPresence(PresenceConditioning, ModalityDropoutTrainer_cardinality):
-    """Cardinality dropout with a per-presence-pattern scale and shift after every instance norm
-    (:mod:`nnunet_missingmod.training.presence`): the network is told which sequences it has."""
+    sampling = SamplingSettings(strategy="cardinality")

@@ -4,7 +4,7 @@
 * :class:`HMSDLoss`: temperature-softened KL from the full-set output (teacher, stop-gradient) to each subset's output
   (students), averaged over the students of one level (paper Eqs. 2-3).
 * :class:`DMCDLoss`: sequential feature distillation along the decremental path (paper Eq. 8); the path comes from
-  :func:`nnunet_missingmod.training.ccsd.path.decremental_path`.
+  :func:`nnunet_missingmod.training.methods.ccsd.path.decremental_path`.
 * :func:`shared_alignment_loss`, :func:`domain_classification_loss`: ShaSpec's ``L_shared`` and ``L_spec``.
 
 Every loss is computed in float32 with autocast off and returns a float32 scalar. Subsets are indices into
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_missingmod.modalities import MODALITIES, SUBSETS
-from nnunet_missingmod.training.distillation import float32_autocast_off, logit_kl
+from nnunet_missingmod.training.kd import float32_autocast_off, logit_kl
 
 __all__ = ["DEFAULTS", "DEFAULT_SOURCES", "hierarchy_level_subsets", "sample_hierarchy_level", "HMSDLoss",
            "DMCDLoss", "shared_alignment_loss", "domain_classification_loss"]
@@ -159,7 +159,7 @@ class DMCDLoss(nn.Module):
             fused_by_subset: the unified representation F_S of every subset, either a tensor (B, 15, C, *spatial)
                 in :data:`SUBSETS` order, or a mapping / sequence subset index -> (B, C, *spatial) (the network's
                 cache; only the indices on the paths are read).
-            path: (B, M) long indices into :data:`SUBSETS` (:func:`~nnunet_missingmod.training.ccsd.path.
+            path: (B, M) long indices into :data:`SUBSETS` (:func:`~nnunet_missingmod.training.methods.ccsd.path.
                 decremental_path`).
         Returns:
             float32 scalar (0 if no step is valid).
