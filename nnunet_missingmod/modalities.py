@@ -8,17 +8,28 @@ Everything else in the package asks this module for:
 * the 15 non-empty subsets, in one fixed order (see :data:`SUBSETS`), with stable short names such as ``T1ce+FLAIR``;
 * parsing a user's subset string;
 * sampling a subset per training sample and turning it into a channel mask;
-* applying a mask to a batch by zeroing channels.
+* applying a mask to a batch by zeroing channels;
+* the presence contract between the predictor and a network that conditions on which sequences are present
+  (:class:`PresenceAware`, :func:`present_channels`, :func:`tell_present_channels`).
 
 A mask is a boolean vector over a dataset's *channels* (``True`` = present). It is born here and applied in exactly
 two places: the trainer's ``train_step`` and the predictor.
+
+**Presence contract.** A missing sequence reaches every network as an all-zero channel (zeroed after normalisation,
+in training and in prediction alike). A module that needs to know which sequences are present implements
+:class:`PresenceAware`. Our predictor tells it the case's mask (:func:`tell_present_channels`) before the sliding
+window and clears it afterwards, so every tile of the case uses the case's mask. Untold (training, stock
+``nnUNetv2_predict``), the module reads presence from its input with :func:`present_channels`: a channel is present
+when it has a non-zero voxel in that sample, and **a sample whose channels are all zero counts as complete** (a tile
+wholly outside the brain, where nnU-Net's masked normalisation leaves zeros: there is nothing to tell the sequences
+apart, and on a complete case this agrees with the told mask).
 """
 from __future__ import annotations
 
 import itertools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from nnunet_missingmod.errors import MissingModError
 
@@ -274,15 +285,6 @@ def sample_subset_indices(batch_size: int, strategy: SubsetSampling = "uniform",
     return torch.multinomial(check_subset_weights(weights), batch_size, replacement=True, generator=generator)
 
 
-def sample_channel_masks(batch_size: int, channel_modalities: Sequence[str], strategy: SubsetSampling = "uniform",
-                         full_set_probability: Optional[float] = None, generator: Optional[torch.Generator] = None,
-                         device=None) -> torch.Tensor:
-    """(B, C) bool mask over the dataset's channels, one sampled subset per sample (see
-    :func:`sample_subset_indices`)."""
-    indices = sample_subset_indices(batch_size, strategy, full_set_probability, generator)
-    return subset_channel_masks(channel_modalities)[indices].to(device)
-
-
 def apply_channel_mask(data: torch.Tensor, mask: torch.Tensor, channel_axis: int = 1) -> torch.Tensor:
     """Zero the missing channels.
 
@@ -300,3 +302,41 @@ def apply_channel_mask(data: torch.Tensor, mask: torch.Tensor, channel_axis: int
                               f"with channels on axis {channel_axis}")
     view = (1,) * (channel_axis + 1 - mask.ndim) + tuple(mask.shape) + (1,) * (data.ndim - channel_axis - 1)
     return data.masked_fill(~mask.view(view), 0)
+
+
+@runtime_checkable
+class PresenceAware(Protocol):
+    """A module that conditions on which input channels are present (the presence contract, module docstring)."""
+
+    def set_present_channels(self, mask: Optional[torch.Tensor]) -> None:
+        """``mask``: (C,) bool over the input channels, for every sample of every following forward ((B, C): one row
+        per sample), or ``None``: read presence from the input (:func:`present_channels`)."""
+
+
+def present_channels(x: torch.Tensor, told: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C) bool: which channels of each sample of ``x`` (B, C, *spatial) are present.
+
+    ``told`` (C,) bool (the case's mask from the predictor) is used for every sample when given ((B, C): one row per
+    sample); otherwise a channel is present when it has a non-zero voxel in that sample, and a sample whose channels
+    are all zero counts as complete (the presence contract).
+    """
+    import torch
+    if told is not None:
+        told = torch.as_tensor(told, dtype=torch.bool, device=x.device)
+        if told.shape not in ((x.shape[1],), tuple(x.shape[:2])) or not told.any(dim=-1).all():
+            raise MissingModError(f"present-channel mask of shape {tuple(told.shape)} does not fit input of shape "
+                                  f"{tuple(x.shape)} (one entry per channel, at least one present)")
+        return told.expand(x.shape[0], -1)
+    present = x.detach().flatten(2).ne(0).any(dim=2)
+    return present | ~present.any(dim=1, keepdim=True)
+
+
+def tell_present_channels(network, mask: Optional[torch.Tensor]) -> int:
+    """Tell every :class:`PresenceAware` module of ``network`` (an ``nn.Module``) the case's mask, or clear it with
+    ``None``. Returns how many modules were told (0: the network reads nothing but its input)."""
+    told = 0
+    for module in network.modules():
+        if isinstance(module, PresenceAware):
+            module.set_present_channels(mask)
+            told += 1
+    return told

@@ -22,7 +22,8 @@ sequence do not depend on which others are present, so one encoder pass (the *ca
 re-assembles slots and decodes. The features of a missing sequence's real image are never selected (no leak).
 
 ``network(x)`` returns exactly what nnU-Net expects, for the sequences present in ``x`` (see
-:meth:`CCSDNetwork.set_modality_mask`). ``network(x, return_features=True, decode_subsets=...)`` returns a dict with the
+:meth:`CCSDNetwork.set_present_channels`). ``network(x, return_features=True, decode_subsets=...)`` returns a dict
+with the
 :mod:`~nnunet_missingmod.training.features` keys plus :data:`SUBSET_LOGITS`, :data:`FUSED`, :data:`MODALITY_FEATURES`,
 :data:`SHARED_FEATURES`, :data:`SPECIFIC_FEATURES`, :data:`DOMAIN_LOGITS` and :data:`PRESENT`. See
 ``docs/methods.md`` ("CCSD network on nnU-Net") for every choice and its source.
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.modalities import MODALITIES, SUBSETS, subset_channel_masks
+from nnunet_missingmod.modalities import MODALITIES, SUBSETS, present_channels, subset_channel_masks
 from nnunet_missingmod.training.features import DECODER, ENCODER, LOGITS, decode_with_features, planned_network
 
 __all__ = ["SUBSET_LOGITS", "FUSED", "MODALITY_FEATURES", "SHARED_FEATURES", "SPECIFIC_FEATURES", "DOMAIN_LOGITS",
@@ -134,43 +135,18 @@ class CCSDNetwork(nn.Module):
         # (15, M) presence of each subset over the canonical modalities, via the dataset's channel masks.
         self.register_buffer("subset_presence", subset_channel_masks(channel_modalities)[:, modality_channel],
                              persistent=False)
-        self._modality_mask: Optional[torch.Tensor] = None  # plain attribute: never in the state_dict
+        self._told: Optional[torch.Tensor] = None  # plain attribute: never in the state_dict
 
     # ------------------------------------------------------------------------------------------------ availability
-    def set_modality_mask(self, mask) -> None:
-        """Declare which input channels are present: (C,) bool for every sample, (B, C) bool per sample, or None
-        (derive availability per sample from channels that are exactly zero over the whole input)."""
-        if mask is None:
-            self._modality_mask = None
-            return
-        mask = torch.as_tensor(mask, dtype=torch.bool).detach()
-        channels = len(self.channel_modalities)
-        if mask.ndim not in (1, 2) or mask.shape[-1] != channels:
-            raise ValueError(f"modality mask must be (C={channels},) or (B, C={channels}) bool, "
-                             f"got shape {tuple(mask.shape)}")
-        if not mask.any(dim=-1).all():
-            raise ValueError("modality mask: every sample needs at least one present channel")
-        self._modality_mask = mask
-
-    @property
-    def modality_mask(self) -> Optional[torch.Tensor]:
-        """The mask set by :meth:`set_modality_mask` (over the input channels), or None."""
-        return self._modality_mask
+    def set_present_channels(self, mask) -> None:
+        """The presence contract (:class:`~nnunet_missingmod.modalities.PresenceAware`): (C,) bool for every sample,
+        (B, C) bool per sample, or None (read per sample from the input: :func:`~nnunet_missingmod.modalities.
+        present_channels`, where an all-zero sample, a background tile, counts as complete)."""
+        self._told = None if mask is None else torch.as_tensor(mask, dtype=torch.bool).detach()
 
     def _channel_availability(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C) bool: the set mask, or channels that are not exactly zero everywhere. A sample with no non-zero
-        channel (a background tile: nnU-Net's normalisation zeroes outside the brain) counts as complete: all its
-        inputs are zero images, so there is nothing to leak and the full-set path is the natural one."""
-        batch = x.shape[0]
-        if self._modality_mask is not None:
-            mask = self._modality_mask.to(x.device)
-            if mask.ndim == 1:
-                return mask.unsqueeze(0).expand(batch, -1)
-            if mask.shape[0] != batch:
-                raise ValueError(f"per-sample modality mask has {mask.shape[0]} rows for a batch of {batch}")
-            return mask
-        available = x.detach().flatten(2).ne(0).any(dim=2)
-        return available | ~available.any(dim=1, keepdim=True)
+        """(B, C) bool over the input channels (the presence contract)."""
+        return present_channels(x, self._told)
 
     # ---------------------------------------------------------------------------------------------------- encoders
     def _encode(self, x_modalities: torch.Tensor) -> _EncoderCache:

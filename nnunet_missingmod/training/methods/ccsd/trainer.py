@@ -140,7 +140,7 @@ class CCSDTrainer(MissingModalityTrainerBase):
         return self.current_epoch < round(self.method.warmup * self.num_epochs)
 
     def compute_loss_terms(self, batch: MaskedBatch) -> StepResult:
-        unwrap_network(self.network).set_modality_mask(None)  # all sequences are in the batch
+        unwrap_network(self.network).set_present_channels(None)  # all sequences are in the batch
         if self.in_warmup():
             return self._warmup_step(batch)
         level = sample_hierarchy_level(self.subset_generator, levels=self.method.hierarchy_levels)

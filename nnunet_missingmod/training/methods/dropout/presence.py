@@ -12,9 +12,11 @@ that are not all zero in that sample. Both tables start at zero, so the network 
 stock run's weights load into it by name); the tables add ``2 · 2^C · Σ channels`` parameters (C input channels:
 16 patterns for BraTS, 0.1 % of the 3d_fullres U-Net).
 
-The pattern is read from the network's input, so ``nnUNetv2_predict``, our predictor and any caller that zero-fills
-a missing sequence get it without being told; a window that lies wholly outside the brain (every channel zero
-after nnU-Net's masked normalisation) reads as pattern 0 in training and inference alike.
+The pattern follows the presence contract of :mod:`nnunet_missingmod.modalities`: our predictor tells every norm
+the case's mask (:class:`PresenceConditionedNorm` is :class:`~nnunet_missingmod.modalities.PresenceAware`);
+untold (training, stock ``nnUNetv2_predict`` on zero-filled files) the pattern is read from the network's input,
+and a window wholly outside the brain (every channel zero after nnU-Net's masked normalisation) reads as the
+complete pattern.
 """
 from __future__ import annotations
 
@@ -25,20 +27,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from nnunet_missingmod.modalities import present_channels
+
 MAX_INPUT_CHANNELS = 8  # 2^8 patterns per norm; beyond that a table per pattern is the wrong tool
 
 
-def presence_codes(x: torch.Tensor) -> torch.Tensor:
-    """Bit pattern of the channels of each sample that are not all zero.
+def presence_codes(x: torch.Tensor, told: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bit pattern of the present channels of each sample (:func:`~nnunet_missingmod.modalities.present_channels`).
 
     Args:
         x: network input ``(B, C, *spatial)``.
+        told: ``(C,)`` bool, the case's mask from the predictor, or ``None`` (read from ``x``).
     Returns:
-        ``(B,)`` int64, bit ``c`` set when channel ``c`` has a non-zero voxel.
+        ``(B,)`` int64, bit ``c`` set when channel ``c`` is present.
     """
     if x.ndim < 3:
         raise ValueError(f"expected (B, C, *spatial), got shape {tuple(x.shape)}")
-    present = x.detach().flatten(2).abs().amax(dim=2) > 0  # (B, C)
+    present = present_channels(x, told)  # (B, C)
     bits = 2 ** torch.arange(x.shape[1], device=x.device)
     return (present.long() * bits).sum(dim=1)
 
@@ -48,7 +53,8 @@ class PresenceConditionedNorm(nn.Module):
 
     Keeps the wrapped norm's ``weight``/``bias`` under the same names (a plain network's weights load into it) and
     adds ``presence_scale``/``presence_shift`` ``(n_codes, C)``, zero at the start. :attr:`codes` ``(B,)`` is set
-    by the network's forward pre-hook (:func:`condition_on_presence`) before every forward.
+    by the network's forward pre-hook (:func:`condition_on_presence`) before every forward, from the mask the
+    predictor told (:meth:`set_present_channels`) or else from the input.
     """
 
     def __init__(self, norm: _InstanceNorm, n_codes: int):
@@ -62,6 +68,10 @@ class PresenceConditionedNorm(nn.Module):
         self.presence_scale = nn.Parameter(torch.zeros(n_codes, norm.num_features))
         self.presence_shift = nn.Parameter(torch.zeros(n_codes, norm.num_features))
         self.codes: Optional[torch.Tensor] = None
+        self.told: Optional[torch.Tensor] = None  # plain attributes: never in the state_dict
+
+    def set_present_channels(self, mask: Optional[torch.Tensor]) -> None:
+        self.told = None if mask is None else torch.as_tensor(mask, dtype=torch.bool).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
@@ -74,8 +84,10 @@ class PresenceConditionedNorm(nn.Module):
 
 
 def _set_codes(network: nn.Module, args) -> None:
-    codes = presence_codes(args[0])
-    for norm in network.presence_norms:
+    # every norm is told the same mask (modalities.tell_present_channels), so the first one's stands for all
+    norms = network.presence_norms
+    codes = presence_codes(args[0], norms[0].told)
+    for norm in norms:
         norm.codes = codes
 
 
