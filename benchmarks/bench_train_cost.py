@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from nnunet_missingmod.training.budgets import BUDGETS
+from nnunet_missingmod.training.naming import BUDGETS
 from machine import cpu_model, load_average
 
 STOCK = "nnUNetTrainer"
@@ -137,7 +137,7 @@ def available_trainers() -> Tuple[Dict[str, type], List[str]]:
     skipped with a note instead of failing the whole benchmark, as ``trainer_registry()`` would."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     import nnunet_missingmod.training as training
-    from nnunet_missingmod.training import registry
+    from nnunet_missingmod.training import naming as registry
     notes = []
     for module in pkgutil.walk_packages(training.__path__, prefix=training.__name__ + ".",
                                         onerror=lambda name: notes.append(f"cannot import {name}")):
@@ -156,7 +156,7 @@ def default_trainer_names(registered: Dict[str, type], device: str) -> List[str]
     """Stock, ModalityDropoutTrainer, the recommended trainer, then every registered MSTKDTrainer*/CCSDTrainer*
     (method + ablations + variants), without budget variants and teacher-only trainers; the ``_small``
     (CPU-sized transformer) ones on the CPU where a family has them, the full-size ones on CUDA."""
-    from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+    from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
     names = [STOCK, "ModalityDropoutTrainer", RECOMMENDED_TRAINER]
     for family in FAMILIES[1:]:
         members = sorted(n for n in registered if n.startswith(family) and not n.endswith(BUDGET_SUFFIXES))
@@ -180,17 +180,24 @@ def build_trainer(cls, plans: dict, device):
         trainer = cls(plans, CONFIGURATION, 0, copy.deepcopy(DATASET_JSON), device)
         trainer.initialize()
         trainer.on_train_epoch_start()  # train/eval modes of the network and the extra modules, as in training
-        if getattr(cls, "teacher_source", None) == "snapshot":
+        if getattr(getattr(cls, "teacher", None), "source", None) == "snapshot":
             trainer.take_teacher_snapshot()  # time phase 2 (teacher forward + distillation), the dearer phase
     return trainer
+
+
+def uses_checkpoint_teacher(cls) -> bool:
+    """Whether ``cls`` loads a finished run named by ``nnUNet_missingmod_teacher`` (two-phase/robustify recipes:
+    ``teacher.source``; MST-KD: ``method.teacher``)."""
+    return getattr(getattr(cls, "teacher", None), "source", None) == "checkpoint" or \
+        getattr(getattr(cls, "method", None), "teacher", None) == "checkpoint"
 
 
 def provide_frozen_teacher(trainer_classes, plans: dict, root: Path) -> None:
     """Frozen-teacher variants load a finished teacher run named by ``nnUNet_missingmod_teacher``. Its weights do
     not change the cost, so unless the variable is set, write an initialised teacher of the right size on these
     plans and point the variable at it (before the memory phase's child processes start: they inherit it)."""
-    from nnunet_missingmod.training.distillation import TEACHER_ENV, find_trainer_class
-    frozen = [cls for cls in trainer_classes if getattr(cls, "teacher_source", None) == "checkpoint"]
+    from nnunet_missingmod.training.teacher import TEACHER_ENV, find_trainer_class
+    frozen = [cls for cls in trainer_classes if uses_checkpoint_teacher(cls)]
     if not frozen or os.environ.get(TEACHER_ENV):
         return
     import torch

@@ -9,7 +9,7 @@ On a lent GPU machine, after the set-up of ``../shared/gpu/README.md`` (within i
    interleaved with stock ``nnUNetTrainer``: ms/step and ``torch.cuda.max_memory_allocated``, both relative to stock;
    then ``nnUNet_compile=t`` for stock and the recommended trainer.
 2. **Training** on phantoms: a 3 mm phantom dataset, planned and preprocessed by nnU-Net, then ``nnUNetv2_train`` of
-   each method's ``_demoSmall`` variant (200 iterations), all methods at once on the one GPU; the per-epoch train
+   each method's ``_200iters`` sibling (200 iterations), all methods at once on the one GPU; the per-epoch train
    loss (from ``checkpoint_final.pth``) must be finite and falling.
 3. **Prediction**: ``nnUNetv2_predict`` of each trained model on one 240x240x155 (1 mm) phantom case; the
    segmentation must have the input's shape.
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
+from nnunet_missingmod.training.naming import BUDGETS
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench_train_cost.py"
@@ -54,7 +55,7 @@ def run(command: List[str], env: dict, timeout: float, log: Path) -> subprocess.
 
 
 def registered(names: List[str]) -> List[str]:
-    from nnunet_missingmod.training.registry import trainer_registry
+    from nnunet_missingmod.training.naming import trainer_registry
     known = set(trainer_registry()) | {"nnUNetTrainer"}
     return [n for n in names if n in known]
 
@@ -96,7 +97,7 @@ def train_losses(checkpoint: Path) -> List[float]:
 
 
 def train_and_predict(args, work: Path, env: dict, methods: List[str]) -> Dict[str, dict]:
-    budget = "_debug" if args.smoke else "_demoSmall"
+    budget = BUDGETS["debug" if args.smoke else "small"].suffix
     spacing = 8.0 if args.smoke else 3.0
     phantom_dataset(TRAIN_ID, "GpuCheck", 5 if args.smoke else 8, spacing, work)  # nnU-Net splits 5 folds
     predict_raw = phantom_dataset(PREDICT_ID, "GpuCheckFull", 1, spacing if args.smoke else 1.0, work)
@@ -166,7 +167,7 @@ def table(steps: Dict[str, dict], methods: Dict[str, dict]) -> str:
         training = "-" if not m else (
             f"{'ok' if m.get('loss_ok') else 'FAIL'} loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses
             else f"FAIL (exit {m.get('train_exit')})")
-        if m.get("predict_shape") is not None or "predict_exit" in m:
+        if "predict_exit" in m:
             training += f" / {'ok' if m.get('predict_ok') else 'FAIL'} {m.get('predict_s')} s"
         peak = eager.get("peak_mib")
         peak_gib = None if peak is None else peak / 1024
@@ -197,7 +198,7 @@ def main() -> None:
         work = Path(tmp)
         os.environ.update(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                           nnUNet_results=str(work / "results"))
-        from nnunet_missingmod.training.registry import trainer_dir
+        from nnunet_missingmod.training.naming import trainer_dir
         env = dict(os.environ, nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f")
         recommended = registered(RECOMMENDED)[0]
         steps = {} if args.skip_steps else step_costs(args, work, env, recommended)

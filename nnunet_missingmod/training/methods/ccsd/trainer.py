@@ -92,6 +92,7 @@ class CCSDSettings:
             refuse("warmup", "in [0, 1)")
 
 
+@with_budgets
 class CCSDTrainer(MissingModalityTrainerBase):
     """CCSD with the defaults of :class:`CCSDSettings`."""
 

@@ -112,6 +112,7 @@ class MSTKDTeacherTrainer_small(MSTKDTeacherTrainer):
     method = replace(MSTKDTeacherTrainer.method, transformer=SMALL)
 
 
+@with_budgets
 class MSTKDTrainer(_MSTKDNetwork, MissingModalityTrainerBase):
     """MST-KDNet (teacher/student) with the official code's defaults (:class:`MSTKDSettings`).
 

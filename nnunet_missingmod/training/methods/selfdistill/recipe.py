@@ -116,7 +116,12 @@ class SelfDistillationTrainer(ModalityDropoutTrainer_cardinality):
             return self.build_network_architecture(
                 self.plans_manager, self.configuration_manager, self.num_input_channels,
                 self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
-        return load_checkpoint_teacher(self, self.teacher.start_from, "nnUNetTrainer")
+        return load_checkpoint_teacher(self, self.teacher.start_from, self.teacher_trainer_name())
+
+    @classmethod
+    def teacher_trainer_name(cls) -> str:
+        """The trainer whose finished run a checkpoint teacher comes from: stock nnU-Net."""
+        return "nnUNetTrainer"
 
     def teacher_switch_epoch(self) -> int:
         """The epoch at whose start a snapshot teacher is taken: ``switch`` of the epochs, rounded, at least 1 and at
