@@ -62,7 +62,7 @@ def _timed(owner, attribute: str, label: str) -> None:
 def _write_model(root: Path) -> tuple:
     """A trained-model folder (plans.json, dataset.json, fold_0/checkpoint_final.pth) from an initialised trainer."""
     import torch
-    from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
+    from nnunet_missingmod.training.methods.dropout.trainer import ModalityDropoutTrainer
     trainer = bench_overhead._trainer(root, ModalityDropoutTrainer)
     folder = Path(trainer.output_folder_base)
     checkpoint = Path(trainer.output_folder) / "checkpoint_final.pth"

@@ -157,7 +157,7 @@ def run(root: Path, args) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
-    from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
+    from nnunet_missingmod.training.methods.dropout.trainer import ModalityDropoutTrainer
 
     load_start = load_average()
     stock, ours = _trainer(root, nnUNetTrainer), _trainer(root, ModalityDropoutTrainer)

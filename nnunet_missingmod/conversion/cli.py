@@ -8,7 +8,7 @@ from nnunet_missingmod.conversion.formats import FORMAT_KEYS
 
 def _convert(args) -> int:
     from nnunet_missingmod.conversion.convert import REPORT_NAME, convert_dataset
-    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    from nnunet_missingmod.faults import Terminated, sigterm_raises
 
     try:
         with sigterm_raises():

@@ -27,9 +27,9 @@ import numpy as np
 from nnunet_missingmod.conversion.formats import FORMATS, DatasetFormat, dataset_json_labels, get_format
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import (
-    GEOMETRY_ATOL, NIFTI_ENDINGS, DiskFullError, check_nifti_data, claim_lock, disk_full_reported, error_reason,
-    human_size, lock_is_held, release_lock)
+from nnunet_missingmod.atomic_io import (
+    DiskFullError, claim_lock, disk_full_reported, human_size, lock_is_held, release_lock)
+from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, NIFTI_ENDINGS, check_nifti_data, error_reason
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"

@@ -10,7 +10,8 @@ import numpy as np
 from nnunet_missingmod.conversion.formats import (
     DatasetFormat, get_format, nnunet_label_of_value, original_value_of_label)
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import NIFTI_ENDINGS, atomic_output, check_nifti_data, error_reason
+from nnunet_missingmod.atomic_io import atomic_output
+from nnunet_missingmod.nifti_checks import NIFTI_ENDINGS, check_nifti_data, error_reason
 
 
 def remap_labels(values: np.ndarray, mapping: Mapping[int, int], where: str, allowed_text: str) -> np.ndarray:
@@ -80,7 +81,7 @@ def convert_labels_back(fmt_key: str, pred_dir: os.PathLike, out_dir: os.PathLik
         raise MissingModError(f"no .nii.gz or .nii predictions in {str(pred_dir)!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every prediction is read and checked before anything is written: a bad prediction leaves the files of an
-    # earlier run as they were. Each file is then written atomically (io_checks.atomic_output).
+    # earlier run as they were. Each file is then written atomically (atomic_io.atomic_output).
     converted = []
     for path in tqdm(files, desc=f"labels-back {fmt.key}", disable=not progress):
         check_nifti_data(str(path), "prediction")

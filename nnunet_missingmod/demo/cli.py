@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.training.budgets import BUDGETS
+from nnunet_missingmod.training.naming import BUDGETS
 
 DEFAULT_OUT = "demo_output"
 DEFAULT_CASES = 9  # and 3 held-out test cases
@@ -37,7 +37,7 @@ def resolve_trainers(requested: Optional[Sequence[str]], device: str, budget: st
     """(trainers to run, default trainers skipped because they are not registered). ``requested`` names are checked
     against the registry: an unknown name is an error listing the valid ones."""
     from nnunet_missingmod.demo.pipeline import DEFAULT_TRAINERS
-    from nnunet_missingmod.training.registry import trainer_registry
+    from nnunet_missingmod.training.naming import trainer_registry
     try:
         registry = trainer_registry()
     except ImportError as e:  # a trainer module that fails to import breaks nnUNetv2_train's lookup too

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
+from nnunet_missingmod.atomic_io import atomic_output, atomic_write_text
 from nnunet_missingmod.modalities import FULL_SET
 
 FULL_SET_NAME = FULL_SET.name

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-from nnunet_missingmod.training.budgets import BUDGETS
+from nnunet_missingmod.training.naming import BUDGETS
 
 REFERENCE_SPACING_MM = 8.0  # the spacing the per-voxel costs were measured at
 
@@ -56,7 +56,7 @@ TRAINER_TIME_FACTOR: Dict[str, Dict[str, float]] = {
 
 
 def budget_iterations(budget: str) -> Tuple[int, int]:
-    """(epochs, iterations per epoch) of the budget named ``budget`` (:data:`~nnunet_missingmod.training.budgets.
+    """(epochs, iterations per epoch) of the budget named ``budget`` (:data:`~nnunet_missingmod.training.naming.
     BUDGETS`)."""
     entry = BUDGETS[budget]
     return entry.num_epochs, entry.num_iterations_per_epoch

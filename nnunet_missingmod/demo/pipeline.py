@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from nnunet_missingmod.demo import costs
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.training.budgets import BUDGETS
-from nnunet_missingmod.training.robust import RECOMMENDED_TRAINER
+from nnunet_missingmod.training.naming import BUDGETS
+from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
 
 MARKER_NAME = ".nnunet-missingmod-demo"  # the same name run_demo.sh used, so old demo folders are recognised
 TRAIN_DATASET_ID, TRAIN_DATASET_NAME = 500, "DemoTrain"
@@ -101,11 +101,11 @@ def routed_column_label(trainer: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- output folder
 def claim_output_folder(out: Path, data: DataSettings) -> str:
-    """Create or accept ``out`` and hold its lock (:func:`~nnunet_missingmod.io_checks.claim_folder`) while the demo
+    """Create or accept ``out`` and hold its lock (:func:`~nnunet_missingmod.atomic_io.claim_folder`) while the demo
     runs: a second demo (or any command of ours) writing there refuses, naming this process. A new or empty folder
     gets our marker; a folder with our marker must hold the same data settings; any other non-empty folder is
     refused (the demo writes and may replace files there). Returns "new" or "existing"."""
-    from nnunet_missingmod.io_checks import FOLDER_LOCK_NAME, claim_folder, release_folder
+    from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, claim_folder, release_folder
 
     marker = out / MARKER_NAME
     if out.exists() and not out.is_dir():
@@ -226,7 +226,7 @@ class CommandRunner:
 # ----------------------------------------------------------------------------------------------------- the stages
 class DemoPipeline:
     def __init__(self, settings: DemoSettings):
-        from nnunet_missingmod.training.registry import trainer_dir
+        from nnunet_missingmod.training.naming import trainer_dir
         self.s = settings
         out = settings.out
         self.sources = out / "sources"

@@ -109,7 +109,7 @@ def et_labels_from_regions(regions: Mapping[str, Tuple[int, ...]], source: str) 
 
 
 def save_et_rule(rule: EtRule, path: str) -> None:
-    from nnunet_missingmod.io_checks import atomic_write_text
+    from nnunet_missingmod.atomic_io import atomic_write_text
     atomic_write_text(path, json.dumps({"format": RULE_FORMAT, **asdict(rule)}, indent=1) + "\n")
 
 
@@ -173,7 +173,8 @@ def apply_et_rule_to_folder(rule: EtRule, input_folder: str, output_folder: str,
     from tqdm import tqdm
 
     from nnunet_missingmod.evaluation.scoring import list_label_files
-    from nnunet_missingmod.io_checks import atomic_output, check_nifti_data
+    from nnunet_missingmod.atomic_io import atomic_output
+    from nnunet_missingmod.nifti_checks import check_nifti_data
     if os.path.abspath(input_folder) == os.path.abspath(output_folder):
         raise MissingModError(f"output folder {output_folder} must differ from the input folder: the rule is never "
                               f"applied in place")

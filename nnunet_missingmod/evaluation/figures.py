@@ -21,7 +21,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import atomic_output, error_reason
+from nnunet_missingmod.atomic_io import atomic_output
+from nnunet_missingmod.nifti_checks import error_reason
 from nnunet_missingmod.modalities import FULL_SET, PAPER_ORDER, ModalitySubset, paper_subset_name, parse_subset
 
 FIGURE_SUBSETS: Tuple[ModalitySubset, ...] = tuple(

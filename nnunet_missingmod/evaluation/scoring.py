@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import GEOMETRY_ATOL, error_reason
+from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, error_reason
 from nnunet_missingmod.evaluation.lesionwise import (
     DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS, LesionProtocol, LesionScore, lesionwise_scores)
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
@@ -135,17 +135,6 @@ def match_cases(gt_dir: str, pred_dir: str, file_ending: Optional[str] = None) -
     return [(case, gt[case], pred[case]) for case in sorted(gt)]
 
 
-def score_label_maps(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], regions: Regions,
-                     hd95_variant: str = DEFAULT_HD95_VARIANT,
-                     lesion_protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL]
-                     ) -> Dict[str, RegionScore]:
-    """Region name -> :class:`RegionScore` of one case, from two label maps of the same shape (axis order
-    ``(z, y, x)``, ``spacing`` in the same order, mm)."""
-    if gt.shape != pred.shape:
-        raise MissingModError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    return _score_against(region_masks(gt, regions), pred, spacing, regions, hd95_variant, lesion_protocol)
-
-
 def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions, hd95_variant: str,
                       lesion_protocol: LesionProtocol) -> List[Dict[str, RegionScore]]:
     """Score several predictions of one case (e.g. one per subset), reading the ground truth only once."""
@@ -189,8 +178,7 @@ def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing
     pred_masks = region_masks(pred, regions)
     return {name: RegionScore(dice(pred_masks[name], gt_masks[name]),
                               hd95(pred_masks[name], gt_masks[name], spacing, hd95_variant),
-                              lesionwise_scores(pred_masks[name], gt_masks[name], spacing, lesion_protocol,
-                                                hd95_variant))
+                              lesionwise_scores(pred_masks[name], gt_masks[name], spacing, lesion_protocol))
             for name in regions}
 
 
@@ -233,7 +221,8 @@ def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], r
         folders: :class:`PredictionFolder` ``(trainer, subset, folder)`` items; each folder must hold exactly the
             ground truth's cases.
         regions: ordered region name -> label values (see :mod:`nnunet_missingmod.evaluation.regions`).
-        hd95_variant: ``"max_directed"`` or ``"pooled"``.
+        hd95_variant: whole-volume HD95, a :data:`~nnunet_missingmod.evaluation.metrics.HD95_VARIANTS` name
+            (``"max_directed"``, the BraTS 2023 HD95, by default); the lesion-wise HD95 is always the BraTS 2023 one.
         num_processes: worker processes; 1 scores in this process.
         file_ending: restrict to files with this ending (dataset.json's ``file_ending``).
         lesion_protocol: the BraTS 2023 challenge whose lesion-wise rules give the lesion columns

@@ -12,7 +12,7 @@ from nnunet_missingmod.inference.model_folder import (
 
 
 def _predict(args) -> int:
-    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    from nnunet_missingmod.faults import Terminated, sigterm_raises
     with sigterm_raises():
         try:
             return _predict_folder(args)
@@ -27,7 +27,7 @@ def _predict(args) -> int:
 
 
 def _predict_folder(args) -> int:
-    from nnunet_missingmod.io_checks import claim_folder
+    from nnunet_missingmod.atomic_io import claim_folder
     from nnunet_missingmod.modalities import parse_subset
     check_pipeline_arguments(args)
     if args.part_id >= args.num_parts:

@@ -8,12 +8,12 @@ import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Iterator, Optional, Sequence, Tuple
 
-from nnunet_missingmod.io_checks import claim_folder
+from nnunet_missingmod.atomic_io import claim_folder
 
 
 def start_log(output_folder: str, command: str, verbose: bool, part: Optional[Tuple[int, int]] = None) \
         -> Optional[str]:
-    """Claim ``output_folder`` for this run (:func:`~nnunet_missingmod.io_checks.claim_folder`; ``part``:
+    """Claim ``output_folder`` for this run (:func:`~nnunet_missingmod.atomic_io.claim_folder`; ``part``:
     ``(part_id, num_parts)`` of a ``-num_parts`` split, which share it) and return ``OUTPUT/<command>.log`` with a
     header line for this run appended, or ``None`` when ``verbose`` (nnU-Net's output stays on the terminal).
     Appended, not replaced, so that ``-num_parts`` calls sharing a folder keep each other's messages.

@@ -9,9 +9,9 @@ adaptations keep our guarantees:
   of its list; :class:`CaseConfigurationManager` makes that class :class:`CasePreprocessor`, and the entries are
   our :class:`~nnunet_missingmod.inference.discovery.CaseFiles`. So a worker runs our per-case loading and checks,
   nnU-Net's preprocessing, and the zeroing of absent channels after normalisation
-  (:func:`~nnunet_missingmod.inference.predictor.prepare_case`); a bad case comes back as an empty array with its
+  (:func:`~nnunet_missingmod.inference.case.prepare_case`); a bad case comes back as an empty array with its
   failure record (file named) in the properties instead of ending the run as nnU-Net's worker would.
-* Export workers run :func:`~nnunet_missingmod.inference.predictor.export_case` (atomic outputs); SIGTERM ends one
+* Export workers run :func:`~nnunet_missingmod.inference.case.export_case` (atomic outputs); SIGTERM ends one
   quietly after its temporary files are removed. Sidecars are written by the main process once a case's export
   has finished, so a case with a sidecar is complete (``--continue_prediction``).
 """
@@ -30,9 +30,9 @@ import numpy as np
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-from nnunet_missingmod.inference.discovery import CaseFiles
-from nnunet_missingmod.inference.predictor import (
+from nnunet_missingmod.inference.case import (
     CaseReader, CaseResult, FullSetRoute, PreparedCase, export_case, prepare_case, run_preprocessing)
+from nnunet_missingmod.inference.discovery import CaseFiles
 from nnunet_missingmod.modalities import modalities_from_channel_names
 
 PREPARED_KEY = "nnunet_missingmod_prepared"
@@ -149,6 +149,7 @@ def _end_workers(children) -> None:
 
 
 _default_sigterm_in_forks = False
+_fork_hook_registered = False  # _reset_sigterm_after_fork, registered once, when workers are first started
 
 
 def _reset_sigterm_after_fork() -> None:
@@ -156,14 +157,15 @@ def _reset_sigterm_after_fork() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-os.register_at_fork(after_in_child=_reset_sigterm_after_fork)
-
-
 @contextmanager
 def _forked_children_default_sigterm() -> Iterator[None]:
     """nnU-Net's iterator forks a ``Manager`` process, which would inherit ``predict``'s SIGTERM handler (and print
-    a traceback when a scheduler sends SIGTERM to the whole job); it gets Python's default instead."""
-    global _default_sigterm_in_forks
+    a traceback when a scheduler sends SIGTERM to the whole job); it gets Python's default instead. The fork hook is
+    registered here, on first use, so that importing this module changes nothing in the process."""
+    global _default_sigterm_in_forks, _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_reset_sigterm_after_fork)
+        _fork_hook_registered = True
     _default_sigterm_in_forks = True
     try:
         yield
@@ -283,7 +285,7 @@ def export_in_worker(*arguments) -> str:
 
 def _quiet_sigterm() -> None:
     """Export workers: SIGTERM (the pool ending after an error or SIGTERM, or a scheduler) ends the worker without
-    a traceback; during an export it first unwinds, so that :func:`~nnunet_missingmod.io_checks.atomic_outputs`
+    a traceback; during an export it first unwinds, so that :func:`~nnunet_missingmod.atomic_io.atomic_outputs`
     removes what was being written."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -314,15 +312,6 @@ def test_cli_convert_and_labels_back(tmp_path, raw, capsys):
     assert main(["convert", "brats2021", str(tmp_path / "nowhere"), "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nnunet-missingmod convert: error:") and "nowhere" in err and "\n" not in err
-
-
-def test_dataset_conversion_script(tmp_path, raw):
-    source, _ = _phantom(tmp_path, "brats2021", n=1)
-    script = Path(__file__).resolve().parents[2] / "dataset_conversion" / "convert_brats.py"
-    run = subprocess.run([sys.executable, str(script), "brats2021", str(source), "11"], capture_output=True,
-                         text=True, env=os.environ.copy())
-    assert run.returncode == 0, run.stderr
-    assert (raw / "Dataset011_BraTS2021" / "dataset.json").is_file()
 
 
 # ------------------------------------------------------------------------------------- user-facing friction

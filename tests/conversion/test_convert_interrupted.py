@@ -19,7 +19,7 @@ from fs_helpers import fill, small_filesystem
 from nnunet_missingmod.conversion.convert import convert_dataset
 from nnunet_missingmod.conversion.labels import convert_labels_back
 from nnunet_missingmod.conversion.phantom import write_phantom_dataset
-from nnunet_missingmod.io_checks import DiskFullError
+from nnunet_missingmod.atomic_io import DiskFullError
 
 N_SLOW_CASES = 60
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from evaluation.test_routed import biased_copy, rows_by_entry
-from inference.test_cli import _cli, _write_case, _write_label, model_folder  # noqa: F401 (model_folder: fixture)
+from inference.test_cli import _cli, _write_case, _write_label
 
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.errors import MissingModError

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
-from inference.test_cli import model_folder  # noqa: F401 (the fixture)
 
 from nnunet_missingmod.modalities import MODALITIES
 

@@ -11,7 +11,7 @@ from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.evaluation import figures
 from nnunet_missingmod.evaluation.figures import (
     FigureRow, label_colours, parse_figure_count, render_case_figure, select_cases, tumour_slice)
-from nnunet_missingmod.io_checks import DiskFullError
+from nnunet_missingmod.atomic_io import DiskFullError
 from nnunet_missingmod.modalities import FULL_SET, MODALITIES
 
 REGIONS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}  # nnU-Net's region labels, as our converter writes them

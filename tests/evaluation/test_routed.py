@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from inference.test_cli import _cli, _write_case, _write_label, model_folder  # noqa: F401 (model_folder: fixture)
+from inference.test_cli import _cli, _write_case, _write_label
 
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.evaluation.scoring import RECORD_FIELDS

@@ -11,72 +11,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import SHAPE_ZYX, TRAINER
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.inference.discovery import discover_cases, restrict_to
 from nnunet_missingmod.modalities import MODALITIES, ModalitySubset, parse_subset
 
-TRAINER = "nnUNetTrainer"  # stock: these tests are about the predictor, not about any method's network
 NNUNET_CPU_NOTE = "perform_everything_on_device=True is only supported for cuda devices"  # nnU-Net prints this
-SHAPE_ZYX = (12, 14, 16)
-CHANNEL_NAMES = {str(i): m for i, m in enumerate(MODALITIES)}
-LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
-
-
-def _plans() -> dict:
-    arch = {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1],
-            "n_conv_per_stage_decoder": [1], "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True}}
-    return {
-        "dataset_name": "Dataset998_Fast", "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [1.0] * 3,
-        "original_median_shape_after_transp": list(SHAPE_ZYX), "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "by hand",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {str(c): {
-            "max": 200.0, "mean": 100.0, "median": 100.0, "min": 0.0, "percentile_00_5": 50.0,
-            "percentile_99_5": 150.0, "std": 20.0} for c in range(4)},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "fast", "preprocessor_name": "DefaultPreprocessor", "batch_size": 1,
-            "patch_size": [8, 8, 8], "median_image_size_in_voxels": list(SHAPE_ZYX), "spacing": [1.0] * 3,
-            "normalization_schemes": ["ZScoreNormalization"] * 4, "use_mask_for_norm": [False] * 4,
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                   "force_separate_z": None},
-            "batch_dice": False,
-            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": arch,
-                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-        }},
-    }
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_missingmod.inference.predictor import ensure_trainer_lookup
-    folder = tmp_path_factory.mktemp("fast_model")
-    plans = _plans()
-    dataset_json = {"channel_names": CHANNEL_NAMES, "labels": LABELS, "regions_class_order": [1, 2, 3],
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    ensure_trainer_lookup()
-    plans_manager = PlansManager(plans)
-    torch.manual_seed(0)
-    network = recursive_find_trainer_class_by_name(TRAINER).build_network_architecture(
-        plans_manager, plans_manager.get_configuration("3d_fullres"), 4, 3, enable_deep_supervision=False)
-    (folder / "fold_0").mkdir()
-    torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
-                "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
 
 
 def _write_case(folder, case_id, modalities=MODALITIES, seed=0):

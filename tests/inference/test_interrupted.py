@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 from fs_helpers import fill, small_filesystem
-from inference.test_cli import model_folder  # noqa: F401 (the fixture)
 
-from nnunet_missingmod.io_checks import DiskFullError, OutOfMemory
+from nnunet_missingmod.atomic_io import DiskFullError
+from nnunet_missingmod.faults import OutOfMemory
 from nnunet_missingmod.modalities import MODALITIES
 
 N_CASES = 6

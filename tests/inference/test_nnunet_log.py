@@ -2,7 +2,7 @@
 import sys
 
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
-from nnunet_missingmod.io_checks import FOLDER_LOCK_NAME, release_folder
+from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, release_folder
 
 
 def test_output_inside_the_block_goes_to_the_log_and_runs_append(tmp_path, capsys, monkeypatch):

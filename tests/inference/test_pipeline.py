@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from inference.test_cli import model_folder  # noqa: F401 (the fixture)
 
 
 SHAPE_ZYX = (14, 16, 18)

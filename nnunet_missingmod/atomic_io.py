@@ -1,6 +1,6 @@
-"""Checks of image files that nnU-Net's readers do not make, and what a long run on a shared machine needs so that
-nothing half-written is left behind: atomic writes that recognise a full disk, a lock per output folder, and
-SIGTERM turned into an exception that the writers' clean-up code sees."""
+"""What a long run on a shared machine needs so that nothing half-written is left behind: atomic writes that
+recognise a full disk (:class:`DiskFullError`), and a lock per output folder (:func:`claim_folder`) so that two runs
+never write into one folder."""
 from __future__ import annotations
 
 import atexit
@@ -10,7 +10,6 @@ import fcntl
 import gzip
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -18,40 +17,7 @@ import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
-import numpy as np
-
 from nnunet_missingmod.errors import MissingModError
-
-NIFTI_ENDINGS = (".nii", ".nii.gz")
-GEOMETRY_ATOL = 1e-3
-"""Tolerance in mm (spacing, origin) and in direction cosines when files must share one geometry: the same in the
-converter, the predictor and the scorer, so that what converts also predicts and scores."""
-
-
-def error_reason(error: BaseException) -> str:
-    """The last line of an exception's message (ITK's are long), or its type if it has none."""
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else type(error).__name__
-
-
-def check_nifti_data(path: str, what: str = "") -> None:
-    """Raise :class:`MissingModError` if a NIfTI file is truncated or holds NaN/Inf voxels.
-
-    SimpleITK (nnU-Net's default reader) reads a truncated ``.nii.gz`` without complaint and returns NaN voxels as
-    0, so both are checked on the stored data with nibabel. Other formats are left to the reader.
-    """
-    if not str(path).endswith(NIFTI_ENDINGS):
-        return
-    import nibabel as nib
-    prefix = f"{what}: " if what else ""
-    try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as e:
-        raise MissingModError(f"{prefix}cannot read {path} (truncated or corrupt?): {error_reason(e)}") from None
-    if np.issubdtype(data.dtype, np.floating):
-        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if n_bad:
-            raise MissingModError(f"{prefix}{path} has {n_bad} NaN/Inf voxels")
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
@@ -337,62 +303,3 @@ def _busy_message(lock_path: str, what: str) -> str:
 def _release_all_locks() -> None:
     for key in list(_held_locks):
         release_lock(key)
-
-
-# ------------------------------------------------------------------------------------------------------ signals
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM (a scheduler's time limit, ``kill``). A
-    ``BaseException``, so that per-case ``except Exception`` handlers let it through, while ``finally`` blocks
-    and :func:`atomic_output` still remove what was being written."""
-
-    exit_code = 128 + signal.SIGTERM
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Inside the block, SIGTERM raises :class:`Terminated` (Python's default would end the process at once and run
-    no clean-up). The previous handler is restored afterwards."""
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# ------------------------------------------------------------------------------------------------ out of memory
-class OutOfMemory(MissingModError):
-    """The GPU ran out of memory; the message says what ran and the fixes, in the order to try them."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """``torch.cuda.OutOfMemoryError`` (or the ``RuntimeError`` older drivers and MPS raise for the same)."""
-    import torch
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
-
-
-def prediction_out_of_memory_message(case: str, patch_size: Sequence[int], device: str) -> str:
-    """The one message for running out of GPU memory in nnU-Net's sliding window (one patch per forward pass)."""
-    patch = "x".join(map(str, patch_size))
-    return (f"case {case}: {device} ran out of memory in the sliding-window prediction (patch {patch}, batch size 1 "
-            f"patch per forward pass). Fixes, in order: (1) --not_on_device keeps the logits of the whole case in "
-            f"CPU memory (nnU-Net's perform_everything_on_device=False); (2) -device cpu (slow, but needs no GPU "
-            f"memory); (3) a model trained with a smaller patch (see nnUNetv2_plan_experiment -gpu_memory_target). "
-            f"A smaller -step_size does not help: it changes how many patches are predicted, not their size")
-
-
-def training_out_of_memory_message(patch_size: Sequence[int], batch_size: int, dataset: str, configuration: str,
-                                   plans: str = "nnUNetPlans", extra_models: str = "") -> str:
-    """The one message for running out of GPU memory in a training step (for the trainers' ``train_step``).
-    ``extra_models``: what else is on the GPU besides the student (e.g. "a teacher and a discriminator")."""
-    patch = "x".join(map(str, patch_size))
-    also = f" together with {extra_models}" if extra_models else ""
-    return (f"the GPU ran out of memory in a training step (patch {patch}, batch size {batch_size}{also}). Fixes, in "
-            f"order: (1) plans for a smaller GPU: nnUNetv2_plan_experiment -d {dataset} -gpu_memory_target GB "
-            f"-overwrite_plans_name {plans}_smaller, then nnUNetv2_preprocess -d {dataset} -plans_name "
-            f"{plans}_smaller -c {configuration} and nnUNetv2_train ... -p {plans}_smaller (a smaller patch or "
-            f"batch); (2) close other processes on the GPU (nvidia-smi lists them); (3) a GPU with more memory")

@@ -1,4 +1,4 @@
-"""io_checks: atomic writes (a reader never sees a half-written file, a failed or disk-full write keeps the old one)
+"""atomic_io: atomic writes (a reader never sees a half-written file, a failed or disk-full write keeps the old one)
 and folder locks between real processes."""
 import os
 import stat
@@ -8,7 +8,7 @@ import sys
 import pytest
 from fs_helpers import small_filesystem
 
-from nnunet_missingmod.io_checks import atomic_output, atomic_write_bytes, atomic_write_text
+from nnunet_missingmod.atomic_io import atomic_output, atomic_write_bytes, atomic_write_text
 
 
 def _leftovers(folder):
@@ -59,7 +59,7 @@ def test_report_plots_are_written_through_atomic_output(tmp_path):
 # ---------------------------------------------------------------------------------------------- folder locks
 HOLD_LOCK = """
 import sys, time
-from nnunet_missingmod.io_checks import claim_folder
+from nnunet_missingmod.atomic_io import claim_folder
 part = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 2 else None
 claim_folder(sys.argv[1], "predict", part)
 print("holding", flush=True)
@@ -81,7 +81,7 @@ def _stop(process):
 
 
 def test_a_second_writer_of_a_folder_is_refused_with_the_other_process_id(tmp_path):
-    from nnunet_missingmod.io_checks import FolderBusyError, claim_folder, release_folder
+    from nnunet_missingmod.atomic_io import FolderBusyError, claim_folder, release_folder
     holder = _holder(tmp_path / "out")
     try:
         with pytest.raises(FolderBusyError, match=f"is being written by process {holder.pid} \\(predict on "):
@@ -94,7 +94,7 @@ def test_a_second_writer_of_a_folder_is_refused_with_the_other_process_id(tmp_pa
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_message(tmp_path, capsys):
-    from nnunet_missingmod.io_checks import claim_folder, release_folder
+    from nnunet_missingmod.atomic_io import claim_folder, release_folder
     holder = _holder(tmp_path / "out")
     _stop(holder)  # SIGKILL: the lock file stays, naming its process
     claim_folder(str(tmp_path / "out"), "predict")
@@ -103,7 +103,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_message(tmp_path, 
 
 
 def test_parts_of_one_split_share_a_folder_but_not_a_part(tmp_path):
-    from nnunet_missingmod.io_checks import FolderBusyError, claim_folder, release_folder
+    from nnunet_missingmod.atomic_io import FolderBusyError, claim_folder, release_folder
     folder = tmp_path / "out"
     holder = _holder(folder, 0, 2)
     try:
@@ -120,7 +120,7 @@ def test_parts_of_one_split_share_a_folder_but_not_a_part(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- disk full
 def test_a_full_disk_names_the_file_keeps_the_earlier_one_and_leaves_no_partial_file(tmp_path):
-    from nnunet_missingmod.io_checks import DiskFullError
+    from nnunet_missingmod.atomic_io import DiskFullError
     with small_filesystem(tmp_path / "small", size_kb=1024) as small:
         target = small / "report.json"
         target.write_bytes(b"earlier report")
@@ -136,7 +136,7 @@ def test_a_full_disk_is_seen_where_simpleitk_only_prints_it(tmp_path):
     """SimpleITK's NIfTI writer prints "wrote only 0 of N bytes" and returns normally on a full disk."""
     import numpy as np
     import SimpleITK as sitk
-    from nnunet_missingmod.io_checks import DiskFullError, atomic_output
+    from nnunet_missingmod.atomic_io import DiskFullError, atomic_output
     image = sitk.GetImageFromArray(np.random.default_rng(0).random((100, 100, 100)).astype(np.float32))
     with small_filesystem(tmp_path / "small", size_kb=1024) as small:
         target = small / "seg.nii.gz"
@@ -147,8 +147,8 @@ def test_a_full_disk_is_seen_where_simpleitk_only_prints_it(tmp_path):
 
 
 def test_a_second_demo_on_one_folder_is_refused_and_the_first_keeps_its_marker(tmp_path):
+    from nnunet_missingmod.atomic_io import FolderBusyError, release_folder
     from nnunet_missingmod.demo.pipeline import MARKER_NAME, DataSettings, claim_output_folder
-    from nnunet_missingmod.io_checks import FolderBusyError, release_folder
     settings, out = DataSettings(cases=4, test_cases=2, spacing_mm=6.0), tmp_path / "demo"
     assert claim_output_folder(out, settings) == "new"
     release_folder(str(out))
