@@ -172,3 +172,90 @@ def test_paper_names_list_the_sequences_in_the_papers_order():
     assert paper_subset_name(parse_subset("t2, t1c, t2f")) == "FLAIR+T1ce+T2"
     assert paper_subset_name(FULL_SET) == "FLAIR+T1+T1ce+T2"
     assert paper_subset_name(parse_subset("T1")) == "T1"
+
+
+# ---------------------------------------------------------------------------------------------- presence contract
+def test_present_channels_reads_non_zero_channels_and_counts_an_all_zero_sample_as_complete():
+    import torch
+
+    from nnunet_missingmod.modalities import present_channels
+    x = torch.zeros(3, 4, 2, 2, 2)
+    x[0] = 1.0                    # every channel
+    x[1, 1, 0, 0, 1] = -2.0       # channel 1 only (one voxel, negative)
+    # x[2] is all zero: a background tile, complete by the contract
+    assert present_channels(x).tolist() == [[True] * 4, [False, True, False, False], [True] * 4]
+    told = torch.tensor([True, False, True, True])
+    assert present_channels(x, told).tolist() == [told.tolist()] * 3  # the told mask wins over the zeros
+    for bad in (torch.ones(3, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)):
+        with pytest.raises(MissingModError, match="present-channel mask"):
+            present_channels(x, bad)
+
+
+def _presence_aware_networks():
+    """A presence-conditioned U-Net (random per-pattern tables, so every pattern gives other logits) and a CCSD
+    network, both on hand-written 3d plans with a 16³ patch."""
+    import torch
+    from plans_helpers import make_managers
+
+    from nnunet_missingmod.training.methods.ccsd.network import build_ccsd_network
+    from nnunet_missingmod.training.methods.dropout.presence import PresenceConditionedNorm, condition_on_presence
+    plans_manager, configuration = make_managers([16, 16, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [4, 8, 8])
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    torch.manual_seed(0)
+    conditioned = condition_on_presence(get_network_from_plans(
+        configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+        configuration.network_arch_init_kwargs_req_import, 4, 3, deep_supervision=False), 4)
+    with torch.no_grad():
+        for norm in conditioned.modules():
+            if isinstance(norm, PresenceConditionedNorm):
+                norm.presence_scale.normal_(0, 0.5)
+                norm.presence_shift.normal_(0, 0.5)
+    ccsd = build_ccsd_network(plans_manager, configuration, 4, 3, enable_deep_supervision=False)
+    return plans_manager, configuration, {"presence": conditioned.eval(), "ccsd": ccsd.eval()}
+
+
+def _sliding_window(network, plans_manager, configuration, data):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                allow_tqdm=False)
+    dataset_json = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+                    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
+                               "enhancing tumor": 3}, "regions_class_order": [1, 2, 3], "file_ending": ".nii.gz"}
+    predictor.manual_initialization(network, plans_manager, configuration, None, dataset_json, "test", None)
+    with torch.no_grad():
+        return predictor.predict_sliding_window_return_logits(data)
+
+
+@pytest.mark.parametrize("kind", ["presence", "ccsd"])
+def test_a_sliding_window_over_background_tiles_gives_the_told_masks_prediction_on_a_complete_case(kind):
+    """A 16³ window slides over a 40×16×40 case whose brain fills one corner: several tiles see only the zeros that
+    nnU-Net's masked normalisation leaves outside the brain. Told the complete mask or untold, the prediction is the
+    same (an all-zero tile counts as complete); told a subset, every tile uses that subset's pattern."""
+    import torch
+
+    from nnunet_missingmod.modalities import tell_present_channels
+    plans_manager, configuration, networks = _presence_aware_networks()
+    network = networks[kind]
+    torch.manual_seed(1)
+    data = torch.zeros(4, 40, 16, 40)
+    data[:, :14, :, :14] = torch.randn(4, 14, 16, 14)  # the brain: one corner; the other tiles are background
+    untold = _sliding_window(network, plans_manager, configuration, data)
+    assert tell_present_channels(network, torch.ones(4, dtype=torch.bool)) >= 1
+    told_complete = _sliding_window(network, plans_manager, configuration, data)
+    assert torch.equal(told_complete, untold)
+
+    without_t1ce = torch.tensor([True, False, True, True])
+    zeroed = data.clone()
+    zeroed[1] = 0
+    tell_present_channels(network, without_t1ce)
+    told_subset = _sliding_window(network, plans_manager, configuration, zeroed)
+    tell_present_channels(network, None)
+    untold_subset = _sliding_window(network, plans_manager, configuration, zeroed)
+    if kind == "presence":  # (CCSD's logits on an all-zero tile do not depend on the subset: its features are 0)
+        background = (slice(None), slice(30, None), slice(None), slice(30, None))  # covered by background tiles only
+        # untold, the background tiles read as complete; told, they use the case's subset: the logits there differ
+        assert not torch.allclose(told_subset[background], untold_subset[background])
+    brain = (slice(None), slice(0, 6), slice(None), slice(0, 6))  # covered by the brain tile alone
+    assert torch.allclose(told_subset[brain], untold_subset[brain], atol=1e-5)

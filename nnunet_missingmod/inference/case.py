@@ -24,7 +24,7 @@ from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.faults import is_out_of_memory
 from nnunet_missingmod.inference.discovery import CaseFiles
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
-from nnunet_missingmod.modalities import ModalitySubset, apply_channel_mask
+from nnunet_missingmod.modalities import ModalitySubset
 from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, check_nifti_data, error_reason
 
 ROBUST, FULL_SET = "robust", "full-set"  # CaseResult.model: which model segmented a case
@@ -167,7 +167,8 @@ class PreparedCase(NamedTuple):
     result: CaseResult
     """Its record so far (files, subset, warnings; ``error`` if it failed)."""
     data: Optional[torch.Tensor]
-    """Preprocessed (C, *shape), the absent channels exactly 0; ``None`` when it failed."""
+    """Preprocessed (C, *shape), all channels as nnU-Net's preprocessing left them (the predictor zeroes the absent
+    ones); ``None`` when it failed."""
     properties: Optional[dict]
     subset: Optional[ModalitySubset]
 
@@ -197,11 +198,11 @@ class FullSetRoute(NamedTuple):
 def prepare_case(case: CaseFiles, reader: CaseReader,
                  preprocess: Callable[[np.ndarray, dict], Tuple[torch.Tensor, dict]],
                  full_set: Optional[FullSetRoute] = None) -> PreparedCase:
-    """Read a case (``reader``), preprocess it (``preprocess``, nnU-Net's) and zero its absent channels after
-    normalisation; a case complete for ``full_set`` is preprocessed by that model's preprocessing instead (its
-    channels, nothing zeroed: exactly what stock nnU-Net runs) and ``result.model`` says which. A bad input is the
-    returned case's error, naming the file; only running out of memory raises. The same steps here or in a
-    preprocessing worker."""
+    """Read a case (``reader``) and preprocess it (``preprocess``, nnU-Net's); its absent channels are zeroed later, in
+    ``MissingModalityPredictor.predict_preprocessed`` with the returned subset. A case complete for ``full_set`` is
+    preprocessed by that model's preprocessing instead (its channels: exactly what stock nnU-Net runs) and
+    ``result.model`` says which. A bad input is the returned case's error, naming the file; only running out of memory
+    raises. The same steps here or in a preprocessing worker."""
     result = CaseResult(case.case_id, ignored_files=dict(case.excluded))
     subset = None
     try:
@@ -216,9 +217,6 @@ def prepare_case(case: CaseFiles, reader: CaseReader,
             return PreparedCase(result, preprocessed, properties, ModalitySubset.from_modalities(full_set.modalities))
         result.model = ROBUST
         preprocessed, properties = preprocess(data, properties)
-        if not subset.is_full:
-            mask = torch.tensor(subset.channel_mask(reader.channel_modalities), dtype=torch.bool)
-            preprocessed = apply_channel_mask(preprocessed, mask, channel_axis=0)
         return PreparedCase(result, preprocessed, properties, subset)
     except MissingModError as e:
         result.error = str(e)

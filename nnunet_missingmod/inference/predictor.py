@@ -15,17 +15,19 @@ predicted by that model instead, exactly as stock nnU-Net would.
 One :class:`~nnunet_missingmod.modalities.ModalitySubset` travels through a case: ``--modalities`` is parsed once
 into the *requested* subset, :func:`~nnunet_missingmod.inference.discovery.restrict_to` keeps only its files,
 :meth:`MissingModalityPredictor.load_case` returns the subset actually *used* (files that exist, minus constant
-volumes), and that same object gives the channel mask zeroed in the input and handed to the network.
+volumes), and that same object gives the channel mask zeroed in the input and told to the network.
 
 What the checkpoint tells the predictor: only what nnU-Net reads (``trainer_name``, ``init_args``,
 ``network_weights``, ``inference_allowed_mirroring_axes``). The ``missingmod_config`` our trainers write into every
 checkpoint is *not* read here, nor anywhere else in inference; ``trained_for_missing_modalities`` comes from the
 trainer class named by ``trainer_name`` (a subclass of ``MissingModalityTrainerBase`` or not).
 
-A network that wants the mask itself exposes ``set_modality_mask(mask: (C,) bool tensor)`` on the module that
-``build_network_architecture`` returns; this predictor (``predict``, ``evaluate``) calls it before every case. Nothing
-else does: nnU-Net's own final validation at the end of ``nnUNetv2_train`` and stock ``nnUNetv2_predict`` never call
-it, so such a network must also work when it was never given a mask (treat "no mask" as the full set).
+The case's mask reaches the network once, in :meth:`MissingModalityPredictor.predict_preprocessed`: the absent
+channels are zeroed there (after nnU-Net's normalisation, as training zeroes them) and every
+:class:`~nnunet_missingmod.modalities.PresenceAware` module of the network is told the mask for the whole sliding
+window (:func:`~nnunet_missingmod.modalities.tell_present_channels`), then cleared. nnU-Net's own final validation and
+stock ``nnUNetv2_predict`` tell nothing: such modules then read presence from their input (the presence contract in
+:mod:`nnunet_missingmod.modalities`).
 """
 from __future__ import annotations
 
@@ -53,9 +55,9 @@ from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, d
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
 from nnunet_missingmod.inference.pipeline import InlineExports, exports_for, prepared_cases
 from nnunet_missingmod.modalities import (
-    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset, subset_of_channel_mask)
+    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset, subset_of_channel_mask,
+    tell_present_channels)
 
-MODALITY_MASK_HOOK = "set_modality_mask"
 SIDECAR_SUFFIX = ".modalities.json"
 
 
@@ -184,16 +186,17 @@ class MissingModalityPredictor(nnUNetPredictor):
             raise
 
     def predict_preprocessed(self, data: torch.Tensor, subset: ModalitySubset) -> torch.Tensor:
-        """Logits for a preprocessed case, predicted from ``subset``: the other channels are zeroed after
-        normalisation, and the same subset's channel mask goes to the network's ``set_modality_mask`` if it has
-        one."""
+        """Logits for a preprocessed case, predicted from ``subset``: the other channels are zeroed here (the one
+        place prediction zeroes them) and the network's presence-aware modules are told the subset's mask for the
+        whole sliding window."""
         mask = torch.tensor(subset.channel_mask(self.channel_modalities), dtype=torch.bool)
         data = apply_channel_mask(data, mask, channel_axis=0) if not subset.is_full else data
-        network = self.network
-        if hasattr(network, MODALITY_MASK_HOOK):
-            getattr(network, MODALITY_MASK_HOOK)(mask.to(self.device))
-        with nnunet_output_to(self.nnunet_log):
-            return self.predict_logits_from_preprocessed_data(data).cpu()
+        tell_present_channels(self.network, mask.to(self.device))
+        try:
+            with nnunet_output_to(self.nnunet_log):
+                return self.predict_logits_from_preprocessed_data(data).cpu()
+        finally:
+            tell_present_channels(self.network, None)
 
     def export(self, logits: Union[torch.Tensor, np.ndarray], properties: dict, output_file_truncated: str,
                save_probabilities: bool = False) -> str:
