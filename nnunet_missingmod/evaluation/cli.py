@@ -49,7 +49,7 @@ def run_score(settings: ScoreSettings) -> int:
                                       subset=settings.subset, hd95_variant=scoring.hd95_variant,
                                       num_processes=scoring.num_processes, file_ending=scoring_file_ending(scoring),
                                       lesion_protocol=scoring.lesion_protocol)
-    summary = write_report(records, scoring.output, scoring_conventions(scoring))
+    summary = write_report(records, scoring.output, scoring_conventions(scoring), bootstrap=scoring.bootstrap)
     print_overview(summary, scoring.output)
     return 0
 

@@ -75,6 +75,7 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
     from contextlib import closing
 
     from nnunet_missingmod.inference import pipeline
+    from nnunet_missingmod.inference.case import export_arguments
     folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
@@ -98,8 +99,8 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
                 for subset in subsets:
                     logits = predictor.predict_preprocessed(prepared.data, subset)
                     exports.wait_for_room()
-                    exports.submit(result, predictor._export_arguments(
-                        logits, prepared.properties, os.path.join(folders[subset.name], result.case), False))
+                    exports.submit(result, export_arguments(
+                        predictor, logits, prepared.properties, os.path.join(folders[subset.name], result.case), False))
                     finished(exports.collect(wait=False))
             finished(exports.collect(wait=True))
     return folders
@@ -201,6 +202,23 @@ def et_rule_prediction_folders(rule, folders_by_label: Mapping[str, Mapping[str,
     return entries
 
 
+def report_entries(labels: Sequence[str], full_set_model: bool, et_rule: bool) -> List[str]:
+    """The trainer names of the report, in order: the models (``labels``, the full-set model last when
+    ``full_set_model``), the routed entries, then the ET-rule entries."""
+    entries = list(labels)
+    if full_set_model:
+        entries += [routed_label(robust, labels[-1]) for robust in labels[:-1]]
+    if et_rule:
+        entries += [et_rule_label(label) for label in labels]
+    return entries
+
+
+def check_reference(reference: Optional[str], entries: Sequence[str]) -> None:
+    """``--reference`` must name one of the report's entries: checked before anything is predicted."""
+    if reference is not None and reference not in entries:
+        raise MissingModError(f"--reference {reference!r} is not one of the models evaluated: {', '.join(entries)}")
+
+
 def run_evaluate(settings: EvaluateSettings) -> int:
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
@@ -222,6 +240,8 @@ def run_evaluate(settings: EvaluateSettings) -> int:
         predictor.nnunet_log = log
         predictors.append(predictor)
     labels = unique_trainer_labels([p.trainer_name for p in predictors])
+    check_reference(scoring.reference, report_entries(labels, settings.full_set_model is not None,
+                                                      settings.et_rule is not None))
     # without -djfile/--regions/--format: the labels the models were trained on
     regions = resolve_scoring_regions(scoring, os.path.join(settings.model_folders[0], "dataset.json"))
 
@@ -249,7 +269,7 @@ def run_evaluate(settings: EvaluateSettings) -> int:
     records = score_prediction_folders(settings.labels, prediction_folders, regions,
                                        hd95_variant=scoring.hd95_variant, num_processes=scoring.num_processes,
                                        file_ending=file_ending, lesion_protocol=scoring.lesion_protocol)
-    summary = write_report(records, scoring.output, scoring_conventions(scoring))
+    summary = write_report(records, scoring.output, scoring_conventions(scoring), bootstrap=scoring.bootstrap)
     print_overview(summary, scoring.output)
     write_pictures(settings, records, cases[0], prediction_folders, regions, file_ending)
     if log:
@@ -277,7 +297,7 @@ def write_pictures(settings: EvaluateSettings, records, cases, prediction_folder
 def _evaluate(args: argparse.Namespace) -> int:
     """SIGTERM (a scheduler's time limit) stops at once: the prediction being written is removed by its atomic
     writer, so every file left is complete; the exit status is 143, as ``predict``'s."""
-    from nnunet_missingmod.io_checks import Terminated, sigterm_raises
+    from nnunet_missingmod.faults import Terminated, sigterm_raises
     with sigterm_raises():
         try:
             return run_evaluate(settings_from_args(args))

@@ -17,8 +17,11 @@ Rules, as read in rachitsaluja/BraTS-2023-Metrics ``metrics.py`` (commit 43c9052
 Per-challenge parameters (same file, ``get_LesionWiseResults``): GLI, SSA, PED: dilation 3, min volume 50;
 MEN: dilation 1, min volume 50; MET: dilation 1, min volume 2.
 
-Deviation: the per-lesion HD95 is :func:`nnunet_missingmod.evaluation.metrics.hd95` (voxel surfaces, the chosen
-variant), not DeepMind surface-distance's surfel-area-weighted percentiles.
+The per-lesion HD95 is the scorer's own: DeepMind surface-distance's ``compute_robust_hausdorff(..., 95)`` on the
+lesion and its matched components with the image spacing, i.e.
+:func:`nnunet_missingmod.evaluation.surface.surfel_hausdorff` (surface elements weighted by area, nearest rank),
+whatever whole-volume ``--hd95-variant`` is chosen. Both masks are non-empty there: a missed lesion never reaches
+it (374 mm, as the scorer's ``inf`` replaced by 374).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, dice, hd95, union_bounding_box
+from nnunet_missingmod.evaluation.metrics import dice, union_bounding_box
+from nnunet_missingmod.evaluation.surface import surfel_hausdorff
 
 MISSED_LESION_HD95 = 374.0
 """HD95 (mm) of a missed lesion or a false-positive component in the BraTS 2023 scorer."""
@@ -68,6 +72,9 @@ def lesion_conventions(key: str = DEFAULT_LESION_PROTOCOL) -> Dict[str, str]:
                       f"26-connected components; a missed lesion or a false-positive component counts Dice 0, "
                       f"HD95 {MISSED_LESION_HD95:g} mm; per case the mean over lesions and false positives "
                       "(no lesion and no false positive: Dice 1, HD95 0)",
+        "lesion_hd95": "per-lesion HD95 = the BraTS 2023 HD95 (DeepMind surface-distance compute_robust_hausdorff "
+                       "at 95, as the 2023 scorer: surface elements on the voxel-corner grid weighted by area, "
+                       "nearest rank, larger direction), whatever --hd95-variant",
     }
 
 _COMPONENTS = ndimage.generate_binary_structure(3, 3)  # 26-connected
@@ -85,10 +92,9 @@ class LesionScore:
 
 
 def lesionwise_scores(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] = None,
-                      protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL],
-                      hd95_variant: str = DEFAULT_HD95_VARIANT) -> LesionScore:
-    """Lesion-wise Dice, HD95 and lesion counts of one region (boolean masks, axis order and spacing as
-    :func:`metrics.hd95`)."""
+                      protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL]) -> LesionScore:
+    """Lesion-wise Dice, HD95 (the BraTS 2023 surface-element HD95, see the module doc) and lesion counts of one
+    region (boolean masks, axis order and spacing as :func:`metrics.hd95`)."""
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape or pred.ndim != 3:
         raise ValueError(f"need two 3-D masks of one shape, got {pred.shape} and {ref.shape}")
@@ -133,7 +139,7 @@ def lesionwise_scores(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Seque
         lesion_mask = lesion_labels[box] == lesion
         pred_mask = np.isin(pred_labels[box], components)
         dice_sum += dice(pred_mask, lesion_mask)
-        hd_sum += hd95(pred_mask, lesion_mask, spacing, hd95_variant)
+        hd_sum += surfel_hausdorff(pred_mask, lesion_mask, spacing, 95.0)
     n_fp = n_pred - len(matched_pred)
     denominator = kept + n_fp
     if denominator == 0:

@@ -1,5 +1,6 @@
-"""Options and output shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output folder,
-and the overview printed at the end. Both commands import from here (and not from each other).
+"""Options and output shared by ``score`` and ``evaluate``: regions, HD95 variant, worker processes, output
+folder, paired bootstrap intervals, and the overview printed at the end. Both commands import from here (and not
+from each other).
 
 The command line is read once, in the commands' CLI layer, into a frozen :class:`ScoringSettings`
 (:func:`scoring_settings_from_args`); everything below it takes typed values, not the argparse namespace."""
@@ -13,6 +14,7 @@ from typing import Optional
 from nnunet_missingmod.evaluation.lesionwise import DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS
 from nnunet_missingmod.evaluation.regions import REGION_PRESETS
+from nnunet_missingmod.evaluation.report import BOOTSTRAP_SEED, DEFAULT_BOOTSTRAP, BootstrapSettings
 
 DEFAULT_NUM_PROCESSES = 2
 
@@ -29,13 +31,22 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                        help="BraTS label convention of the label maps (the FORMAT of convert/labels-back): "
                             + _format_presets_text() + "; overrides dataset.json")
     parser.add_argument("--hd95-variant", choices=HD95_VARIANTS, default=DEFAULT_HD95_VARIANT,
-                        help="max_directed (default): max of the two directed 95th percentiles, as BraTS 2023 and "
-                             "MONAI; pooled: 95th percentile of both directions pooled, as medpy")
+                        help="whole-volume HD95 (metrics.csv's hd95): max_directed (default): the BraTS 2023 HD95 "
+                             "(DeepMind surface-distance: surface elements weighted by area, nearest-rank 95 %%, "
+                             "larger direction); voxel_max_directed: max of the two directed 95th percentiles of "
+                             "surface-voxel distances, as MONAI; pooled: 95th percentile of both directions pooled, "
+                             "as medpy. The lesion-wise HD95 is always the BraTS 2023 one")
     parser.add_argument("--lesion-protocol", dest="lesion_protocol", choices=sorted(LESION_PROTOCOLS),
                         default=DEFAULT_LESION_PROTOCOL,
                         help="BraTS 2023 challenge whose lesion-wise rules give metrics.csv's lesion_* columns and the "
                              f"lesion-wise tables (default {DEFAULT_LESION_PROTOCOL}): "
                              + "; ".join(f"{key} = {p.describe()}" for key, p in LESION_PROTOCOLS.items()))
+    parser.add_argument("--bootstrap", dest="bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help="resamples of the cases for the 95 %% bootstrap intervals of the paired Dice differences "
+                             f"in summary.json/md (default {DEFAULT_BOOTSTRAP}; seed {BOOTSTRAP_SEED}; 0: none)")
+    parser.add_argument("--reference", dest="reference", default=None, metavar="TRAINER",
+                        help="the model (trainer column of metrics.csv) every other one is compared with in the "
+                             "paired intervals (default: the first model)")
     parser.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=DEFAULT_NUM_PROCESSES,
                         help=f"worker processes for scoring, over cases (default {DEFAULT_NUM_PROCESSES})")
     parser.add_argument("-o", "--output", dest="output", required=True, metavar="OUT",
@@ -61,6 +72,16 @@ class ScoringSettings:
     hd95_variant: str = DEFAULT_HD95_VARIANT
     num_processes: int = DEFAULT_NUM_PROCESSES
     lesion_protocol: str = DEFAULT_LESION_PROTOCOL  # --lesion-protocol, a LESION_PROTOCOLS key
+    bootstrap_resamples: int = DEFAULT_BOOTSTRAP  # --bootstrap; 0: no paired intervals
+    reference: Optional[str] = None  # --reference; None: the first model
+
+    def __post_init__(self) -> None:
+        BootstrapSettings(n_resamples=self.bootstrap_resamples, reference=self.reference)  # checks both
+
+    @property
+    def bootstrap(self) -> BootstrapSettings:
+        """The report's paired-interval settings (:class:`~nnunet_missingmod.evaluation.report.BootstrapSettings`)."""
+        return BootstrapSettings(n_resamples=self.bootstrap_resamples, reference=self.reference)
 
     @property
     def regions_given(self) -> bool:
@@ -75,7 +96,8 @@ def scoring_settings_from_args(args: argparse.Namespace) -> ScoringSettings:
         raise MissingModError(f"-np must be at least 1, got {args.num_processes}")
     return ScoringSettings(output=args.output, dataset_json=args.dataset_json, regions_spec=args.regions,
                            label_format=args.label_format, hd95_variant=args.hd95_variant,
-                           num_processes=args.num_processes, lesion_protocol=args.lesion_protocol)
+                           num_processes=args.num_processes, lesion_protocol=args.lesion_protocol,
+                           bootstrap_resamples=args.bootstrap, reference=args.reference)
 
 
 def resolve_scoring_regions(settings: ScoringSettings, default_dataset_json: Optional[str] = None):

@@ -13,6 +13,12 @@ n_fn``, which records of an older metrics.csv lack). Aggregation rules, also wri
 * paired comparisons (two or more trainers): per region and metric, the per-case differences of the per-case means
   over the subsets both trainers have, tested with the two-sided Wilcoxon signed-rank test
   (``scipy.stats.wilcoxon``, zero differences dropped);
+* paired intervals (two or more trainers, :class:`BootstrapSettings`): every model against the reference (the first
+  trainer, or ``--reference``), per region, Dice (and lesion-wise Dice) and view: the complete scans
+  (:data:`~nnunet_missingmod.modalities.FULL_SET`), the case's mean over the subsets both have, and the case's worst
+  subset (each model's lowest value over those subsets). Per case the difference model − reference; a 95 %
+  percentile bootstrap interval of their mean over cases (:func:`bootstrap_interval`) beside the Wilcoxon p of the
+  same differences; summary.md ranks two models only where the interval excludes 0;
 * lesion-wise (when every record has it): per subset the mean ± sd over cases of the per-case lesion-wise Dice and
   HD95 and the lesion counts summed over cases, in a table of its own (the whole-volume tables stay the default);
 * records of subset ``all`` (no modality subset applies) have no cardinality: the tables then have one column
@@ -26,12 +32,13 @@ import itertools
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.io_checks import atomic_output, atomic_write_text
+from nnunet_missingmod.atomic_io import atomic_output, atomic_write_text
 from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, ONE_EMPTY_HD95, aurc
 from nnunet_missingmod.evaluation.scoring import BASE_FIELDS, LESION_FIELDS, NO_SUBSET, RECORD_FIELDS, Record
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
@@ -43,11 +50,50 @@ LESION_METRICS: Tuple[str, ...] = ("lesion_dice", "lesion_hd95")
 LESION_COUNTS: Tuple[str, ...] = ("n_gt_lesions", "n_tp", "n_fp", "n_fn")
 CARDINALITIES: Tuple[int, ...] = (1, 2, 3, 4)
 
+DEFAULT_BOOTSTRAP = 10000
+"""Bootstrap resamples of the cases per paired interval (``--bootstrap``)."""
+BOOTSTRAP_SEED = 0
+"""Seed of ``numpy.random.default_rng`` for every paired interval: each interval starts a generator of its own
+from it, so it does not depend on which other models, regions or views are reported."""
+INTERVAL_VIEWS: Tuple[str, ...] = ("full_set", "mean_over_subsets", "worst_subset")
+VIEW_TITLES = {"full_set": f"complete scans ({FULL_SET.name})", "mean_over_subsets": "mean over subsets",
+               "worst_subset": "worst subset"}
+INTERVAL_METRICS: Tuple[str, ...] = ("dice", "lesion_dice")
+_METRIC_NAMES = {"dice": "Dice", "lesion_dice": "lesion-wise Dice"}
+_BOOTSTRAP_BLOCK = 1 << 21  # resampled values held at once (rows of the index matrix per block × cases)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How the report's paired intervals are drawn (``--bootstrap``, ``--reference``), checked when built.
+
+    Attributes:
+        n_resamples: bootstrap resamples of the cases per interval; 0 = no intervals.
+        reference: the model every other one is compared with; ``None`` = the first trainer of the records.
+        seed: seed of ``numpy.random.default_rng`` (:data:`BOOTSTRAP_SEED`).
+        level: coverage of the percentile interval, in (0, 1).
+    """
+    n_resamples: int = DEFAULT_BOOTSTRAP
+    reference: Optional[str] = None
+    seed: int = BOOTSTRAP_SEED
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_resamples, bool) or not isinstance(self.n_resamples, int) or self.n_resamples < 0:
+            raise MissingModError(f"--bootstrap must be a whole number >= 0 (0: no intervals), "
+                                  f"got {self.n_resamples!r}")
+        if self.reference is not None and (not isinstance(self.reference, str) or not self.reference.strip()):
+            raise MissingModError(f"--reference must name a model, got {self.reference!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise MissingModError(f"the bootstrap seed must be a whole number >= 0, got {self.seed!r}")
+        if not 0 < self.level < 1:
+            raise MissingModError(f"the interval level must lie in (0, 1), got {self.level!r}")
+
 
 # ----------------------------------------------------------------------------------------------------- entry point
 
 def write_report(records: Sequence[Record], out_dir: str, conventions: Mapping[str, Any],
-                 make_plots: bool = True) -> Dict[str, Any]:
+                 make_plots: bool = True, bootstrap: BootstrapSettings = BootstrapSettings()) -> Dict[str, Any]:
     """Write metrics.csv, summary.json, summary.md, and (``make_plots``) robustness.png and subsets.png into
     ``out_dir`` (created if needed); every file is written atomically. Returns the summary (summary.json's
     content).
@@ -57,10 +103,11 @@ def write_report(records: Sequence[Record], out_dir: str, conventions: Mapping[s
         out_dir: output folder.
         conventions: metric conventions, e.g. :func:`nnunet_missingmod.evaluation.metrics.conventions`; copied into
             summary.json and summary.md.
+        bootstrap: resamples, reference model and seed of the paired intervals.
     """
     table = RecordTable(records)
     os.makedirs(out_dir, exist_ok=True)
-    summary = summarise(table, conventions)
+    summary = summarise(table, conventions, bootstrap)
     notes = summary["notes"]
     if make_plots:
         if table.has_cardinality:
@@ -122,6 +169,15 @@ class RecordTable:
         common = set(columns[0]).intersection(*columns[1:])
         return {case: float(np.mean([c[case] for c in columns])) for case in sorted(common)}
 
+    def per_case_min(self, trainer: str, region: str, metric: str, subsets: Sequence[str]) -> Dict[str, float]:
+        """case -> the lowest value of the metric over ``subsets`` (the case's worst subset for Dice); cases lacking
+        any of those subsets are left out."""
+        columns = [self.values(trainer, region, s, metric) for s in subsets]
+        if not columns:
+            return {}
+        common = set(columns[0]).intersection(*columns[1:])
+        return {case: float(min(c[case] for c in columns)) for case in sorted(common)}
+
 
 def _validated(record: Mapping[str, Any], index: int) -> Record:
     """A typed copy of a record; the lesion-wise fields are ``None`` where absent or empty (an older metrics.csv),
@@ -168,11 +224,12 @@ def describe(values: Iterable[float]) -> Dict[str, Optional[float]]:
     return {"mean": float(np.mean(array)), "sd": sd, "n": int(array.size)}
 
 
-def summarise(table: RecordTable, conventions: Mapping[str, Any]) -> Dict[str, Any]:
+def summarise(table: RecordTable, conventions: Mapping[str, Any],
+              bootstrap: BootstrapSettings = BootstrapSettings()) -> Dict[str, Any]:
     """Everything summary.json holds (see module doc); keys are trainer -> region -> ..."""
     summary: Dict[str, Any] = {
         "conventions": dict(conventions),
-        "aggregation": _aggregation_text(),
+        "aggregation": _aggregation_text(bootstrap),
         "trainers": table.trainers,
         "regions": table.regions,
         "subsets": table.subsets,
@@ -199,6 +256,7 @@ def summarise(table: RecordTable, conventions: Mapping[str, Any]) -> Dict[str, A
             summary["aurc"][trainer][region] = _aurc_entry(by_k)
             summary["one_empty_rule_count"][trainer][region] = _one_empty_count(table, trainer, region)
     summary["paired_comparisons"] = paired_comparisons(table)
+    summary["paired_intervals"] = paired_intervals(table, bootstrap)
     if table.has_lesionwise:
         summary["lesionwise"] = lesionwise_summary(table, conventions)
     _add_notes(table, summary)
@@ -225,7 +283,7 @@ def lesionwise_summary(table: RecordTable, conventions: Mapping[str, Any]) -> Di
     return block
 
 
-def _aggregation_text() -> Dict[str, str]:
+def _aggregation_text(bootstrap: BootstrapSettings) -> Dict[str, str]:
     return {
         "mean_column": "mean ± sd over cases of each case's mean over the subsets",
         "per_cardinality": "mean over the subsets with k sequences of the per-subset means",
@@ -233,6 +291,7 @@ def _aggregation_text() -> Dict[str, str]:
         "paired_comparisons": "per region and metric: per-case differences (trainer_a − trainer_b) of the per-case "
                               "means over the subsets both have; two-sided Wilcoxon signed-rank test "
                               "(scipy.stats.wilcoxon, zero differences dropped)",
+        "paired_intervals": _interval_text(bootstrap),
         "one_empty_rule_count": f"records scored by the exactly-one-empty rule (Dice {ONE_EMPTY_DICE:g}, "
                                 f"HD95 {ONE_EMPTY_HD95:g} mm)",
     }
@@ -299,8 +358,10 @@ def paired_comparisons(table: RecordTable) -> List[Dict[str, Any]]:
     return comparisons
 
 
-def wilcoxon_p(differences: Sequence[float]) -> Tuple[Optional[float], str]:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences, or ``None`` and the reason."""
+def wilcoxon_p(differences: Sequence[float],
+               on: str = "per-case means over the shared subsets") -> Tuple[Optional[float], str]:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences, or ``None`` and the reason; ``on`` says what
+    was differenced, for the note."""
     from scipy.stats import wilcoxon
     nonzero = [d for d in differences if d != 0]
     if not nonzero:
@@ -309,10 +370,126 @@ def wilcoxon_p(differences: Sequence[float]) -> Tuple[Optional[float], str]:
         result = wilcoxon(nonzero, alternative="two-sided")
     except ValueError as e:
         return None, str(e)
-    note = "on per-case means over the shared subsets"
+    note = f"on {on}"
     if len(nonzero) < 6:
         note += f"; only {len(nonzero)} non-zero differences, so p cannot be small"
     return float(result.pvalue), note
+
+
+def bootstrap_interval(differences: Sequence[float], n_resamples: int, seed: int = BOOTSTRAP_SEED,
+                       level: float = 0.95) -> Tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired differences (Efron & Tibshirani, *An Introduction to the
+    Bootstrap*, 1993, ch. 13).
+
+    Args:
+        differences: per-case differences, shape ``(n,)``, ``n >= 1``, in the report's case order.
+        n_resamples: B, the number of resamples (>= 1).
+        seed: seed of ``numpy.random.default_rng``.
+        level: coverage, in (0, 1).
+    Returns:
+        ``(low, high)``: with ``rng = numpy.random.default_rng(seed)``, ``indices = rng.integers(0, n, size=(B, n))``
+        (drawn in blocks of rows, which the generator yields identically to one draw) and
+        ``means = differences[indices].mean(axis=1)``, the ``100·(1 − level)/2`` and ``100·(1 + level)/2``
+        percentiles of ``means`` (``numpy.percentile``, linear interpolation). Identical differences d give
+        ``(d, d)``.
+    """
+    values = np.asarray(differences, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"need a non-empty 1-D array of differences, got shape {values.shape}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a whole number >= 1, got {n_resamples!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    n = values.size
+    rows = max(1, _BOOTSTRAP_BLOCK // n)
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, rows):
+        stop = min(n_resamples, start + rows)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    low, high = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(low), float(high)
+
+
+def paired_intervals(table: RecordTable, bootstrap: BootstrapSettings = BootstrapSettings()) -> Dict[str, Any]:
+    """summary.json's ``paired_intervals``: the settings and one entry per model other than the reference, region,
+    metric (:data:`INTERVAL_METRICS`, lesion-wise only where the records have it) and view
+    (:data:`INTERVAL_VIEWS`; ``full_set`` only where both have the full set); see the module doc.
+
+    Each entry holds ``model, reference, region, metric, view, subsets, n_cases``, the two means, the mean
+    difference (model − reference), ``ci_low, ci_high`` (``None`` below two cases), ``ranking`` (``"model >
+    reference"``, ``"reference > model"`` or ``None`` when the interval holds 0), the Wilcoxon p of the same
+    differences and the per-case differences.
+    """
+    block: Dict[str, Any] = {"reference": None, "n_resamples": bootstrap.n_resamples, "seed": bootstrap.seed,
+                             "level": bootstrap.level, "comparisons": []}
+    if len(table.trainers) < 2 or bootstrap.n_resamples == 0:
+        return block
+    reference = bootstrap.reference if bootstrap.reference is not None else table.trainers[0]
+    if reference not in table.trainers:
+        raise MissingModError(f"--reference {reference!r} is not one of the report's models: "
+                              + ", ".join(table.trainers))
+    block["reference"] = reference
+    metrics = INTERVAL_METRICS if table.has_lesionwise else INTERVAL_METRICS[:1]
+    for model in (t for t in table.trainers if t != reference):
+        for region in table.regions:
+            shared = [s for s in table.subsets_of(model, region) if s in table.subsets_of(reference, region)]
+            for metric in metrics:
+                for view in INTERVAL_VIEWS:
+                    entry = _interval_entry(table, model, reference, region, metric, view, shared, bootstrap)
+                    if entry is not None:
+                        block["comparisons"].append(entry)
+    return block
+
+
+def _view_values(table: RecordTable, trainer: str, region: str, metric: str, view: str,
+                 shared: Sequence[str]) -> Dict[str, float]:
+    if view == "full_set":
+        return table.values(trainer, region, FULL_SET.name, metric)
+    if view == "mean_over_subsets":
+        return table.per_case_mean(trainer, region, metric, shared)
+    return table.per_case_min(trainer, region, metric, shared)
+
+
+def _interval_entry(table: RecordTable, model: str, reference: str, region: str, metric: str, view: str,
+                    shared: Sequence[str], bootstrap: BootstrapSettings) -> Optional[Dict[str, Any]]:
+    if not shared or (view == "full_set" and FULL_SET.name not in shared):
+        return None
+    subsets = [FULL_SET.name] if view == "full_set" else list(shared)
+    a = _view_values(table, model, region, metric, view, shared)
+    b = _view_values(table, reference, region, metric, view, shared)
+    cases = sorted(set(a) & set(b))
+    if not cases:
+        return None
+    differences = np.array([a[c] - b[c] for c in cases])
+    low = high = None
+    ranking = None
+    if len(cases) >= 2:
+        low, high = bootstrap_interval(differences, bootstrap.n_resamples, bootstrap.seed, bootstrap.level)
+        if low > 0:
+            ranking = f"{model} > {reference}"
+        elif high < 0:
+            ranking = f"{reference} > {model}"
+    p_value, note = wilcoxon_p(list(differences), on=f"per-case {VIEW_TITLES[view]}")
+    return {"model": model, "reference": reference, "region": region, "metric": metric, "view": view,
+            "subsets": subsets, "n_cases": len(cases),
+            "mean_model": float(np.mean([a[c] for c in cases])),
+            "mean_reference": float(np.mean([b[c] for c in cases])),
+            "mean_difference": float(np.mean(differences)), "ci_low": low, "ci_high": high, "ranking": ranking,
+            "wilcoxon_p": p_value, "wilcoxon_note": note,
+            "per_case_difference": {c: float(d) for c, d in zip(cases, differences)}}
+
+
+def _interval_text(bootstrap: BootstrapSettings) -> str:
+    if bootstrap.n_resamples == 0:
+        return "off (--bootstrap 0)"
+    reference = bootstrap.reference or "the first trainer"
+    return (f"every model against {reference}, per region, for Dice and lesion-wise Dice: per-case differences "
+            f"(model − reference) on the complete scans ({FULL_SET.name}), on the case's mean over the subsets both "
+            "have, and on the case's worst subset (each model's lowest value over those subsets); "
+            f"{100 * bootstrap.level:g} % percentile bootstrap interval of their mean: {bootstrap.n_resamples} "
+            f"resamples of the cases with replacement, numpy default_rng(seed={bootstrap.seed}) per interval; "
+            "two-sided Wilcoxon p of the same differences; a ranking only where the interval excludes 0")
 
 
 def _add_notes(table: RecordTable, summary: Dict[str, Any]) -> None:
@@ -353,7 +530,8 @@ def read_metrics_csv(path: str) -> List[Record]:
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """summary.md: conventions, then the Dice and HD95 tables (rows region × trainer, columns the subsets in
-    :data:`SUBSETS` order + mean), the gap to the full set, per-cardinality means, AURC and paired comparisons."""
+    :data:`SUBSETS` order + mean), the gap to the full set, per-cardinality means, AURC, paired comparisons
+    (Wilcoxon) and the paired differences against the reference with their bootstrap intervals."""
     lines = ["# Robustness to missing MRI sequences", "", "## Conventions", ""]
     lines += [f"- **{key}**: {value}" for key, value in summary["conventions"].items()]
     lines += [f"- **{key}**: {value}" for key, value in summary["aggregation"].items()]
@@ -375,6 +553,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                   "Per-case means over the subsets both trainers have; two-sided Wilcoxon signed-rank test "
                   "(scipy.stats.wilcoxon) on the per-case differences A − B.", ""]
         lines += _paired_table(summary) + [""]
+    intervals = summary.get("paired_intervals") or {}
+    if intervals.get("comparisons"):
+        lines += _interval_section(intervals)
     lines += ["## Cases scored by the one-empty rule", ""] + _one_empty_table(summary) + [""]
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {note}" for note in summary["notes"]] + [""]
@@ -484,6 +665,28 @@ def _paired_table(summary: Mapping[str, Any]) -> List[str]:
                      _number(c["mean_difference"], metric, signed=True), p])
     return _markdown_table(["region", "metric", "A", "B", "n cases", "mean A", "mean B", "mean A − B",
                             "Wilcoxon p"], rows)
+
+
+def _interval_section(block: Mapping[str, Any]) -> List[str]:
+    """Per model against the reference: mean difference, the bootstrap interval, Wilcoxon p and the ranking (only
+    where the interval excludes 0, else —)."""
+    level = f"{100 * block['level']:g} %"
+    lines = [f"## Paired differences against {block['reference']} ({level} bootstrap intervals)", "",
+             f"Per case: model − {block['reference']} (reference). Views: {VIEW_TITLES['full_set']}, the case's "
+             "mean over the subsets both models have, the case's worst subset (each model's lowest value). "
+             f"{level} percentile bootstrap interval of the mean difference ({block['n_resamples']} resamples of the "
+             f"cases, numpy default_rng(seed={block['seed']})); two-sided Wilcoxon p of the same differences. "
+             "**ranking** names the better model only where the interval excludes 0, else —.", ""]
+    rows = []
+    for c in block["comparisons"]:
+        interval = "" if c["ci_low"] is None else f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        p = "" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
+        rows.append([c["region"], _METRIC_NAMES[c["metric"]], VIEW_TITLES[c["view"]], c["model"], str(c["n_cases"]),
+                     _number(c["mean_model"], c["metric"]), _number(c["mean_reference"], c["metric"]),
+                     _number(c["mean_difference"], c["metric"], signed=True), interval, p, c["ranking"] or "—"])
+    lines += _markdown_table(["region", "metric", "view", "model", "n cases", "mean model", "mean reference",
+                              "mean difference", f"{level} interval", "Wilcoxon p", "ranking"], rows)
+    return lines + [""]
 
 
 def _one_empty_table(summary: Mapping[str, Any]) -> List[str]:

@@ -1,4 +1,5 @@
-"""Dice, HD95 and AURC on shapes with known answers, and HD95 cross-checked against MONAI."""
+"""Dice, HD95 and AURC on shapes with known answers, and the voxel-surface HD95 cross-checked against MONAI. The
+surface-element (BraTS 2023) HD95 itself is tested in test_surface.py."""
 import math
 
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from nnunet_missingmod.evaluation.metrics import (EMPTY_BOTH_HD95, ONE_EMPTY_HD95, aurc, conventions, dice,
-                                                  directed_surface_distances, hd95, region_masks, surface)
+from nnunet_missingmod.evaluation.metrics import (EMPTY_BOTH_HD95, HD95_VARIANTS, ONE_EMPTY_HD95, aurc, conventions,
+                                                  dice, directed_surface_distances, hd95, region_masks, surface)
+from nnunet_missingmod.evaluation.surface import surfel_hausdorff
 
 
 def ellipsoid_mask(shape, center_mm, radius_mm, spacing):
@@ -66,13 +68,25 @@ def test_hd95_empty_conventions():
     blob[2, 2, 2] = True
     assert hd95(empty, empty) == EMPTY_BOTH_HD95 == 0.0
     assert hd95(blob, empty) == ONE_EMPTY_HD95 == 373.13
-    assert hd95(empty, blob, variant="pooled") == ONE_EMPTY_HD95
+    for variant in HD95_VARIANTS:
+        assert hd95(empty, empty, variant=variant) == EMPTY_BOTH_HD95
+        assert hd95(empty, blob, variant=variant) == hd95(blob, empty, variant=variant) == ONE_EMPTY_HD95
     assert ONE_EMPTY_HD95 == pytest.approx(math.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2), abs=0.005)
 
 
 def test_hd95_identical_masks_is_zero():
     mask = random_blob((20, 24, 22), seed=3)
-    assert hd95(mask, mask, (1.0, 2.0, 0.7)) == 0.0
+    for variant in HD95_VARIANTS:
+        assert hd95(mask, mask, (1.0, 2.0, 0.7), variant) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_default_hd95_is_the_surface_element_hd95(seed):
+    """The default variant ``max_directed`` is the BraTS 2023 HD95 of surface.py, and differs from the voxel one on
+    general shapes."""
+    spacing = (1.0, 1.0, 3.0)
+    pred, ref = random_blob((26, 30, 12), seed=70 + seed), random_blob((26, 30, 12), seed=80 + seed)
+    assert hd95(pred, ref, spacing) == hd95(pred, ref, spacing, "max_directed") == surfel_hausdorff(pred, ref, spacing)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5)])
@@ -83,7 +97,7 @@ def test_hd95_concentric_spheres(spacing):
     center = tuple(n * s / 2 for n, s in zip(shape, spacing))
     inner = ellipsoid_mask(shape, center, 12.0, spacing)
     outer = ellipsoid_mask(shape, center, 20.0, spacing)
-    for variant in ("max_directed", "pooled"):
+    for variant in HD95_VARIANTS:
         assert hd95(inner, outer, spacing, variant) == pytest.approx(8.0, abs=max(spacing))
         assert hd95(outer, inner, spacing, variant) == pytest.approx(8.0, abs=max(spacing))
 
@@ -97,14 +111,15 @@ def test_hd95_two_spheres_at_known_distance():
     b = ellipsoid_mask(shape, (20, 20, 32), 8.0, spacing)
     pred_to_ref, ref_to_pred = directed_surface_distances(a, b, spacing)
     assert max(pred_to_ref.max(), ref_to_pred.max()) == pytest.approx(12.0, abs=1.0)
-    value = hd95(a, b, spacing)
-    assert 10.0 <= value <= 12.0 + 1.0
+    for variant in ("max_directed", "voxel_max_directed"):
+        assert 10.0 <= hd95(a, b, spacing, variant) <= 12.0 + 1.0
 
 
 @pytest.mark.parametrize("axis,k", [(0, 2), (2, 3)])
 def test_hd95_shifted_cube_anisotropic(axis, k):
     """A 20-voxel cube and its copy shifted by k voxels along one axis, spacing (3, 1, 0.5) mm: the farthest
-    surface point (centre of a face) is exactly k·spacing[axis] away, and HD95 equals the brute-force reference."""
+    surface point (centre of a face) is exactly k·spacing[axis] away, and the voxel HD95 equals the brute-force
+    reference."""
     spacing = (3.0, 1.0, 0.5)
     shape = (40, 40, 40)
     a = np.zeros(shape, bool)
@@ -114,22 +129,24 @@ def test_hd95_shifted_cube_anisotropic(axis, k):
     assert max(pred_to_ref.max(), ref_to_pred.max()) == pytest.approx(k * spacing[axis])
     reference_p2r, reference_r2p = brute_force_distances(a, b, spacing)
     expected = max(np.percentile(reference_p2r, 95), np.percentile(reference_r2p, 95))
-    assert hd95(a, b, spacing) == pytest.approx(expected, rel=1e-9)
-    assert 0 < hd95(a, b, spacing) <= k * spacing[axis]
+    assert hd95(a, b, spacing, "voxel_max_directed") == pytest.approx(expected, rel=1e-9)
+    assert 0 < hd95(a, b, spacing, "voxel_max_directed") <= k * spacing[axis]
 
 
 def test_hd95_variants_differ_on_a_false_positive_blob():
     """A perfect 8³ cube plus a distant 3³ false-positive blob: the blob's 26 surface voxels are > 5% of the
     prediction's surface distances (26/322) but < 5% of the pooled ones (26/618), so the max-directed HD95 sees the
-    blob and the pooled HD95 is 0."""
+    blob and the pooled HD95 is 0. The blob's surface area (54 mm²) is > 5% of the prediction's (54 + 384), so the
+    surface-element HD95 sees it too."""
     ref = np.zeros((40, 40, 40), bool)
     ref[5:13, 5:13, 5:13] = True
     pred = ref.copy()
     pred[30:33, 30:33, 30:33] = True
-    max_directed = hd95(pred, ref, variant="max_directed")
+    max_directed = hd95(pred, ref, variant="voxel_max_directed")
     pooled = hd95(pred, ref, variant="pooled")
     assert pooled == 0.0
     assert max_directed > 20.0
+    assert hd95(pred, ref, variant="max_directed") > 20.0
     reference_p2r, reference_r2p = brute_force_distances(pred, ref, (1, 1, 1))
     assert max_directed == pytest.approx(max(np.percentile(reference_p2r, 95), np.percentile(reference_r2p, 95)))
     assert pooled == pytest.approx(np.percentile(np.concatenate([reference_p2r, reference_r2p]), 95))
@@ -142,7 +159,8 @@ def test_hd95_mask_touching_the_border_has_a_surface_there():
     assert surface(slab).sum() == 36
     shifted = np.zeros_like(slab)
     shifted[2] = True
-    assert hd95(slab, shifted, (1.5, 1, 1)) == pytest.approx(3.0)
+    for variant in HD95_VARIANTS:
+        assert hd95(slab, shifted, (1.5, 1, 1), variant) == pytest.approx(3.0)
 
 
 def test_hd95_rejects_unknown_variant_and_bad_spacing():
@@ -156,8 +174,8 @@ def test_hd95_rejects_unknown_variant_and_bad_spacing():
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation notice inside get_mask_edges
 @pytest.mark.parametrize("seed", range(6))
 def test_hd95_matches_monai_on_random_blobs(seed):
-    """MONAI's compute_hausdorff_distance(percentile=95) is the max-directed variant; it returns float32, hence the
-    1e-4 relative tolerance (observed agreement is ~1e-7)."""
+    """MONAI's compute_hausdorff_distance(percentile=95) is the voxel max-directed variant; it returns float32,
+    hence the 1e-4 relative tolerance (observed agreement is ~1e-7)."""
     torch = pytest.importorskip("torch")
     monai_metrics = pytest.importorskip("monai.metrics")
     rng = np.random.default_rng(100 + seed)
@@ -169,7 +187,7 @@ def test_hd95_matches_monai_on_random_blobs(seed):
     as_tensor = lambda m: torch.from_numpy(m[None, None].astype(np.float32))  # noqa: E731  (B, C, *spatial)
     expected = float(monai_metrics.compute_hausdorff_distance(as_tensor(pred), as_tensor(ref), include_background=True,
                                                               percentile=95, spacing=spacing)[0, 0])
-    assert hd95(pred, ref, spacing) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert hd95(pred, ref, spacing, "voxel_max_directed") == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -208,5 +226,17 @@ def test_aurc_needs_every_cardinality():
 def test_conventions_state_units_and_empty_rules():
     text = " ".join(conventions("pooled").values())
     assert "373.13" in text and "[0, 1]" in text and "mm" in text and "pooled" in text
+    assert "not the BraTS 2023 value" in conventions("pooled")["hd95"]
     with pytest.raises(ValueError):
         conventions("other")
+
+
+def test_conventions_name_the_definition_of_each_variant():
+    default = conventions()
+    assert default["hd95_variant"] == "max_directed"
+    assert "the BraTS 2023 HD95" in default["hd95"] and "surface elements" in default["hd95"]
+    assert "nearest rank" in default["hd95"] and "voxel-corner grid" in default["surface"]
+    assert "374" in default["one_empty"]  # the 2023 script's value for a one-sided empty pair, which we do not use
+    voxel = conventions("voxel_max_directed")
+    assert "MONAI" in voxel["hd95"] and "not the BraTS 2023 value" in voxel["hd95"]
+    assert "6-connected erosion" in voxel["surface"]

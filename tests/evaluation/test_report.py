@@ -1,4 +1,5 @@
-"""The report: metrics.csv, summary.json, summary.md tables, plots, AURC and paired comparisons."""
+"""The report: metrics.csv, summary.json, summary.md tables, plots, AURC, paired comparisons and paired bootstrap
+intervals."""
 import csv
 import json
 import os
@@ -9,7 +10,7 @@ import pytest
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.evaluation.lesionwise import lesion_conventions
 from nnunet_missingmod.evaluation.metrics import conventions
-from nnunet_missingmod.evaluation.report import read_metrics_csv, write_report
+from nnunet_missingmod.evaluation.report import BootstrapSettings, read_metrics_csv, write_report
 from nnunet_missingmod.evaluation.scoring import BASE_FIELDS, LESION_FIELDS, RECORD_FIELDS
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
 
@@ -227,3 +228,107 @@ def test_bad_records_are_rejected(tmp_path):
         write_report([{k: v for k, v in good[0].items() if k != "hd95"}], str(tmp_path), conventions())
     with pytest.raises(MissingModError, match="two records"):
         write_report(good + good[:1], str(tmp_path), conventions())
+
+
+# ------------------------------------------------------------------------------------- paired bootstrap intervals
+
+def test_bootstrap_interval_follows_its_definition(monkeypatch):
+    """Same seed, same resampling: the B × n index matrix of one default_rng(seed).integers call, the mean of each
+    row, and numpy's 2.5th and 97.5th percentiles; drawing in blocks of rows gives the same indices."""
+    from nnunet_missingmod.evaluation import report as report_module
+    differences = np.array([0.10, -0.05, 0.20, 0.00, 0.15, -0.02])
+    rng = np.random.default_rng(7)
+    means = differences[rng.integers(0, differences.size, size=(2000, differences.size))].mean(axis=1)
+    expected = tuple(np.percentile(means, [2.5, 97.5]))
+    assert report_module.bootstrap_interval(differences, 2000, seed=7) == expected
+    monkeypatch.setattr(report_module, "_BOOTSTRAP_BLOCK", 3 * differences.size)  # blocks of 3 resamples
+    assert report_module.bootstrap_interval(differences, 2000, seed=7) == expected
+    rng = np.random.default_rng(7)
+    means = differences[rng.integers(0, differences.size, size=(2000, differences.size))].mean(axis=1)
+    assert report_module.bootstrap_interval(differences, 2000, seed=7, level=0.8) == tuple(
+        np.percentile(means, [10, 90]))
+
+
+def test_bootstrap_interval_by_hand():
+    """Two cases with differences 1 and 3: a resample's mean is 1, 2 or 3 with probability 1/4, 1/2, 1/4, so out of
+    1000 resamples far more than 2.5 % are 1 and far more than 2.5 % are 3: the interval is [1, 3]. One value d
+    gives [d, d]."""
+    from nnunet_missingmod.evaluation.report import bootstrap_interval
+    assert bootstrap_interval([1.0, 3.0], 1000) == (1.0, 3.0)
+    assert bootstrap_interval([0.25] * 5, 100) == (0.25, 0.25)
+    with pytest.raises(ValueError):
+        bootstrap_interval([], 100)
+    with pytest.raises(ValueError):
+        bootstrap_interval([1.0], 0)
+
+
+def test_paired_intervals_of_identical_models_hold_zero_and_rank_nothing(tmp_path):
+    records = synthetic_records(trainers=("A",))
+    records += [{**r, "trainer": "B"} for r in records]
+    summary = write_report(records, str(tmp_path), conventions(), make_plots=False,
+                           bootstrap=BootstrapSettings(n_resamples=500))
+    block = summary["paired_intervals"]
+    assert block["reference"] == "A" and len(block["comparisons"]) == len(REGIONS) * 2 * 3
+    for c in block["comparisons"]:
+        assert (c["model"], c["mean_difference"], c["ci_low"], c["ci_high"]) == ("B", 0.0, 0.0, 0.0)
+        assert c["ranking"] is None and c["wilcoxon_p"] is None
+    rows = markdown_table((tmp_path / "summary.md").read_text(), "Paired differences against A")
+    assert rows[0][-1] == "ranking" and all(row[-1] == "—" for row in rows[2:])
+    assert all(row[-3] == "[+0.000, +0.000]" for row in rows[2:])
+
+
+def test_paired_intervals_of_a_better_model(tmp_path):
+    """TrainerB is 0.05 better everywhere (noise sd 0.02): every view's interval lies above 0 and ranks it; the
+    per-case differences are those of the records (full set; each model's own worst subset)."""
+    from scipy.stats import wilcoxon
+
+    from nnunet_missingmod.evaluation.report import bootstrap_interval
+    records = synthetic_records()
+    summary = write_report(records, str(tmp_path), {**conventions(), **lesion_conventions("gli")},
+                           make_plots=False, bootstrap=BootstrapSettings(n_resamples=1000))
+    comparisons = summary["paired_intervals"]["comparisons"]
+    assert {(c["region"], c["metric"], c["view"]) for c in comparisons} == {
+        (r, m, v) for r in REGIONS for m in ("dice", "lesion_dice") for v in ("full_set", "mean_over_subsets",
+                                                                             "worst_subset")}
+    value = {(r["trainer"], r["case"], r["subset"], r["region"]): r["dice"] for r in records}
+    full = next(c for c in comparisons if (c["region"], c["metric"], c["view"]) == ("TC", "dice", "full_set"))
+    expected = [value["TrainerB", case, FULL_SET.name, "TC"] - value["TrainerA", case, FULL_SET.name, "TC"]
+                for case in CASES]
+    assert list(full["per_case_difference"].values()) == pytest.approx(expected)
+    assert (full["ci_low"], full["ci_high"]) == bootstrap_interval(expected, 1000)
+    worst = next(c for c in comparisons if (c["region"], c["metric"], c["view"]) == ("TC", "dice", "worst_subset"))
+    expected = [min(value["TrainerB", case, s.name, "TC"] for s in SUBSETS)
+                - min(value["TrainerA", case, s.name, "TC"] for s in SUBSETS) for case in CASES]
+    assert list(worst["per_case_difference"].values()) == pytest.approx(expected)
+    assert worst["subsets"] == list(SUBSET_NAMES)
+    for c in comparisons:
+        assert c["ci_low"] > 0 and c["ranking"] == "TrainerB > TrainerA"
+        assert c["wilcoxon_p"] == pytest.approx(wilcoxon(list(c["per_case_difference"].values())).pvalue)
+    text = (tmp_path / "summary.md").read_text()
+    rows = markdown_table(text, "Paired differences against TrainerA")
+    assert all(row[-1] == "TrainerB > TrainerA" for row in rows[2:])
+    assert "Wilcoxon" in text and "1000 resamples" in text
+
+
+def test_paired_intervals_against_a_named_reference(tmp_path):
+    records = synthetic_records(lesionwise=False)
+    summary = write_report(records, str(tmp_path), conventions(), make_plots=False,
+                           bootstrap=BootstrapSettings(n_resamples=200, reference="TrainerB"))
+    comparisons = summary["paired_intervals"]["comparisons"]
+    assert {c["metric"] for c in comparisons} == {"dice"}  # no lesion-wise Dice in these records
+    assert all(c["model"] == "TrainerA" and c["ci_high"] < 0 and c["ranking"] == "TrainerB > TrainerA"
+               for c in comparisons)
+    with pytest.raises(MissingModError, match="--reference 'C' is not one of the report's models"):
+        write_report(records, str(tmp_path), conventions(), make_plots=False,
+                     bootstrap=BootstrapSettings(reference="C"))
+    off = write_report(records, str(tmp_path), conventions(), make_plots=False,
+                       bootstrap=BootstrapSettings(n_resamples=0))
+    assert off["paired_intervals"]["comparisons"] == [] and off["paired_comparisons"]
+    assert "Paired differences against" not in (tmp_path / "summary.md").read_text()
+
+
+def test_bootstrap_settings_are_checked_when_built():
+    for bad in ({"n_resamples": -1}, {"n_resamples": 1.5}, {"reference": " "}, {"level": 1.0}, {"seed": -2}):
+        with pytest.raises(MissingModError):
+            BootstrapSettings(**bad)
+    assert BootstrapSettings().n_resamples == 10000 and BootstrapSettings().seed == 0

@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-from inference.test_cli import model_folder  # noqa: F401 (the fixture)
 
 from nnunet_missingmod.cli import build_parser
 from nnunet_missingmod.errors import MissingModError
@@ -36,3 +35,26 @@ def test_score_settings_name_defaults_to_the_prediction_folder_and_bad_values_ar
     with pytest.raises(MissingModError, match="-np must be at least 1, got 0"):
         score_settings_from_args(parse(["score", str(tmp_path / "gt"), str(tmp_path / "my_model"), "-np", "0",
                                         "-o", str(tmp_path / "out")]))
+
+
+def test_bootstrap_and_reference_flags_reach_the_report_settings(tmp_path):
+    from nnunet_missingmod.evaluation.report import BootstrapSettings
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    parse = build_parser().parse_args
+    base = ["score", str(tmp_path / "gt"), str(tmp_path / "pred"), "-o", str(tmp_path / "out")]
+    assert score_settings_from_args(parse(base)).scoring.bootstrap == BootstrapSettings(10000, None)
+    settings = score_settings_from_args(parse(base + ["--bootstrap", "500", "--reference", "stock"]))
+    assert settings.scoring.bootstrap == BootstrapSettings(500, "stock")
+    with pytest.raises(MissingModError, match="--bootstrap must be a whole number >= 0"):
+        score_settings_from_args(parse(base + ["--bootstrap", "-1"]))
+
+
+def test_reference_must_name_an_entry_of_the_evaluation():
+    from nnunet_missingmod.evaluation.evaluate import check_reference, report_entries
+    entries = report_entries(["robust", "stock"], full_set_model=True, et_rule=True)
+    assert entries == ["robust", "stock", "robust+stock_routed", "robust_etRule", "stock_etRule"]
+    check_reference(None, entries)
+    check_reference("robust+stock_routed", entries)
+    with pytest.raises(MissingModError, match="--reference 'other' is not one of the models evaluated"):
+        check_reference("other", entries)
