@@ -1,0 +1,362 @@
+"""Behaviour reference: what one seeded training step of every trainer computes, and whether checkpoints of the
+public trainers still load, compared with what the code computed before the refactor.
+
+``tests/reference_data/step_reference.json`` was written by ``tests/reference_data/make_step_reference.py`` on the
+pre-refactor commit; this test never regenerates it. Per trainer it holds the seeded schedule that was run (see
+:func:`run_reference_steps`; the generator's docstring explains each choice), the learning rate and every logged
+term of each step, the sum and sum of squares (float64) of each module's parameters after ``initialize()``, and the
+same per parameter tensor of the network and of every extra module after the last step. A difference beyond float
+rounding (rtol 1e-5, atol 1e-6) is a change of behaviour; the message says whether construction or the step
+changed.
+
+``tests/reference_data/models/`` holds tiny model folders of the public trainers (plans.json, dataset.json,
+fold_0/checkpoint_final.pth written by the trainer's own ``save_checkpoint`` before the refactor, slimmed as the
+generator says); both ``nnunet-missingmod predict`` and stock ``nnUNetv2_predict`` must load them and agree on a
+complete case.
+
+Takes a few minutes on 2 CPU cores (the full-size MST-KD trainers hold two 115 M-parameter networks), hence slow.
+
+Trainers renamed by the refactor are looked up through :data:`RENAMED`; classes come from ``trainer_registry()``
+only, everything else from the trainer instance, so the test runs on the code before and after the refactor.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+try:
+    from nnunet_missingmod.training.naming import trainer_registry
+except ImportError:  # before the refactor
+    from nnunet_missingmod.training.registry import trainer_registry
+
+from conftest import DATASET_ID, DATASET_NAME, nnunet_env, plans_and_dataset_json, run_command
+from trainer_helpers import make_batch
+
+pytestmark = pytest.mark.slow
+
+# Class names of the reference (pre-refactor) -> class names after the refactor.
+RENAMED = {"ModalityDropoutTrainer_cardinalityPresence": "ModalityDropoutTrainer_cardinality_presence",
+           "TwoPhaseDistillTrainer_tau2Weight3": "TwoPhaseDistillTrainer_tau2_weight3",
+           "TwoPhaseDistillTrainer_tau2EveryScale": "TwoPhaseDistillTrainer_tau2_everyScale",
+           "TwoPhaseDistillTrainer_tau2AnnealedSnapshot": "TwoPhaseDistillTrainer_tau2_annealedSnapshot"}
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference_data"
+STEP_REFERENCE = REFERENCE_DIR / "step_reference.json"
+MODELS_DIR = REFERENCE_DIR / "models"
+RTOL, ATOL = 1e-5, 1e-6  # float rounding only
+
+# The seeded protocol (make_step_reference.py runs these same functions).
+INIT_SEED = 0  # torch.manual_seed before the trainer (and with it every network) is built
+SUBSET_SEED = 5  # trainer.subset_generator (subsets, CCSD's level, students, random path); with 5 the batch's two
+# samples draw different subsets under uniform, cardinality and keep-full-50 sampling, one of them the full set
+# under keep-full-50 (with 0 that sampler draws the full set twice and equals FullSetTrainer)
+STEP_SEED = 1000  # torch.manual_seed(STEP_SEED + epoch) before each step: MST-KD's transformer dropout
+BATCH_SEED = 0  # make_batch(trainer, seed=BATCH_SEED), one batch for every step
+TEACHER_SEED = 7  # torch.manual_seed before a teacher run's trainer is built
+TEACHER_ENV = "nnUNet_missingmod_teacher"
+
+
+def current_name(reference_name: str) -> str:
+    return RENAMED.get(reference_name, reference_name)
+
+
+def trainer_class(reference_name: str) -> type:
+    """The class recorded as ``reference_name``: under its new name, or its old one on the pre-refactor code."""
+    registry = trainer_registry()
+    for name in (current_name(reference_name), reference_name):
+        if name in registry:
+            return registry[name]
+    raise AssertionError(f"trainer {reference_name!r} (renamed {current_name(reference_name)!r}) is not in "
+                         f"trainer_registry()")
+
+
+def is_budget_sibling(cls: type) -> bool:
+    """A generated budget sibling (``X_debug``, ``X_demoSmall``, ...): a subclass of a trainer that sets nothing
+    but ``budget``. Told by that, not by its suffix, so the test does not depend on how the siblings are named."""
+    own = {name for name in vars(cls) if not (name.startswith("__") and name.endswith("__"))}
+    return own == {"budget"}
+
+
+def hand_written_trainer_names() -> list:
+    """The registry's trainers without the generated budget siblings."""
+    return sorted(name for name, cls in trainer_registry().items() if not is_budget_sibling(cls))
+
+
+def tensor_digest(named_tensors) -> dict:
+    """name -> [sum, sum of squares], in float64."""
+    digest = {}
+    for name, tensor in named_tensors:
+        t = tensor.detach().to(torch.float64)
+        digest[name] = [t.sum().item(), (t * t).sum().item()]
+    return digest
+
+
+def parameter_digests(trainer) -> dict:
+    """Per-parameter digests of the network and of every extra module (``trainer.extra_modules``)."""
+    extra = getattr(trainer, "extra_modules", {}) or {}
+    return {"network": tensor_digest(trainer.network.named_parameters()),
+            "extra_modules": {name: tensor_digest(module.named_parameters()) for name, module in extra.items()}}
+
+
+def module_totals(trainer) -> dict:
+    """One [sum, sum of squares] over all parameters per module: ``network`` and ``extra/<name>`` (the weights
+    after initialisation; a difference there means the construction, not the step, changed)."""
+    extra = getattr(trainer, "extra_modules", {}) or {}
+    modules = {"network": trainer.network, **{f"extra/{name}": module for name, module in extra.items()}}
+    totals = {}
+    for name, module in modules.items():
+        digest = np.array(list(tensor_digest(module.named_parameters()).values()) or [[0.0, 0.0]])
+        totals[name] = digest.sum(axis=0).tolist()
+    return totals
+
+
+def four_stage_plans(plans: dict) -> dict:
+    """The tiny plans with a fourth encoder stage (stride (2, 1, 1), 128 features; same patch), so that the network
+    has 3 deep-supervision outputs. With the tiny plans' 2 outputs nnU-Net weighs the scales (1, 0), and
+    distillation at every scale equals distillation at full resolution; here the second scale counts."""
+    plans = copy.deepcopy(plans)
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch.update(n_stages=4, features_per_stage=arch["features_per_stage"] + [arch["features_per_stage"][-1]],
+                kernel_sizes=arch["kernel_sizes"] + [[3, 3, 3]], strides=arch["strides"] + [[2, 1, 1]],
+                n_conv_per_stage=arch["n_conv_per_stage"] + [2],
+                n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"] + [2])
+    return plans
+
+
+PLANS_VARIANTS = {"tiny": lambda plans: plans, "four_stages": four_stage_plans}
+
+
+def build_trainer(nnunet_root, cls, num_epochs: int, plans: dict = None, dataset_json: dict = None):
+    """``cls`` on the CPU as tests/trainer_helpers.make_trainer builds it, with the budget set before
+    ``initialize()`` (1 iteration per epoch, ``num_epochs`` epochs) and the seeds of the protocol."""
+    if plans is None:
+        plans, dataset_json = plans_and_dataset_json(nnunet_root)
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    torch.manual_seed(INIT_SEED)
+    trainer = cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    trainer.num_epochs = num_epochs
+    trainer.num_iterations_per_epoch = 1
+    trainer.num_val_iterations_per_epoch = 1
+    trainer.initialize()
+    trainer.subset_generator.manual_seed(SUBSET_SEED)
+    return trainer
+
+
+def run_reference_steps(nnunet_root, cls, num_epochs: int, epochs, plans=None, dataset_json=None):
+    """Build ``cls`` seeded, then for each epoch in ``epochs``: set ``current_epoch``, run the trainer's own
+    ``on_train_epoch_start`` (learning rate of that epoch, a two-phase teacher's snapshot at its switch epoch),
+    seed the global generator and run ``train_step`` on the one fixed batch. Returns the trainer and the record."""
+    trainer = build_trainer(nnunet_root, cls, num_epochs, plans, dataset_json)
+    record = {"num_epochs": num_epochs, "epochs": list(epochs), "initial": module_totals(trainer), "steps": []}
+    batch = make_batch(trainer, seed=BATCH_SEED)
+    for epoch in epochs:
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        torch.manual_seed(STEP_SEED + epoch)
+        logged = trainer.train_step(batch)
+        record["steps"].append({"epoch": epoch, "lr": float(trainer.optimizer.param_groups[0]["lr"]),
+                                "terms": {k: float(np.asarray(v)) for k, v in sorted(logged.items())}})
+    record["final"] = parameter_digests(trainer)
+    return trainer, record
+
+
+def reference_record(nnunet_root, cls, num_epochs: int, epochs, plans_variant: str = "tiny") -> dict:
+    """:func:`run_reference_steps`'s record on the session's tiny plans (or a variant of them), with the trainer
+    freed at once (the full-size MST-KD trainers hold about 3 GB each)."""
+    plans, dataset_json = plans_and_dataset_json(nnunet_root)
+    trainer, record = run_reference_steps(nnunet_root, cls, num_epochs, epochs,
+                                          PLANS_VARIANTS[plans_variant](plans), dataset_json)
+    record["plans_variant"] = plans_variant
+    del trainer
+    gc.collect()
+    return record
+
+
+def write_teacher_run(folder: Path, teacher_cls, plans: dict, dataset_json: dict) -> Path:
+    """A finished run as nnU-Net lays it out (``<folder>/plans.json``, ``dataset.json``,
+    ``fold_0/checkpoint_final.pth``): ``teacher_cls`` seeded and initialised, saved by its own ``save_checkpoint``
+    without training. Returns the fold folder (what ``nnUNet_missingmod_teacher`` names)."""
+    fold = folder / "fold_0"
+    checkpoint = fold / "checkpoint_final.pth"
+    if checkpoint.is_file():
+        return fold
+    fold.mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    torch.manual_seed(TEACHER_SEED)
+    teacher = teacher_cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    teacher.initialize()
+    teacher.save_checkpoint(str(checkpoint))
+    del teacher
+    gc.collect()
+    return fold
+
+
+def teacher_class(name: str) -> type:
+    if name == "nnUNetTrainer":
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        return nnUNetTrainer
+    return trainer_class(name)
+
+
+# --------------------------------------------------------------------------------------------------- comparison
+def _close(actual: float, expected: float) -> bool:
+    return abs(actual - expected) <= ATOL + RTOL * abs(expected)
+
+
+def compare_values(what: str, actual: dict, expected: dict) -> list:
+    """Differences between two flat ``name -> float or [floats]`` dicts, as lines."""
+    problems = []
+    if set(actual) != set(expected):
+        missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+        problems.append(f"{what}: names differ; missing {missing[:8]}, unexpected {extra[:8]}")
+    for name in sorted(set(actual) & set(expected)):
+        a, e = np.atleast_1d(actual[name]), np.atleast_1d(expected[name])
+        if not all(_close(float(x), float(y)) for x, y in zip(a, e)):
+            problems.append(f"{what}[{name}]: {a.tolist()} != reference {e.tolist()}")
+    return problems
+
+
+def compare_digests(what: str, actual: dict, expected: dict) -> list:
+    problems = compare_values(f"{what} network", actual["network"], expected["network"])
+    if set(actual["extra_modules"]) != set(expected["extra_modules"]):
+        problems.append(f"{what} extra modules: {sorted(actual['extra_modules'])} != reference "
+                        f"{sorted(expected['extra_modules'])}")
+    for name in sorted(set(actual["extra_modules"]) & set(expected["extra_modules"])):
+        problems += compare_values(f"{what} extra module {name!r}", actual["extra_modules"][name],
+                                   expected["extra_modules"][name])
+    return problems
+
+
+def compare_records(actual: dict, expected: dict) -> list:
+    problems = compare_values("weights after initialize() (seeded construction)", actual["initial"],
+                              expected["initial"])
+    for step, (a, e) in enumerate(zip(actual["steps"], expected["steps"])):
+        where = f"step {step} (epoch {e['epoch']})"
+        problems += compare_values(f"{where} learning rate", {"lr": a["lr"]}, {"lr": e["lr"]})
+        problems += compare_values(f"{where} logged terms", a["terms"], e["terms"])
+    problems += compare_digests("weights after the steps", actual["final"], expected["final"])
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------------- tests
+def _reference() -> dict:
+    return json.loads(STEP_REFERENCE.read_text())
+
+
+REFERENCE = _reference() if STEP_REFERENCE.is_file() else {"trainers": {}, "models": {}}
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference was recorded (same reduction order on one machine)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_runs(nnunet_root, tiny_preprocessed, tmp_path_factory):
+    """Teacher run name -> fold folder, written on first use (identical to the generator's teachers)."""
+    base = tmp_path_factory.mktemp("teacher_runs")
+    plans, dataset_json = plans_and_dataset_json(nnunet_root)
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            runs[name] = write_teacher_run(base / f"{name}__nnUNetPlans__3d_fullres", teacher_class(name), plans,
+                                           dataset_json)
+        return runs[name]
+    return get
+
+
+def test_the_reference_covers_every_hand_written_trainer():
+    recorded = {trainer_class(n).__name__ for n in REFERENCE["trainers"]}  # raises for a trainer that is gone
+    existing = set(hand_written_trainer_names())
+    assert recorded == existing, f"trainers without a reference: {sorted(existing - recorded)}"
+
+
+def test_the_tiny_plans_are_the_reference_plans(nnunet_root, tiny_preprocessed):
+    plans, _ = plans_and_dataset_json(nnunet_root)
+    configuration = plans["configurations"]["3d_fullres"]
+    assert configuration["patch_size"] == REFERENCE["plans"]["patch_size"]
+    assert configuration["batch_size"] == REFERENCE["plans"]["batch_size"]
+    assert configuration["architecture"] == REFERENCE["plans"]["architecture"]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["trainers"]))
+def test_one_seeded_step_matches_the_reference(name, nnunet_root, tiny_preprocessed, teacher_runs, single_thread,
+                                               monkeypatch):
+    expected = REFERENCE["trainers"][name]
+    if expected.get("teacher"):
+        monkeypatch.setenv(TEACHER_ENV, str(teacher_runs(expected["teacher"])))
+    else:
+        monkeypatch.delenv(TEACHER_ENV, raising=False)
+    actual = reference_record(nnunet_root, trainer_class(name), expected["num_epochs"], expected["epochs"],
+                              expected["plans_variant"])
+    problems = compare_records(actual, expected)
+    assert not problems, f"{name} ({current_name(name)}) differs from the reference:\n" + "\n".join(problems[:30])
+
+
+# ------------------------------------------------------------------------------------------ checkpoint loading
+def _segmentation(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_stored_checkpoints_load_in_both_predictors(nnunet_root, tiny_preprocessed, tmp_path):
+    models = REFERENCE["models"]
+    assert models, "the reference lists no model folders"
+    results = tmp_path / "results"
+    case = REFERENCE["prediction_case"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in range(4):
+        shutil.copy(tiny_preprocessed / "imagesTr" / f"{case}_{channel:04d}.nii.gz", inputs)
+    for folder in models.values():
+        shutil.copytree(MODELS_DIR / folder, results / DATASET_NAME / folder)
+    env = nnunet_env(nnunet_root)
+    env["nnUNet_results"] = str(results)
+    env.pop(TEACHER_ENV, None)
+
+    def predict(name):
+        folder = results / DATASET_NAME / models[name]
+        ours = run_command(["nnunet-missingmod", "predict", "-i", inputs, "-o", tmp_path / "ours" / name, "-m", folder,
+                            "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0", "-nps", "0"], env,
+                           expect_ok=False)
+        stock = run_command(["nnUNetv2_predict", "-i", inputs, "-o", tmp_path / "stock" / name, "-d", DATASET_ID,
+                             "-c", "3d_fullres", "-tr", current_name(name), "-f", "0", "-device", "cpu",
+                             "--disable_tta", "-npp", "0", "-nps", "0"], env, expect_ok=False)
+        return name, ours, stock
+
+    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        outcomes = list(pool.map(predict, sorted(models)))
+    failures = []
+    for name, ours, stock in outcomes:
+        failed = [(label, result) for label, result in (("nnunet-missingmod predict", ours),
+                                                         ("nnUNetv2_predict", stock)) if result.returncode != 0]
+        for label, result in failed:
+            failures.append(f"{label} on {models[name]} exited {result.returncode}:\n{result.stdout[-2000:]}\n"
+                            f"{result.stderr[-3000:]}")
+        if failed:
+            continue
+        ours_seg = tmp_path / "ours" / name / f"{case}.nii.gz"
+        stock_seg = tmp_path / "stock" / name / f"{case}.nii.gz"
+        if not (ours_seg.is_file() and stock_seg.is_file()):
+            failures.append(f"{name}: no segmentation written (ours: {ours_seg.is_file()}, "
+                            f"stock: {stock_seg.is_file()})")
+        elif not np.array_equal(_segmentation(ours_seg), _segmentation(stock_seg)):
+            failures.append(f"{name}: nnunet-missingmod predict and nnUNetv2_predict disagree on the complete case")
+    assert not failures, "\n\n".join(failures)
