@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny BraTS dataset (phantom cases on real anatomy, converted by our converter), planned,
-preprocessed and trained once per test session through nnU-Net's real commands."""
+preprocessed and trained once per test session through nnU-Net's real commands; a stock checkpoint on its plans (a
+teacher); and an untrained tiny model folder for predictor tests that need no trained model. Test modules take these
+by name (pytest finds them here), never by importing another test module."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,12 @@ DATASET_NAME = f"Dataset{DATASET_ID}_TinyBraTS"
 N_CASES = 6
 PHANTOM_SPACING_MM = 7.0  # 28 x 33 x 27 voxels on ICBM152 anatomy
 CASE_IDS = [f"BraTS2021_{i:05d}" for i in range(N_CASES)]
+
+# the untrained model folder of ``model_folder``
+TRAINER = "nnUNetTrainer"  # stock: the tests that use it are about the predictor, not about any method's network
+SHAPE_ZYX = (12, 14, 16)
+CHANNEL_NAMES = {str(i): m for i, m in enumerate(("T1", "T1ce", "T2", "FLAIR"))}  # modalities.MODALITIES
+LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
 
 
 def bin_dir() -> Path:
@@ -34,7 +42,7 @@ def write_tiny_dataset(work_dir: Path, dataset_id: int = DATASET_ID, name: str =
 
 def nnunet_env(root: Path, n_proc_da: str = "0") -> dict:
     """Environment for nnU-Net's commands: the three roots under ``root``, our trainers, CPU-friendly settings."""
-    from nnunet_missingmod.training.registry import trainer_dir
+    from nnunet_missingmod.training.naming import trainer_dir
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f",
@@ -85,3 +93,85 @@ def trained_dropout_model(nnunet_root, tiny_preprocessed) -> Path:
 def plans_and_dataset_json(nnunet_root: Path):
     base = nnunet_root / "preprocessed" / DATASET_NAME
     return json.loads((base / "nnUNetPlans.json").read_text()), json.loads((base / "dataset.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def stock_run(nnunet_root, tiny_preprocessed, tmp_path_factory):
+    """A stock ``nnUNetTrainer`` checkpoint after one step on the tiny plans (what a user already has, at toy size),
+    and its network's parameters as one flat tensor: the teacher of the checkpoint-teacher trainers."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from trainer_helpers import make_batch, make_trainer, module_parameters
+    stock = make_trainer(nnunet_root, nnUNetTrainer)
+    stock.on_train_epoch_start()
+    stock.train_step(make_batch(stock))
+    path = tmp_path_factory.mktemp("stock") / "checkpoint_final.pth"
+    stock.save_checkpoint(str(path))
+    return path, module_parameters(stock.network)
+
+
+def model_folder_plans() -> dict:
+    """Hand-written plans of a 2-stage U-Net on 8x8x8 patches (``model_folder``): predicts in seconds."""
+    arch = {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1],
+            "n_conv_per_stage_decoder": [1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True}}
+    return {
+        "dataset_name": "Dataset998_Fast", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1.0] * 3,
+        "original_median_shape_after_transp": list(SHAPE_ZYX), "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "by hand",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {str(c): {
+            "max": 200.0, "mean": 100.0, "median": 100.0, "min": 0.0, "percentile_00_5": 50.0,
+            "percentile_99_5": 150.0, "std": 20.0} for c in range(4)},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "fast", "preprocessor_name": "DefaultPreprocessor", "batch_size": 1,
+            "patch_size": [8, 8, 8], "median_image_size_in_voxels": list(SHAPE_ZYX), "spacing": [1.0] * 3,
+            "normalization_schemes": ["ZScoreNormalization"] * 4, "use_mask_for_norm": [False] * 4,
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "batch_dice": False,
+            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": arch,
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        }},
+    }
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A real nnU-Net model folder that was never trained: an untrained tiny U-Net (``model_folder_plans``) saved the
+    way ``nnUNetv2_train`` saves it (plans.json, dataset.json, fold_0/checkpoint_final.pth), for tests of
+    ``predict`` and ``evaluate`` that need a model but not a trained one."""
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_missingmod.inference.predictor import ensure_trainer_lookup
+    folder = tmp_path_factory.mktemp("fast_model")
+    plans = model_folder_plans()
+    dataset_json = {"channel_names": CHANNEL_NAMES, "labels": LABELS, "regions_class_order": [1, 2, 3],
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    ensure_trainer_lookup()
+    plans_manager = PlansManager(plans)
+    torch.manual_seed(0)
+    network = recursive_find_trainer_class_by_name(TRAINER).build_network_architecture(
+        plans_manager, plans_manager.get_configuration("3d_fullres"), 4, 3, enable_deep_supervision=False)
+    (folder / "fold_0").mkdir()
+    torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
+                "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(model_folder) -> Path:
+    """``model_folder`` under the name tests/test_layering.py asks for."""
+    return model_folder

@@ -1,9 +1,14 @@
-"""Build a real trainer on the tiny preprocessed dataset and a batch like nnU-Net's data loader yields."""
+"""Build a real trainer on the tiny preprocessed dataset and a batch like nnU-Net's data loader yields; run
+``nnUNetv2_train`` with the fault-test trainers (``training/fault_trainers/``)."""
 import copy
+import os
+from pathlib import Path
 
 import torch
 
-from conftest import plans_and_dataset_json
+from conftest import DATASET_ID, DATASET_NAME, nnunet_env, plans_and_dataset_json
+
+FAULT_TRAINERS = Path(__file__).parent / "training" / "fault_trainers"
 
 
 def make_trainer(nnunet_root, trainer_class, fold=0):
@@ -28,6 +33,22 @@ def make_batch(trainer, batch_size=2, seed=0):
         size = [round(p * s) for p, s in zip(patch, scale)]
         targets.append(torch.nn.functional.interpolate(regions.float(), size=size, mode="nearest-exact").bool())
     return {"data": data, "target": targets, "keys": [f"case{i}" for i in range(batch_size)]}
+
+
+def fault_env(nnunet_root: Path, results: Path, **extra: str) -> dict:
+    """nnU-Net's environment with its own results folder and the fault-test trainers after the package's."""
+    env = nnunet_env(nnunet_root)
+    env.update(nnUNet_results=str(results), **extra)
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(FAULT_TRAINERS)])
+    return env
+
+
+def train_command(trainer: str, *flags: str) -> list:
+    return ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *flags]
+
+
+def fold_folder(results: Path, trainer: str) -> Path:
+    return results / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
 
 
 # ---------------------------------------------------------------------------------------------------------------

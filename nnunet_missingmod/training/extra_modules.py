@@ -78,7 +78,7 @@ def wrap_for_ddp(module: nn.Module, device: torch.device, local_rank: int) -> nn
 
 
 class ExtraModuleLifecycle:
-    """Trainer mixin: the extra modules' state and lifecycle. ``initialize()`` (``checkpoint.NnUNetCopies``) calls
+    """Trainer mixin: the extra modules' state and lifecycle. ``initialize()`` (``nnunet_copies.NnUNetCopies``) calls
     :meth:`build_extra_modules_on_device`, :meth:`compile_extra_modules`, :meth:`configure_extra_optimizers` and,
     under DDP, :meth:`wrap_modules_for_ddp` at the points where nnU-Net treats its network the same way."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -102,7 +102,10 @@ class Setting:
 def _apply(base: type, setting: Setting, namespace: Dict[str, Any]) -> None:
     """Replace, in ``namespace``, the settings that ``setting`` changes (starting from ``base``'s)."""
     for attribute, changes in setting.changes.items():
-        current = namespace.get(attribute, getattr(base, attribute))
+        current = namespace.get(attribute, getattr(base, attribute, None))
+        if not is_dataclass(current):
+            raise MissingModError(f"setting _{setting.name} of {base.__name__} changes {attribute!r}, which is not a "
+                                  f"settings dataclass of {base.__name__}")
         known = {f.name for f in fields(current)}
         unknown = set(changes) - known
         if unknown:

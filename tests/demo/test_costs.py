@@ -3,7 +3,7 @@ import pytest
 
 from nnunet_missingmod.demo import costs
 from nnunet_missingmod.demo.pipeline import DataSettings
-from nnunet_missingmod.training.budgets import BUDGETS
+from nnunet_missingmod.training.naming import BUDGETS
 
 DATA = DataSettings(cases=9, test_cases=3, spacing_mm=costs.REFERENCE_SPACING_MM)
 
@@ -44,3 +44,16 @@ def test_total_is_the_sum_of_the_stages():
               + sum(costs.training_seconds(t, "small", "cpu", DATA) + costs.evaluation_seconds(t, "cpu", DATA)
                     for t in trainers))
     assert costs.total_seconds(trainers, "small", "cpu", DATA) == pytest.approx(stages)
+
+
+def test_every_trainer_the_demo_trains_or_prices_has_a_sibling_for_every_budget():
+    """The demo trains ``X<suffix>`` of the chosen budget (naming.with_budgets): every default trainer and every
+    trainer with a measured time factor must have one for each budget."""
+    from nnunet_missingmod.demo.pipeline import DEFAULT_ROUTED, DEFAULT_TRAINERS
+    from nnunet_missingmod.training.naming import trainer_registry
+    registry = trainer_registry()
+    names = {DEFAULT_ROUTED, *DEFAULT_TRAINERS["cpu"], *DEFAULT_TRAINERS["cuda"], *costs.TRAINER_TIME_FACTOR["cpu"],
+             *costs.TRAINER_TIME_FACTOR["cuda"]}
+    for name in names:
+        for budget in BUDGETS.values():
+            assert name + budget.suffix in registry, name + budget.suffix

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import SHAPE_ZYX, TRAINER
+from presence_helpers import record_presence
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.inference.discovery import discover_cases, restrict_to
 from nnunet_missingmod.modalities import MODALITIES, ModalitySubset, parse_subset
@@ -91,11 +92,11 @@ def test_the_requested_subset_reaches_the_network_as_one_mask(tmp_path, model_fo
     _write_case(tmp_path / "in", "case_b", ("T1", "T1ce"), seed=1)
     predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), (0,))
-    seen = []
-    predictor.network.set_modality_mask = lambda mask: seen.append(mask.tolist())
+    recorder = record_presence(predictor.network)
     results = predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "out"), modalities="t1c+t2f")
     assert [(r.case, r.subset, r.ok) for r in results] == [("case_a", "T1ce+FLAIR", True), ("case_b", "T1ce", True)]
-    assert seen == [[False, True, False, True], [False, True, False, False]]
+    # told once per case for the whole sliding window, cleared after it
+    assert recorder.told == [[False, True, False, True], None, [False, True, False, False], None]
     assert _sidecar(tmp_path / "out", "case_b")["ignored_files"].keys() == {"T1"}
 
 

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import DATASET_ID, nnunet_env, run_command
+from presence_helpers import record_presence
 
 RAW_SUFFIX = {"T1": "_0000", "T1ce": "_0001", "T2": "_0002", "FLAIR": "_0003"}
 
@@ -225,12 +226,11 @@ def test_python_api_takes_a_mask_per_case(nnunet_root, tiny_preprocessed, traine
     assert results[0].ok and results[0].subset == "T1+T2"
     from_files = _seg(tmp_path / "api" / "BraTS2021_00001.nii.gz")
 
-    seen_masks = []
-    predictor.network.set_modality_mask = lambda mask: seen_masks.append(mask.tolist())
+    recorder = record_presence(predictor.network)
     reader = predictor.plans_manager.image_reader_writer_class()
     data, props = reader.read_images(files)
     seg = predictor.predict_single_npy_array(data, props, channel_mask=[True, False, True, False])
-    assert seen_masks == [[True, False, True, False]]
+    assert recorder.told == [[True, False, True, False], None]
     assert np.array_equal(seg, from_files)
 
 

@@ -2,16 +2,20 @@
 for CUDA AMP: the step runs (network, extra modules, the discriminator's own step), every loss term is float32 and
 finite, and the losses are close to the float32 step's on the same batch. Also: each distillation loss casts its
 inputs to float32 once, so the gradient into a half-precision input is summed in float32."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from nnunet_missingmod.training.base import MaskedBatch
-from nnunet_missingmod.training.ccsd.trainer import CCSDTrainer_gradCriticality, CCSDTrainer_small
-from nnunet_missingmod.training.dropout import ModalityDropoutTrainer
-from nnunet_missingmod.training.mstkd.losses import EVDLoss, GramStyleLoss
-from nnunet_missingmod.training.mstkd.network import ATTENTION, MST_FEATURES, SMALL
-from nnunet_missingmod.training.mstkd.trainer import (
-    TEACHER_ENV, MSTKDTeacherTrainer_small, MSTKDTrainer_content, MSTKDTrainer_frozenTeacher_small, MSTKDTrainer_small)
+from nnunet_missingmod.training.methods.ccsd.ablations import CCSDTrainer_gradCriticality
+from nnunet_missingmod.training.methods.ccsd.trainer import CCSDTrainer_small
+from nnunet_missingmod.training.methods.dropout.trainer import ModalityDropoutTrainer
+from nnunet_missingmod.training.methods.mstkd.ablations import MSTKDTrainer_content, MSTKDTrainer_frozenTeacher_small
+from nnunet_missingmod.training.methods.mstkd.losses import EVDLoss, GramStyleLoss
+from nnunet_missingmod.training.methods.mstkd.network import ATTENTION, MST_FEATURES, SMALL
+from nnunet_missingmod.training.methods.mstkd.trainer import MSTKDTeacherTrainer_small, MSTKDTrainer_small
+from nnunet_missingmod.training.teacher import TEACHER_ENV
 from trainer_helpers import make_batch, make_trainer, module_parameters
 
 torch.set_num_threads(1)
@@ -19,12 +23,12 @@ torch.set_num_threads(1)
 
 class _ContentSmall(MSTKDTrainer_content):
     """The content-MSE variant at the CPU size (the default sizes differ only in widths, not in the step)."""
-    transformer = SMALL
+    method = replace(MSTKDTrainer_content.method, transformer=SMALL)
 
 
 class _GradCriticalitySmall(CCSDTrainer_gradCriticality):
     """The gradient-criticality path (an autograd.grad inside the step) at CCSDTrainer_small's sizes."""
-    shared_width, specific_width, max_level_subsets = 0.5, 0.25, 1
+    method = replace(CCSDTrainer_gradCriticality.method, shared_width=0.5, specific_width=0.25, max_level_subsets=1)
 
 
 # Every step that code paths of the default trainers take: dropout; MST-KD with all terms and the discriminator's
@@ -65,7 +69,7 @@ def _losses(trainer, batch, dtype):
 
 @pytest.mark.parametrize("trainer_class", TRAINERS, ids=lambda c: c.__name__)
 def test_training_step_under_bfloat16_autocast(nnunet_root, tiny_preprocessed, request, trainer_class):
-    if trainer_class.teacher_source == "checkpoint":
+    if getattr(getattr(trainer_class, "method", None), "teacher", None) == "checkpoint":  # MST-KD's frozen teacher
         request.getfixturevalue("frozen_teacher")
     torch.manual_seed(0)  # the same initial weights whatever ran before (the tolerance was measured on these)
     trainer = make_trainer(nnunet_root, trainer_class)
@@ -81,7 +85,7 @@ def test_training_step_under_bfloat16_autocast(nnunet_root, tiny_preprocessed, r
         # may pick the other (equally valid) path, which changes DMCD discretely, not by rounding. The path-free
         # part of the loss is compared instead; DMCD itself is checked for dtype and finiteness.
         for terms in (mixed, reference):
-            terms["loss"] = terms["loss"] - trainer.dmcd_weight * terms["dmcd"]
+            terms["loss"] = terms["loss"] - trainer.method.dmcd_weight * terms["dmcd"]
     for name, value in mixed.items():
         assert value.dtype == torch.float32, f"{name} is {value.dtype} under autocast"
         assert torch.isfinite(value).all(), name

@@ -20,7 +20,7 @@ def _trainer_class(name):
     if name == "TeacherDiscriminatorTrainer":
         from trainer_helpers import TeacherDiscriminatorTrainer
         return TeacherDiscriminatorTrainer
-    from nnunet_missingmod.training.registry import trainer_registry
+    from nnunet_missingmod.training.naming import trainer_registry
     return trainer_registry()[name]
 
 
@@ -38,14 +38,15 @@ def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_name):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     trainer.is_ddp, trainer.local_rank = True, rank
     trainer.wrap_modules_for_ddp()
-    if trainer.teacher_source == "snapshot":  # phase 2: subsets are drawn and the frozen snapshot distils
+    if getattr(getattr(trainer, "teacher", None), "source", None) == "snapshot":
+        # phase 2: subsets are drawn and the frozen snapshot distils
         trainer.current_epoch = trainer.teacher_switch_epoch()
         trainer.take_teacher_snapshot()
     modules = {"network": trainer.network, **trainer.extra_modules}
     wrapped = {name: isinstance(m, DDP) for name, m in modules.items()
                if name == "network" or trainer.extra_specs[name].trainable}
     batch = make_batch(trainer, batch_size=2, seed=rank)  # different data per rank
-    masks = trainer.sample_channel_masks(2)
+    masks = trainer.subset_masks[trainer.sample_subset_indices(2)]
     trainer.subset_generator.manual_seed(1000 + rank)
     before = {name: module_parameters(m) for name, m in modules.items()}
     trainer.train_step(batch)

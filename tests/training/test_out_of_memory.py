@@ -8,8 +8,7 @@ from torch import nn
 
 from conftest import DATASET_NAME, plans_and_dataset_json, run_command
 from nnunet_missingmod.training.base import VERBOSE_ENV, TrainingOutOfMemory
-from training.test_resume_after_kill import fault_env, fold_folder, train_command
-from trainer_helpers import TeacherDiscriminatorTrainer, make_batch, make_trainer
+from trainer_helpers import TeacherDiscriminatorTrainer, fault_env, fold_folder, make_batch, make_trainer, train_command
 from training.fault_trainers.missingmod_fault_trainers import OutOfMemoryNetwork
 
 FIXES = ("(1) plans for a smaller GPU: nnUNetv2_plan_experiment", "(2) close other processes on the GPU",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import plans_and_dataset_json
-from nnunet_missingmod.training.registry import trainer_registry
+from nnunet_missingmod.training.naming import trainer_registry
 from trainer_helpers import make_batch
 
 RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"  # as nnU-Net's ResEnc planners write it

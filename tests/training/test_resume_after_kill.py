@@ -5,7 +5,6 @@ trainers (``fault_trainers/``) are our trainers made reproducible and killable a
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import time
@@ -15,28 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, bin_dir, nnunet_env, run_command
+from conftest import bin_dir, run_command
+from trainer_helpers import fault_env, fold_folder, train_command
 
-FAULT_TRAINERS = Path(__file__).parent / "fault_trainers"
 PAUSE_AT_ENV = "nnUNet_missingmod_test_pause_at"
 PAUSED_FILE_ENV = "nnUNet_missingmod_test_paused"
 TIMESTAMPS = ("epoch_start_timestamps", "epoch_end_timestamps")  # wall-clock times: the one thing that differs
-
-
-def fault_env(nnunet_root: Path, results: Path, **extra: str) -> dict:
-    """nnU-Net's environment with its own results folder and the fault-test trainers after the package's."""
-    env = nnunet_env(nnunet_root)
-    env.update(nnUNet_results=str(results), **extra)
-    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(FAULT_TRAINERS)])
-    return env
-
-
-def train_command(trainer: str, *flags: str) -> list:
-    return ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *flags]
-
-
-def fold_folder(results: Path, trainer: str) -> Path:
-    return results / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
 
 
 def kill_at(nnunet_root: Path, results: Path, trainer: str, epoch: int, iteration: int, timeout_s: float = 1200):
@@ -129,6 +112,6 @@ def test_killed_ccsd_run_resumes_where_it_was(nnunet_root, tiny_preprocessed, tm
 @pytest.mark.slow
 def test_killed_two_phase_run_in_phase_2_resumes_with_its_teacher_snapshot(nnunet_root, tiny_preprocessed, tmp_path):
     latest, resumed = kill_resume_and_compare(nnunet_root, tmp_path, "KillableTwoPhaseDistillTrainer", kill_epoch=2)
-    assert latest["missingmod_extra"]["teacher_snapshot_epoch"] == 1  # killed after the switch: phase 2
-    assert resumed["missingmod_extra"]["teacher_snapshot_epoch"] == 1  # kept, not taken again at the resume
+    assert latest["missingmod_extra"]["method"]["teacher_snapshot_epoch"] == 1  # killed after the switch: phase 2
+    assert resumed["missingmod_extra"]["method"]["teacher_snapshot_epoch"] == 1  # kept, not taken again at the resume
     assert resumed["logging"]["train_distill_kl"][0] == 0 < resumed["logging"]["train_distill_kl"][2]

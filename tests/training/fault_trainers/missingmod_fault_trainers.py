@@ -5,8 +5,8 @@ the package: they change only what a test needs to be fast and reproducible, nev
 * Reproducible: nnU-Net 2.8.1 seeds nothing. The initial weights are drawn after one seed and every epoch starts by
   seeding Python's, NumPy's and torch's global generators from its epoch number, so the data loader (with
   ``nnUNet_n_proc_DA=0``, in the main process) and the augmentation draw the same batches in every run. The subset
-  sampler (``subset_generator``) is deliberately *not* re-seeded: after ``--c`` it continues only if the
-  checkpoint restored it.
+  sampler (``subset_generator``, seeded once from ``sampling.seed = 7`` in each class) is deliberately *not*
+  re-seeded: after ``--c`` it continues only if the checkpoint restored it.
 * Fast: 2 epochs of 2 iterations (1 validation iteration), a checkpoint at every epoch end (``save_every = 1``),
   no final validation (the sliding-window prediction of the validation cases is not what these tests check).
 * Killable mid-epoch at a known step: with ``nnUNet_missingmod_test_pause_at=EPOCH:ITERATION`` the run writes the
@@ -18,15 +18,17 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from nnunet_missingmod.training.ccsd.trainer import CCSDTrainer_small
-from nnunet_missingmod.training.dropout import ModalityDropoutTrainer, ModalityDropoutTrainer_cardinality
-from nnunet_missingmod.training.mstkd.trainer import MSTKDTrainer_small
-from nnunet_missingmod.training.robust import TwoPhaseDistillTrainer
+from nnunet_missingmod.training.methods.ccsd.trainer import CCSDTrainer_small
+from nnunet_missingmod.training.methods.dropout.trainer import (
+    ModalityDropoutTrainer, ModalityDropoutTrainer_cardinality)
+from nnunet_missingmod.training.methods.mstkd.trainer import MSTKDTrainer_small
+from nnunet_missingmod.training.methods.selfdistill.trainer import TwoPhaseDistillTrainer
 
 PAUSE_AT_ENV = "nnUNet_missingmod_test_pause_at"
 PAUSED_FILE_ENV = "nnUNet_missingmod_test_paused"
@@ -42,7 +44,6 @@ class _KillableRun:
     """Mixed in before a trainer of ours (see the module docstring)."""
 
     budget = {"num_epochs": 2, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
-    subset_seed = 7  # the same draws in every process: only a restored sampler continues where the killed run was
 
     def initialize(self):
         # nnUNetv2_train -device cpu runs torch on every core; multi-threaded CPU kernels sum in an order that varies
@@ -67,16 +68,28 @@ class _KillableRun:
         self.print_to_log_file("final validation skipped (fault-test trainer)")
 
 
+def _seeded(sampling):
+    """``sampling`` with seed 7: the same draws in every process, so only a restored sampler continues where the
+    killed run was."""
+    return replace(sampling, seed=7)
+
+
 class KillableDropoutTrainer(_KillableRun, ModalityDropoutTrainer_cardinality):
     """Modality dropout (the base's sampler alone)."""
+
+    sampling = _seeded(ModalityDropoutTrainer_cardinality.sampling)
 
 
 class KillableMSTKDTrainer(_KillableRun, MSTKDTrainer_small):
     """MST-KD: a jointly trained teacher and a discriminator with its own Adam."""
 
+    sampling = _seeded(MSTKDTrainer_small.sampling)
+
 
 class KillableCCSDTrainer(_KillableRun, CCSDTrainer_small):
     """CCSD: one shared-specific network; the level and the path are drawn from the subset sampler."""
+
+    sampling = _seeded(CCSDTrainer_small.sampling)
 
 
 class KillableTwoPhaseDistillTrainer(_KillableRun, TwoPhaseDistillTrainer):
@@ -84,7 +97,8 @@ class KillableTwoPhaseDistillTrainer(_KillableRun, TwoPhaseDistillTrainer):
     holds it and a kill in epoch 2 happens in phase 2."""
 
     budget = {"num_epochs": 3, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
-    teacher_switch = 1 / 3
+    sampling = _seeded(TwoPhaseDistillTrainer.sampling)
+    teacher = replace(TwoPhaseDistillTrainer.teacher, switch=1 / 3)
 
 
 class OutOfMemoryNetwork(nn.Module):

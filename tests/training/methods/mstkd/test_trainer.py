@@ -1,6 +1,7 @@
 """MSTKDTrainer on the real nnU-Net plans of the tiny dataset: one step trains student, teacher and discriminator;
 teacher detach and freeze; checkpoints and resume; end to end through nnUNetv2_train and both predictors."""
 import json
+from dataclasses import replace
 
 import pytest
 import SimpleITK as sitk
@@ -8,26 +9,56 @@ import torch
 
 from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_command
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.training.base import CHECKPOINT_EXTRA_KEY
-from nnunet_missingmod.training.dropout import FullSetTrainer
-from nnunet_missingmod.training.mstkd.network import SMALL
-from nnunet_missingmod.training.mstkd.trainer import (
-    TEACHER_ENV, MSTKDTeacherTrainer_small, MSTKDTrainer_frozenTeacher, MSTKDTrainer_noGSME_small, MSTKDTrainer_small)
+from nnunet_missingmod.training.base import SamplingSettings
+from nnunet_missingmod.training.extra_modules import TEACHER
+from nnunet_missingmod.training.methods.dropout.trainer import FullSetTrainer
+from nnunet_missingmod.training.methods.mstkd.ablations import (
+    MSTKDTrainer_frozenTeacher_small, MSTKDTrainer_noGSME_small, MSTKDTrainer_stockTeacher_small)
+from nnunet_missingmod.training.methods.mstkd.losses import OFFICIAL_WEIGHTS
+from nnunet_missingmod.training.methods.mstkd.network import SMALL
+from nnunet_missingmod.training.methods.mstkd.trainer import (
+    MSTKDSettings, MSTKDTeacherTrainer_small, MSTKDTrainer, MSTKDTrainer_small)
+from nnunet_missingmod.training.nnunet_copies import CHECKPOINT_EXTRA_KEY
+from nnunet_missingmod.training.teacher import TEACHER_ENV
 from trainer_helpers import make_batch, make_trainer, module_parameters
 
 
 class _NoTeacherSegSmall(MSTKDTrainer_small):
     """Teacher segmentation weight 0: the teacher's gradient then comes from the distillation terms alone."""
-    subset_seed = 3
-    weights = dict(MSTKDTrainer_small.weights, seg_teacher=0.0)
+    sampling = SamplingSettings(seed=3)
+    method = replace(MSTKDTrainer_small.method, weight_overrides=(("seg_teacher", 0.0),))
 
 
 class _NoTeacherSegDetachedSmall(_NoTeacherSegSmall):
-    detach_teacher = True
+    method = replace(_NoTeacherSegSmall.method, detach_teacher=True)
 
 
-class _FrozenSmall(MSTKDTrainer_frozenTeacher):
-    transformer = SMALL
+_FrozenSmall = MSTKDTrainer_frozenTeacher_small
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(teacher="frozen"), r"MSTKDSettings.teacher must be one of \('joint', 'checkpoint'\), got 'frozen'"),
+    (dict(start_from_teacher="strict"),
+     "MSTKDSettings.start_from_teacher must be one of .*needs teacher 'checkpoint', got 'strict' with teacher 'joint'"),
+    (dict(teacher="checkpoint", start_from_teacher="all"), "MSTKDSettings.start_from_teacher .*got 'all'"),
+    (dict(weight_overrides=(("evd", -1.0),)), r"MSTKDSettings.weight_overrides: 'evd'=-1.0 is not a weight >= 0"),
+    (dict(weight_overrides=(("evdd", 1.0),)), r"MSTKDSettings.weight_overrides: 'evdd'=1.0 is not a weight"),
+    (dict(discriminator_ndf=0), "MSTKDSettings: discriminator_ndf and discriminator_lr must be > 0, got 0 and"),
+    (dict(discriminator_lr=-1e-4), "MSTKDSettings: discriminator_ndf .* must be > 0, got 64 and -0.0001"),
+])
+def test_mstkd_settings_refuse_a_bad_value_naming_the_setting_and_the_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        MSTKDSettings(**bad)
+
+
+def test_weights_are_the_official_ones_with_the_overrides_and_the_teacher_trainer_follows_the_settings():
+    assert MSTKDTrainer.method.weights == OFFICIAL_WEIGHTS
+    assert _NoTeacherSegSmall.method.weights == dict(OFFICIAL_WEIGHTS, seg_teacher=0.0)
+    assert _NoTeacherSegSmall.method.transformer == SMALL and _NoTeacherSegDetachedSmall.method.detach_teacher
+    assert MSTKDTrainer.method.teaches_features and not MSTKDTrainer_stockTeacher_small.method.teaches_features
+    assert _FrozenSmall.teacher_trainer_name() == "MSTKDTeacherTrainer_small"
+    assert MSTKDTrainer.teacher_trainer_name() == "MSTKDTeacherTrainer"
+    assert MSTKDTrainer_stockTeacher_small.teacher_trainer_name() == "nnUNetTrainer"
 
 
 def _teacher_gradients(trainer):
@@ -59,6 +90,7 @@ def test_one_step_logs_every_term_and_trains_student_teacher_and_discriminator(n
         assert not torch.equal(before[name], after[name]), name
     ablation = make_trainer(nnunet_root, MSTKDTrainer_noGSME_small)
     assert "discriminator" not in ablation.extra_modules and "gram" not in ablation.loss_terms
+    assert trainer.missingmod_config()["method"]["use_gsme"] and not ablation.missingmod_config()["method"]["use_gsme"]
 
 
 def test_distillation_reaches_the_teacher_only_when_not_detached(nnunet_root, tiny_preprocessed):
@@ -117,6 +149,19 @@ def test_checkpoint_holds_the_student_and_resumes_teacher_and_discriminator_exac
         assert torch.equal(module_parameters(trainer.extra_modules[name]),
                            module_parameters(restored.extra_modules[name])), name
     assert torch.equal(module_parameters(trainer.network), module_parameters(restored.network))
+
+
+def test_a_stock_teacher_seeds_the_student_where_names_and_shapes_match(nnunet_root, stock_run, monkeypatch):
+    path, stock_weights = stock_run
+    monkeypatch.setenv(TEACHER_ENV, str(path))
+    trainer = make_trainer(nnunet_root, MSTKDTrainer_stockTeacher_small)
+    stock = torch.load(path, weights_only=False)["network_weights"]
+    student = trainer.network.state_dict()
+    shared = [k for k in stock if k in student and student[k].shape == stock[k].shape]
+    assert len(shared) > len(stock) // 2 and all(torch.equal(student[k], stock[k]) for k in shared)
+    assert torch.equal(module_parameters(trainer.extra_modules[TEACHER]), stock_weights)
+    terms = trainer.train_step(make_batch(trainer))
+    assert "evd" not in terms and torch.isfinite(torch.as_tensor(terms["slkd"]))
 
 
 @pytest.fixture(scope="module")

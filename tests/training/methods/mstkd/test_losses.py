@@ -1,12 +1,12 @@
-"""MST-KDNet distillation losses (nnunet_missingmod/training/mstkd/losses.py): hand-computed values, zero on identical
-inputs, gradient routing, float32 under fp16 inputs and autocast."""
+"""MST-KDNet distillation losses (methods/mstkd/losses.py): hand-computed values, zero on identical inputs, gradient
+routing, float32 under fp16 inputs and autocast."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_missingmod.training.mstkd.losses import (
+from nnunet_missingmod.training.methods.mstkd.losses import (
     OFFICIAL_WEIGHTS, SOURCE_LABEL, TARGET_LABEL, ConsistencyLoss, ContentLoss, EVDLoss, GramStyleLoss,
     LogitStandardisedKD, MultiScaleTransformerLoss, consistency_weight, discriminator_loss,
     generator_adversarial_loss)

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_missingmod.modalities import MODALITIES, SUBSETS, apply_channel_mask, subset_channel_masks
-from nnunet_missingmod.training.ccsd.network import DOMAIN_LOGITS, FUSED, MODALITY_FEATURES, PRESENT, \
+from nnunet_missingmod.modalities import (
+    MODALITIES, SUBSETS, PresenceAware, apply_channel_mask, subset_channel_masks, tell_present_channels)
+from nnunet_missingmod.training.methods.ccsd.network import DOMAIN_LOGITS, FUSED, MODALITY_FEATURES, PRESENT, \
     SHARED_FEATURES, SPECIFIC_FEATURES, SUBSET_LOGITS, build_ccsd_network
 from nnunet_missingmod.training.features import DECODER, ENCODER, LOGITS, planned_network
 from plans_helpers import tiny_2d, tiny_3d
@@ -71,16 +72,16 @@ def test_subset_logits_from_the_cache_equal_direct_masked_calls(plan, deep_super
         cached = network(x, return_features=True, decode_subsets=SOME_SUBSETS)
         assert sorted(cached[SUBSET_LOGITS]) == sorted(SOME_SUBSETS)
         for i in SOME_SUBSETS:
-            network.set_modality_mask(masks[i])
+            network.set_present_channels(masks[i])
             direct = network(apply_channel_mask(x, masks[i]))
             _assert_close(cached[SUBSET_LOGITS][i], direct)
         # a per-sample (B, C) mask: each row gets its own subset's output
         rows = (3, 9)
-        network.set_modality_mask(masks[list(rows)])
+        network.set_present_channels(masks[list(rows)])
         per_sample = _as_list(network(x))
         for b, i in enumerate(rows):
             _assert_close([o[b] for o in per_sample], [o[b] for o in _as_list(cached[SUBSET_LOGITS][i])])
-        network.set_modality_mask(None)
+        network.set_present_channels(None)
         _assert_close(cached[SUBSET_LOGITS][FULL], network(x))
         _assert_close(cached[LOGITS], network(x))
 
@@ -134,7 +135,7 @@ def test_unified_skips_are_the_reduced_concatenation_of_shared_skips_and_zero_im
         real = network.shared_encoder(x.reshape(-1, 1, *x.shape[2:]))  # (B*M, C_l, *s_l) per level
         zero = network.shared_encoder(torch.zeros(1, 1, *x.shape[2:]))
         for i in (2, 8, FULL):
-            network.set_modality_mask(masks[i])
+            network.set_present_channels(masks[i])
             out = network(x, return_features=True)
             for level in range(len(real) - 1):
                 per_modality = real[level].view(BATCH, len(MODALITIES), *real[level].shape[1:])
@@ -161,8 +162,8 @@ def test_channel_order_maps_to_canonical_modalities():
         torch.testing.assert_close(a[key], b[key], **TOL)
     # a subset is a set of modalities, not of channel positions: FLAIR alone is channel 0 here, channel 3 there
     flair = SUBSETS.index(next(s for s in SUBSETS if s.modalities == ("FLAIR",)))
-    canonical.set_modality_mask(subset_channel_masks(MODALITIES)[flair])
-    permuted.set_modality_mask(subset_channel_masks(order)[flair])
+    canonical.set_present_channels(subset_channel_masks(MODALITIES)[flair])
+    permuted.set_present_channels(subset_channel_masks(order)[flair])
     with torch.no_grad():
         _assert_close(canonical(x), permuted(x_permuted))
 
@@ -185,11 +186,11 @@ def test_values_of_a_missing_sequence_never_reach_the_output(missing_slot, share
             _assert_close(again[SUBSET_LOGITS][i], reference[SUBSET_LOGITS][i])
             torch.testing.assert_close(again[FUSED][:, i], reference[FUSED][:, i], **TOL)
             # 2) the mask set by the predictor
-            network.set_modality_mask(masks[i])
+            network.set_present_channels(masks[i])
             _assert_close(network(changed), network(x))
             # 3) the derived mask: zero-filled missing channels give that same output
             masked_output = network(x)
-            network.set_modality_mask(None)
+            network.set_present_channels(None)
             _assert_close(network(apply_channel_mask(changed, masks[i])), masked_output)
 
 
@@ -199,21 +200,21 @@ def test_derived_mask_equals_explicit_mask():
     masks = subset_channel_masks(MODALITIES)
     with torch.no_grad():
         for i in SOME_SUBSETS:
-            network.set_modality_mask(None)
+            network.set_present_channels(None)
             derived = network(apply_channel_mask(x, masks[i]), return_features=True)
             assert derived[PRESENT].equal(masks[i].expand(BATCH, -1))
-            network.set_modality_mask(masks[i])
+            network.set_present_channels(masks[i])
             explicit = network(x, return_features=True)
             _assert_close(derived[LOGITS], explicit[LOGITS])
         # per sample: each row of a zero-filled batch derives its own subset
         rows = masks[[2, 12]]
-        network.set_modality_mask(None)
+        network.set_present_channels(None)
         derived = network(apply_channel_mask(x, rows), return_features=True)
         assert derived[PRESENT].equal(rows)
-        network.set_modality_mask(rows)
+        network.set_present_channels(rows)
         _assert_close(derived[LOGITS], network(x))
         # an all-zero sample (a background tile) counts as complete, next to a sample with a missing sequence
-        network.set_modality_mask(None)
+        network.set_present_channels(None)
         zeros = apply_channel_mask(x, rows)
         zeros[0] = 0
         derived = network(zeros, return_features=True)
@@ -324,32 +325,50 @@ def test_missing_sequence_features_get_no_gradient_through_a_subset():
 def test_state_dict_is_unchanged_by_the_mask_and_loads_strictly():
     network, _, configuration_manager = _build()
     keys_before = list(network.state_dict())
-    network.set_modality_mask(torch.tensor([True, False, True, True]))
+    network.set_present_channels(torch.tensor([True, False, True, True]))
     assert list(network.state_dict()) == keys_before
-    network.set_modality_mask(torch.tensor([[True, False, True, True], [False, False, False, True]]))
+    rows = torch.tensor([[True, False, True, True], [False, False, False, True]])
+    network.set_present_channels(rows)
     assert list(network.state_dict()) == keys_before
     fresh, _, _ = _build(seed=3)
     fresh.load_state_dict(network.state_dict(), strict=True)
-    fresh.set_modality_mask(network.modality_mask)
+    fresh.set_present_channels(rows)
     x = _input(configuration_manager)
     with torch.no_grad():
         _assert_close(fresh(x), network(x))
-    network.set_modality_mask(None)
-    assert network.modality_mask is None and list(network.state_dict()) == keys_before
+        network.set_present_channels(None)
+        assert list(network.state_dict()) == keys_before
+        assert network(x, return_features=True)[PRESENT].all()  # cleared: read from the (complete) input again
+
+
+def test_the_predictor_tells_it_the_case_mask_through_the_presence_contract():
+    network, _, configuration_manager = _build()
+    assert isinstance(network, PresenceAware)
+    x = _input(configuration_manager)
+    mask = subset_channel_masks(MODALITIES)[9]
+    with torch.no_grad():
+        assert tell_present_channels(network, mask) == 1
+        told = network(x, return_features=True)
+        assert told[PRESENT].equal(mask.expand(BATCH, -1))
+        assert tell_present_channels(network, None) == 1
+        _assert_close(told[LOGITS], network(apply_channel_mask(x, mask)))
 
 
 def test_invalid_arguments_are_rejected():
     network, plans_manager, configuration_manager = _build()
-    with pytest.raises(ValueError):
-        network.set_modality_mask(torch.tensor([True, False, True]))  # wrong channel count
-    with pytest.raises(ValueError):
-        network.set_modality_mask(torch.tensor([[True, True, True, True], [False] * 4]))  # empty row
     x = _input(configuration_manager)
+    network.set_present_channels(torch.tensor([True, False, True]))  # wrong channel count
+    with pytest.raises(ValueError, match="does not fit input"):
+        network(x)
+    network.set_present_channels(torch.tensor([[True, True, True, True], [False] * 4]))  # empty row
+    with pytest.raises(ValueError, match="at least one present"):
+        network(x)
+    network.set_present_channels(None)
     with pytest.raises(ValueError):
         network(x, decode_subsets=(0,))  # subsets need the features dict
     with pytest.raises(ValueError):
         network(x, return_features=True, decode_subsets=(15,))
-    network.set_modality_mask(torch.ones(BATCH + 1, N_IN, dtype=torch.bool))
+    network.set_present_channels(torch.ones(BATCH + 1, N_IN, dtype=torch.bool))
     with pytest.raises(ValueError):
         network(x)  # per-sample mask for another batch size
     with pytest.raises(ValueError):
