@@ -10,12 +10,14 @@ import fcntl
 import gzip
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
+import time
 import zlib
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from nnunet_missingmod.errors import MissingModError
 
@@ -163,6 +165,102 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+# ---------------------------------------------------------------------------------------------------- processes
+def process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch, to about a second), or ``None`` when no such process
+    runs (a zombie does not run) or this system does not tell (no ``/proc`` and no ``psutil``)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name in parentheses may hold spaces
+        if fields[0] in ("Z", "X"):
+            return None
+        return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except ImportError:
+        return None
+    except Exception:  # psutil.NoSuchProcess and the like
+        return None
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
+
+
+_SAME_START_SECONDS = 1.5  # start times are read to about a second (the boot time in /proc/stat is in seconds)
+
+
+def process_is_gone(pid: int, started: Optional[float] = None, active_at: Optional[float] = None) -> bool:
+    """Whether process ``pid`` (of this machine) no longer runs: no such process, a zombie, or a later process
+    that was given the same pid: one that did not start at ``started`` (its recorded start time), or that started
+    after ``active_at`` (a time the original process was known to run, e.g. when it last changed a file). When in
+    doubt (no start time to be had), a process with that pid counts as the same one."""
+    other_user = False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:
+        other_user = True  # it runs (perhaps hidden from /proc)
+    now_started = process_start_time(pid)
+    if now_started is None:  # a zombie (or gone meanwhile), where processes can be looked at
+        return not other_user and (os.path.exists(f"/proc/{os.getpid()}/stat") or _psutil_knows_processes())
+    if started is not None and abs(now_started - started) > _SAME_START_SECONDS:
+        return True
+    return active_at is not None and now_started > active_at + _SAME_START_SECONDS
+
+
+def _psutil_knows_processes() -> bool:
+    try:
+        import psutil  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp(\.[^/]*)?$")
+"""A temporary file of :func:`atomic_outputs`: ``.NAME.PID.RANDOM.tmp`` (the reserved name) and
+``.NAME.PID.RANDOM.tmp.ENDING`` (what the writer wrote)."""
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Remove the temporary files of :func:`atomic_outputs` in ``folder`` whose process is gone (killed with
+    SIGKILL while it wrote), and return their paths. A file counts as its process's while a process with its pid
+    runs that started before the file last changed (pid and start time); other files are never touched. Only for
+    a folder that no live process on another machine writes into (pids are per machine)."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in sorted(names):
+        match = _TEMPORARY.match(name)
+        if not match or int(match["pid"]) == os.getpid():
+            continue
+        path = os.path.join(folder, name)
+        try:
+            changed = os.lstat(path).st_ctime  # a chmod or utime changes it too: never earlier than the writer's
+        except FileNotFoundError:
+            continue
+        if os.path.isfile(path) and process_is_gone(int(match["pid"]), active_at=changed):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 # ------------------------------------------------------------------------------------------------- folder locks
 FOLDER_LOCK_NAME = ".nnunet-missingmod.lock"
 
@@ -202,40 +300,128 @@ def claim_folder(folder: str, command: str, part: Optional[Tuple[int, int]] = No
 
 def claim_lock(lock_path: str, command: str, what: str, shared: bool = False) -> None:
     """Hold ``lock_path`` until this process exits (or :func:`release_lock`); raises :class:`FolderBusyError`
-    naming the holder when another live process has it. ``what`` names the locked thing in messages."""
+    naming the holder when another live process has it. ``what`` names the locked thing in messages.
+
+    A lock still held after its process ended (by a child process that outlived it, e.g. one that a SIGKILL of the
+    parent left running on a system without ``PR_SET_PDEATHSIG``) does not block: when the recorded holder, of this
+    machine, is gone (pid and start time), its lock file is replaced by a new one."""
     key = os.path.realpath(lock_path)
     if key in _held_locks:
         if _held_locks[key][1] != shared:
             raise ValueError(f"{lock_path} is already held by this process in the other mode")
         return
+    _forget_locks_in_forked_children()
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderBusyError(_busy_message(lock_path, what)) from None
-        try:  # the previous holder may have removed the file between our open and our flock: lock the new one
-            same_file = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same_file = False
-        if same_file:
-            break
-        os.close(fd)
-    if not shared:
+        with _folder_guard(os.path.dirname(os.path.abspath(lock_path))):
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stale = _stale_holder(fd)
+                if stale and _same_file(lock_path, fd):
+                    _remove_quietly(lock_path)  # the orphans keep their (unlinked) file; we lock a new one
+                    os.close(fd)
+                    print(f"{command}: taking over the lock of {what} left by process {stale.get('pid')} "
+                          f"({stale.get('command')} on {stale.get('host')}, started {stale.get('since')}), which "
+                          f"is no longer running (a process it started still held the lock)", file=sys.stderr)
+                    continue
+                os.close(fd)
+                raise FolderBusyError(_busy_message(lock_path, what)) from None
+            # the previous holder may have removed the file between our open and our flock: lock the new one
+            if not _same_file(lock_path, fd):
+                os.close(fd)
+                continue
+            _write_holder(fd, command, what, shared)
+        break
+    _held_locks[key] = (fd, shared)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _write_holder(fd: int, command: str, what: str, shared: bool) -> None:
+    """Record this process in a lock it just got (exclusive); a shared lock records nobody, so that a dead
+    exclusive holder's record cannot make the shared holders look gone."""
+    try:  # best effort: on a full disk the flock alone still works, the messages just cannot name us
+        if shared:
+            os.ftruncate(fd, 0)
+            return
         previous = _read_holder(fd)
         if previous and previous.get("pid") != os.getpid():
             print(f"{command}: taking over the lock of {what} left by process {previous.get('pid')} "
                   f"({previous.get('command')} on {previous.get('host')}, started {previous.get('since')}), which "
                   f"is no longer running", file=sys.stderr)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                  "since": datetime.datetime.now().isoformat(timespec="seconds")}
-        try:  # best effort: on a full disk the flock alone still works, the messages just cannot name us
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+                  "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "started": process_start_time(os.getpid())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+    except OSError:
+        pass
+
+
+def _stale_holder(fd: int) -> Optional[dict]:
+    """The record of a lock that another process holds, when the process recorded (on this machine) is gone."""
+    holder = _read_holder(fd)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname() or pid == os.getpid():
+        return None
+    started = holder.get("started")
+    return holder if process_is_gone(pid, started if isinstance(started, (int, float)) else None) else None
+
+
+@contextmanager
+def _folder_guard(folder: str) -> Iterator[None]:
+    """A short exclusive ``flock`` on the folder itself around taking a lock and recording its holder, so that a
+    process replacing a stale lock file never reads a record that its new holder has not yet written. Where a
+    folder cannot be locked (some NFS mounts), nothing is guarded."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break  # a holder stopped (SIGSTOP) in the guard: go on unguarded
+                    time.sleep(0.01)
         except OSError:
             pass
-    _held_locks[key] = (fd, shared)
+        yield
+    finally:
+        os.close(fd)  # releases the guard
+
+
+_fork_hook_registered = False
+
+
+def _forget_locks_in_forked_children() -> None:
+    """Forked children (multiprocessing's ``fork`` processes, e.g. nnU-Net's ``Manager``) share the parent's lock
+    descriptors, so a child that outlived a killed parent would keep its folder locked: each child closes its
+    copies at once (the parent's lock is not released by that) and holds no lock of its own."""
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_close_inherited_locks)
+        _fork_hook_registered = True
+
+
+def _close_inherited_locks() -> None:
+    for fd, _ in _held_locks.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
 
 
 def release_lock(lock_path: str) -> None:

@@ -1,10 +1,17 @@
 """How a run ends when it must: SIGTERM turned into an exception (:class:`Terminated`) that the writers'
-clean-up code sees, and running out of GPU memory turned into one message with the fixes (:class:`OutOfMemory`)."""
+clean-up code sees, worker processes that end with the process that started them (:func:`die_with_parent`), and
+running out of GPU memory turned into one message with the fixes (:class:`OutOfMemory`)."""
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from nnunet_missingmod.errors import MissingModError
 
@@ -31,6 +38,45 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(signum: int = signal.SIGKILL, parent_pid: Optional[int] = None) -> None:
+    """In a worker process: receive ``signum`` when the process that started it ends, for any reason (a SIGKILL of
+    ``predict`` included), instead of running on and holding its memory, its GPU and its output folder.
+
+    On Linux the kernel sends it (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread checks every second
+    whether the parent still runs. ``parent_pid`` (default: multiprocessing's parent, else ``os.getppid()``) also
+    catches a parent that ended before this was called. SIGTERM lets a worker clean up first (its handler must end
+    it); anything still running 10 s after the signal is ended with ``os._exit``."""
+    if parent_pid is None:
+        parent = multiprocessing.parent_process()
+        parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
+    kernel_watches = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            kernel_watches = libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            kernel_watches = False
+    if os.getppid() != parent_pid:  # the parent ended before the kernel watched it
+        _end_self(signum)
+    if not kernel_watches:
+        threading.Thread(target=_watch_parent, args=(parent_pid, signum), name="die_with_parent", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, signum: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    _end_self(signum)
+
+
+def _end_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)  # a handler (SIGTERM) is cleaning up; if it did not end the process, end it now
+    os._exit(128 + signum)
 
 
 # ------------------------------------------------------------------------------------------------ out of memory

@@ -1,6 +1,7 @@
 """atomic_io: atomic writes (a reader never sees a half-written file, a failed or disk-full write keeps the old one)
 and folder locks between real processes."""
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -100,6 +101,57 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_message(tmp_path, 
     claim_folder(str(tmp_path / "out"), "predict")
     assert f"taking over the lock of {tmp_path / 'out'} left by process {holder.pid}" in capsys.readouterr().err
     release_folder(str(tmp_path / "out"))
+
+
+HOLD_LOCK_WITH_CHILD = """
+import os, subprocess, sys, time
+from nnunet_missingmod import atomic_io
+atomic_io.claim_folder(sys.argv[1], "predict")
+if sys.argv[2] == "exec":  # a child that shares the lock's descriptor (as one started without our fork hook)
+    (fd, _), = atomic_io._held_locks.values()
+    child = subprocess.Popen(["sleep", "60"], pass_fds=[fd]).pid
+else:  # a forked child (multiprocessing's fork processes, nnU-Net's Manager)
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def _holder_with_child(folder, how):
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_WITH_CHILD, str(folder), how], stdout=subprocess.PIPE,
+                               text=True)
+    return process, int(process.stdout.readline())
+
+
+def test_a_lock_still_held_by_a_child_of_a_killed_process_is_taken_over(tmp_path, capsys):
+    from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, claim_folder, lock_is_held, release_folder
+    folder = tmp_path / "out"
+    holder, child = _holder_with_child(folder, "exec")
+    try:
+        _stop(holder)
+        assert lock_is_held(str(folder / FOLDER_LOCK_NAME))  # the child outlived it, holding the lock
+        claim_folder(str(folder), "predict")  # the recorded holder is gone (pid and start time): not blocked
+        err = capsys.readouterr().err
+        assert f"taking over the lock of {folder} left by process {holder.pid}" in err
+        assert "a process it started still held the lock" in err
+        release_folder(str(folder))
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
+    from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, lock_is_held
+    folder = tmp_path / "out"
+    holder, child = _holder_with_child(folder, "fork")
+    try:
+        assert lock_is_held(str(folder / FOLDER_LOCK_NAME))
+        _stop(holder)
+        assert not lock_is_held(str(folder / FOLDER_LOCK_NAME))  # the forked child, still running, holds nothing
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_parts_of_one_split_share_a_folder_but_not_a_part(tmp_path):

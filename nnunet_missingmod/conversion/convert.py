@@ -28,8 +28,9 @@ from nnunet_missingmod.conversion.formats import FORMATS, DatasetFormat, dataset
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.atomic_io import (
-    DiskFullError, claim_lock, disk_full_reported, human_size, lock_is_held, release_lock)
-from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, NIFTI_ENDINGS, check_nifti_data, error_reason
+    DiskFullError, claim_lock, disk_full_reported, human_size, lock_is_held, process_is_gone, release_lock)
+from nnunet_missingmod.nifti_checks import (
+    GEOMETRY_ATOL, NIFTI_ENDINGS, broken_link_reason, check_nifti_data, error_reason, read_label_map)
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"
@@ -71,7 +72,10 @@ def _visible(entries: Iterable[Path]) -> List[Path]:
 
 
 def _nifti_files(folder: Path) -> List[Path]:
-    return [p for p in _visible(folder.iterdir()) if p.is_file() and p.name.lower().endswith(NIFTI_ENDINGS)]
+    """NIfTI files of ``folder``, broken symbolic links included: a named file that cannot be read is an error
+    (:func:`~nnunet_missingmod.nifti_checks.check_nifti_data`), never a missing sequence."""
+    return [p for p in _visible(folder.iterdir())
+            if (p.is_file() or broken_link_reason(str(p))) and p.name.lower().endswith(NIFTI_ENDINGS)]
 
 
 def _case_folders(fmt: DatasetFormat, source: Path) -> List[Path]:
@@ -348,7 +352,7 @@ def _fingerprint(fmt: DatasetFormat, source: Path, cases: Sequence[SourceCase], 
                    | {str(c.seg) for c in cases if c.seg} | {str(p) for p in _sidecar_files(fmt, source)})
     entries = []
     for f in files:
-        st = os.stat(f)
+        st = os.stat(f) if os.path.exists(f) else os.lstat(f)  # a broken link: check_cases names it
         entries.append((f, st.st_size, st.st_mtime_ns))
     payload = json.dumps({"format": fmt.key, "source": str(source), "options": options, "files": entries})
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -367,12 +371,21 @@ def _conversion_lock(raw: Path, dataset_id: int) -> Path:
     return raw / f".Dataset{dataset_id:03d}.convert.lock"
 
 
-def _remove_stale_temp_folders(raw: Path) -> None:
-    """Remove temporary folders (and lock files) of conversions that were killed, of any dataset ID: their lock is
-    no longer held."""
+def _remove_stale_temp_folders(raw: Path, own_id: int) -> None:
+    """Remove temporary folders (and lock files) of conversions that were killed, of any dataset ID: the folder's
+    process is gone (pid and start time: a later process given the same pid started after the folder last
+    changed), and no other live conversion holds its ID's lock (``own_id``'s is ours: no one else converts it)."""
     for stale in sorted(raw.glob(".Dataset*.tmp-*")):
         match = re.match(r"^\.Dataset(\d{3})_.*\.tmp-(\d+)$", stale.name)
-        if match and not lock_is_held(str(_conversion_lock(raw, int(match[1])))):
+        if not match or int(match[2]) == os.getpid() or not stale.is_dir():
+            continue
+        if int(match[1]) != own_id and lock_is_held(str(_conversion_lock(raw, int(match[1])))):
+            continue  # a live conversion of that ID (perhaps on another machine)
+        try:
+            changed = stale.stat().st_ctime
+        except FileNotFoundError:
+            continue
+        if process_is_gone(int(match[2]), active_at=changed):
             shutil.rmtree(stale, ignore_errors=True)
             print(f"convert: removed {stale}, left by a conversion that was killed (process {match[2]} is gone)")
     for lock in raw.glob(".Dataset*.convert.lock"):  # a killed run's; claim_lock copes with a lock file removed
@@ -432,8 +445,8 @@ def _write_image(source: Optional[ImageSource], geometry: Geometry, dst: Path, l
 def _write_label(fmt: DatasetFormat, case: SourceCase, keep_rc: bool, dst: Path) -> None:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(case.seg))
-    labels = to_nnunet_labels(sitk.GetArrayFromImage(image), fmt, keep_rc,
+    values, image = read_label_map(str(case.seg), f"case {case.case_id}: segmentation")
+    labels = to_nnunet_labels(values, fmt, keep_rc,
                               where=f"case {case.case_id}: segmentation {str(case.seg)!r}")
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(image)
@@ -531,7 +544,7 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
     lock = _conversion_lock(raw, dataset_id)
     claim_lock(str(lock), "convert", f"dataset ID {dataset_id} in {raw}")
     try:
-        _remove_stale_temp_folders(raw)
+        _remove_stale_temp_folders(raw, dataset_id)
         return _convert_locked(fmt, source, dataset_id, dataset_name, folder_name, raw, link, allow_missing, keep_rc,
                                test_cases, progress)
     finally:

@@ -11,7 +11,7 @@ from nnunet_missingmod.conversion.formats import (
     DatasetFormat, get_format, nnunet_label_of_value, original_value_of_label)
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.atomic_io import atomic_output
-from nnunet_missingmod.nifti_checks import NIFTI_ENDINGS, check_nifti_data, error_reason
+from nnunet_missingmod.nifti_checks import NIFTI_ENDINGS, read_label_map
 
 
 def remap_labels(values: np.ndarray, mapping: Mapping[int, int], where: str, allowed_text: str) -> np.ndarray:
@@ -84,12 +84,8 @@ def convert_labels_back(fmt_key: str, pred_dir: os.PathLike, out_dir: os.PathLik
     # earlier run as they were. Each file is then written atomically (atomic_io.atomic_output).
     converted = []
     for path in tqdm(files, desc=f"labels-back {fmt.key}", disable=not progress):
-        check_nifti_data(str(path), "prediction")
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as e:
-            raise MissingModError(f"cannot read prediction {str(path)!r}: {error_reason(e)}") from None
-        original = to_original_labels(sitk.GetArrayFromImage(image), fmt, where=f"prediction {str(path)!r}")
+        values, image = read_label_map(str(path), "prediction")
+        original = to_original_labels(values, fmt, where=f"prediction {str(path)!r}")
         converted.append((path, image, original))
     written = {}
     for path, image, original in converted:

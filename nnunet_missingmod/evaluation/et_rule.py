@@ -145,8 +145,9 @@ def fit_et_rule_on_folders(prediction_folders: Sequence[str], reference_folder: 
                            source: str = "regions") -> EtRule:
     """:func:`fit_et_rule` on every prediction of ``prediction_folders`` (e.g. the five ``fold_X/validation``
     folders) against the file of the same name in ``reference_folder``."""
-    from nnunet_missingmod.evaluation.scoring import list_label_files, read_label_image
+    from nnunet_missingmod.evaluation.scoring import label_values_of_regions, list_label_files, read_label_image
     et_label, replacement = et_labels_from_regions(regions, source)
+    labels = label_values_of_regions(regions)
     references = list_label_files(reference_folder, file_ending)
     cases: List[FitCase] = []
     for folder in prediction_folders:
@@ -156,8 +157,8 @@ def fit_et_rule_on_folders(prediction_folders: Sequence[str], reference_folder: 
         for name, path in predictions.items():
             if name not in references:
                 raise MissingModError(f"{path}: no reference segmentation {name}{file_ending} in {reference_folder}")
-            prediction, spacing = read_label_image(path)
-            reference, _ = read_label_image(references[name])
+            prediction, spacing = read_label_image(path, "prediction", labels)
+            reference, _ = read_label_image(references[name], "reference", labels)
             if prediction.shape != reference.shape:
                 raise MissingModError(f"{path}: shape {prediction.shape} differs from its reference "
                                       f"{references[name]} {reference.shape}")
@@ -174,7 +175,7 @@ def apply_et_rule_to_folder(rule: EtRule, input_folder: str, output_folder: str,
 
     from nnunet_missingmod.evaluation.scoring import list_label_files
     from nnunet_missingmod.atomic_io import atomic_output
-    from nnunet_missingmod.nifti_checks import check_nifti_data
+    from nnunet_missingmod.nifti_checks import read_label_map
     if os.path.abspath(input_folder) == os.path.abspath(output_folder):
         raise MissingModError(f"output folder {output_folder} must differ from the input folder: the rule is never "
                               f"applied in place")
@@ -184,9 +185,7 @@ def apply_et_rule_to_folder(rule: EtRule, input_folder: str, output_folder: str,
     os.makedirs(output_folder, exist_ok=True)
     changed = {}
     for name, path in tqdm(files.items(), desc="et-rule", disable=not progress):
-        check_nifti_data(path, "segmentation")
-        image = sitk.ReadImage(path)  # kept for its geometry, which the output copies
-        segmentation = sitk.GetArrayFromImage(image)
+        segmentation, image = read_label_map(path, "segmentation")  # the image's geometry is copied
         result = apply_et_rule(segmentation, _voxel_ml(image.GetSpacing()), rule)
         changed[name] = result is not segmentation
         out = sitk.GetImageFromArray(result)

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, error_reason
+from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, read_label_map
 from nnunet_missingmod.evaluation.lesionwise import (
     DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS, LesionProtocol, LesionScore, lesionwise_scores)
 from nnunet_missingmod.evaluation.metrics import DEFAULT_HD95_VARIANT, HD95_VARIANTS, Regions, dice, hd95, \
@@ -65,25 +65,53 @@ class _CaseJob(NamedTuple):
     pred_path: str
 
 
-def read_label_image(path: str) -> Tuple[np.ndarray, Tuple[float, ...]]:
-    """Read a label image with SimpleITK.
+LabelSet = Optional[Tuple[int, ...]]
+"""The label values a label map may hold (``None``: any integer)."""
+
+OTHER_CONVENTION_HINT = "if both folders hold {name} labels (e.g. labels-back output), score with --format {name}"
+
+
+def read_label_image(path: str, what: str = "label image", labels: LabelSet = None
+                     ) -> Tuple[np.ndarray, Tuple[float, ...]]:
+    """Read a label image with :func:`nnunet_missingmod.nifti_checks.read_label_map` (truncated files, non-integer
+    values and, with ``labels``, any other value are errors naming the file; values of a BraTS convention are
+    named as such).
 
     Returns:
         ``(labels, spacing)``: an integer array in numpy axis order ``(z, y, x)`` and the voxel spacing in mm in the
         same order (SimpleITK reports ``(x, y, z)``; we reverse it).
     """
-    import SimpleITK as sitk
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise MissingModError(f"cannot read label image {path}: {error_reason(e)}") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise MissingModError(f"{path}: a label image must have one component per voxel, "
-                              f"got {image.GetNumberOfComponentsPerPixel()}")
-    labels = sitk.GetArrayFromImage(image)
-    if labels.dtype.kind == "f":
-        labels = np.rint(labels).astype(np.int32)
-    return labels, tuple(float(s) for s in reversed(image.GetSpacing()))
+    values, image = read_label_map(str(path), what, labels, label_conventions(), OTHER_CONVENTION_HINT)
+    return values, tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def label_conventions() -> Dict[str, Tuple[int, ...]]:
+    """The original label values of each BraTS convention, named by its newest format (e.g. ``brats2021``:
+    0, 1, 2, 4), from the conversion format table."""
+    from nnunet_missingmod.conversion.formats import FORMATS
+    groups: Dict[Tuple[int, ...], List[str]] = {}
+    for key, fmt in FORMATS.items():
+        groups.setdefault(tuple(fmt.labels.label_values), []).append(key)
+    named = {}
+    for values, keys in groups.items():
+        brats = sorted(k for k in keys if k.startswith("brats"))
+        named[brats[-1] if brats else sorted(keys)[0]] = values
+    return named
+
+
+def label_values_of_regions(regions: Mapping[str, Sequence[int]]) -> Tuple[int, ...]:
+    """The label values a label map scored with ``regions`` may hold: for the regions of a ``--format`` preset,
+    exactly the labels of its convention(s) (brats2024's RC is in no region); otherwise every value from background 0
+    to the largest region value (``--regions 'ET=3'`` scores maps that also hold 1 and 2)."""
+    from nnunet_missingmod.conversion.formats import FORMATS
+    from nnunet_missingmod.evaluation.regions import REGION_PRESETS
+    values = {int(v) for vs in regions.values() for v in vs}
+    wanted = {name: tuple(sorted(int(v) for v in vs)) for name, vs in regions.items()}
+    conventions = [FORMATS[key].labels.label_values for key, preset in REGION_PRESETS.items()
+                   if {name: tuple(sorted(vs)) for name, vs in preset.items()} == wanted]
+    if conventions:  # brats2023 and brats2024 share their regions: the labels of either
+        return tuple(sorted({0, *values, *(v for labels in conventions for v in labels)}))
+    return tuple(range(max(values, default=0) + 1))
 
 
 def list_label_files(folder: str, file_ending: Optional[str] = None) -> Dict[str, str]:
@@ -137,12 +165,14 @@ def match_cases(gt_dir: str, pred_dir: str, file_ending: Optional[str] = None) -
 
 def _score_case_group(gt_path: str, pred_paths: Sequence[str], regions: Regions, hd95_variant: str,
                       lesion_protocol: LesionProtocol) -> List[Dict[str, RegionScore]]:
-    """Score several predictions of one case (e.g. one per subset), reading the ground truth only once."""
-    gt, gt_spacing = read_label_image(gt_path)
+    """Score several predictions of one case (e.g. one per subset), reading the ground truth only once. Both must
+    hold only the labels of ``regions`` (:func:`label_values_of_regions`)."""
+    labels = label_values_of_regions(regions)
+    gt, gt_spacing = read_label_image(gt_path, "ground truth", labels)
     gt_masks = region_masks(gt, regions)
     results = []
     for pred_path in pred_paths:
-        pred, pred_spacing = read_label_image(pred_path)
+        pred, pred_spacing = read_label_image(pred_path, "prediction", labels)
         if gt.shape != pred.shape:
             raise MissingModError(f"shape mismatch: prediction {pred_path} is {_xyz(pred.shape)} (x, y, z) but "
                                   f"ground truth {gt_path} is {_xyz(gt.shape)}")

@@ -32,7 +32,7 @@ def _predict_folder(args) -> int:
     check_pipeline_arguments(args)
     if args.part_id >= args.num_parts:
         raise MissingModError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
-    requested = parse_subset(args.modalities) if args.modalities else None  # the one parse of --modalities
+    requested = parse_subset(args.modalities) if args.modalities is not None else None  # "" is refused there
     device = resolve_device(args.device)  # before anything is written
     part = (args.part_id, args.num_parts) if args.num_parts > 1 else None
     claim_folder(args.o, "predict", part)  # a second job on the folder refuses now, before nnU-Net loads

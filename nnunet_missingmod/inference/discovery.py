@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import ALIASES, ModalitySubset
+from nnunet_missingmod.nifti_checks import broken_link_reason
 
 _NIFTI = r"\.nii(?:\.gz)?"
 _BRATS_SUFFIX = re.compile(r"^(?P<case>.+?)[_-](?P<seq>[A-Za-z0-9]+)" + _NIFTI + "$")
@@ -72,6 +73,12 @@ def _brats_modality(file_name: str) -> Optional[tuple]:
     return (match["case"], ALIASES[key]) if key in ALIASES else None
 
 
+def _named_file(path: Path) -> bool:
+    """A file, or a name that cannot be opened (a broken symbolic link): the reader then fails naming it, so that
+    an unreadable file is an error for its case, never a missing sequence (``is_file`` is False for a broken link)."""
+    return path.is_file() or broken_link_reason(str(path)) is not None
+
+
 def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_ending: str = ".nii.gz") \
         -> List[CaseFiles]:
     """Cases of ``input_folder`` in either layout, sorted by case id. Raises :class:`MissingModError` if the folder
@@ -85,7 +92,7 @@ def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_en
     def case_named(case_id: str) -> _FoundCase:
         return cases.setdefault(case_id, _FoundCase(case_id))
 
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if _named_file(p)):
         raw = raw_pattern.match(path.name)
         if raw:
             case, channel = case_named(raw["case"]), int(raw["channel"])
@@ -101,7 +108,7 @@ def discover_cases(input_folder: str, channel_modalities: Sequence[str], file_en
         if brats:
             case_named(brats[0]).add(brats[1], path)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for path in sorted(p for p in sub.iterdir() if p.is_file()):
+        for path in sorted(p for p in sub.iterdir() if _named_file(p)):
             brats = _brats_modality(path.name)
             if brats:
                 case_named(sub.name).add(brats[1], path)

@@ -30,6 +30,7 @@ import numpy as np
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunet_missingmod.faults import die_with_parent
 from nnunet_missingmod.inference.case import (
     CaseReader, CaseResult, FullSetRoute, PreparedCase, export_case, prepare_case, run_preprocessing)
 from nnunet_missingmod.inference.discovery import CaseFiles
@@ -66,6 +67,8 @@ class CasePreprocessor:
 
     def __init__(self, preprocessor_class, nnunet_log: Optional[str], full_set: Optional[FullSetModel],
                  verbose: bool = False):
+        if multiprocessing.parent_process() is not None:  # nnU-Net's worker: it must not outlive predict
+            die_with_parent(signal.SIGKILL)
         self.preprocessor = preprocessor_class(verbose=verbose)
         self.nnunet_log = nnunet_log
         self.full_set = full_set.route(nnunet_log, verbose) if full_set is not None else None
@@ -149,24 +152,27 @@ def _end_workers(children) -> None:
 
 
 _default_sigterm_in_forks = False
+_forking_pid = 0  # the process whose forks _reset_sigterm_after_fork treats
 _fork_hook_registered = False  # _reset_sigterm_after_fork, registered once, when workers are first started
 
 
 def _reset_sigterm_after_fork() -> None:
     if _default_sigterm_in_forks:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent(signal.SIGKILL, _forking_pid)  # nnU-Net's Manager would outlive a SIGKILLed predict
 
 
 @contextmanager
 def _forked_children_default_sigterm() -> Iterator[None]:
     """nnU-Net's iterator forks a ``Manager`` process, which would inherit ``predict``'s SIGTERM handler (and print
-    a traceback when a scheduler sends SIGTERM to the whole job); it gets Python's default instead. The fork hook is
+    a traceback when a scheduler sends SIGTERM to the whole job); it gets Python's default instead, and ends with
+    ``predict`` (:func:`~nnunet_missingmod.faults.die_with_parent`), also after a SIGKILL. The fork hook is
     registered here, on first use, so that importing this module changes nothing in the process."""
-    global _default_sigterm_in_forks, _fork_hook_registered
+    global _default_sigterm_in_forks, _forking_pid, _fork_hook_registered
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_reset_sigterm_after_fork)
         _fork_hook_registered = True
-    _default_sigterm_in_forks = True
+    _default_sigterm_in_forks, _forking_pid = True, os.getpid()
     try:
         yield
     finally:
@@ -212,7 +218,7 @@ class ExportPool(InlineExports):
 
     def __init__(self, num_processes: int):
         super().__init__()
-        self.pool = multiprocessing.get_context("spawn").Pool(num_processes, initializer=_quiet_sigterm)
+        self.pool = multiprocessing.get_context("spawn").Pool(num_processes, initializer=_start_export_worker)
         self.workers = list(self.pool._pool)  # nnU-Net's way to notice a worker killed by the OS
         self.pending: Deque[Tuple[CaseResult, object]] = deque()  # in order; failures wait behind earlier exports
 
@@ -281,6 +287,13 @@ def export_in_worker(*arguments) -> str:
         return export_case(*arguments)
     finally:
         _exporting = False
+
+
+def _start_export_worker() -> None:
+    """Export workers: SIGTERM handled by :func:`_quiet_sigterm`, and sent when ``predict`` ends (also by SIGKILL),
+    so that no worker outlives it and one that is writing removes its temporary files first."""
+    _quiet_sigterm()
+    die_with_parent(signal.SIGTERM)
 
 
 def _quiet_sigterm() -> None:

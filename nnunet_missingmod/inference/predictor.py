@@ -17,10 +17,11 @@ into the *requested* subset, :func:`~nnunet_missingmod.inference.discovery.restr
 :meth:`MissingModalityPredictor.load_case` returns the subset actually *used* (files that exist, minus constant
 volumes), and that same object gives the channel mask zeroed in the input and told to the network.
 
-What the checkpoint tells the predictor: only what nnU-Net reads (``trainer_name``, ``init_args``,
-``network_weights``, ``inference_allowed_mirroring_axes``). The ``missingmod_config`` our trainers write into every
-checkpoint is *not* read here, nor anywhere else in inference; ``trained_for_missing_modalities`` comes from the
-trainer class named by ``trainer_name`` (a subclass of ``MissingModalityTrainerBase`` or not).
+What the checkpoint tells the predictor: what nnU-Net reads (``trainer_name``, ``init_args``, ``network_weights``,
+``inference_allowed_mirroring_axes``), and which subsets the model was trained on: ``trained_subsets`` of the
+``missingmod_config`` our trainers write into every checkpoint (:func:`trained_subsets_of_checkpoints`; a stock
+trainer's checkpoint, without it, was trained on the full set only). A case whose subset the model was not trained
+on is predicted with a warning, and its sidecar says so (``trained_for_subset``).
 
 The case's mask reaches the network once, in :meth:`MissingModalityPredictor.predict_preprocessed`: the absent
 channels are zeroed there (after nnU-Net's normalisation, as training zeroes them) and every
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import traceback
 from contextlib import closing
 from dataclasses import asdict
@@ -45,7 +45,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
-from nnunet_missingmod.atomic_io import DiskFullError, atomic_write_text, holds_folder_alone
+from nnunet_missingmod.atomic_io import DiskFullError, atomic_write_text, holds_folder_alone, remove_stale_temporaries
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.faults import OutOfMemory, Terminated, is_out_of_memory, prediction_out_of_memory_message
 from nnunet_missingmod.inference.case import (
@@ -55,8 +55,8 @@ from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, d
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
 from nnunet_missingmod.inference.pipeline import InlineExports, exports_for, prepared_cases
 from nnunet_missingmod.modalities import (
-    ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset, subset_of_channel_mask,
-    tell_present_channels)
+    FULL_SET as FULL_SUBSET, SUBSETS, ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset,
+    subset_of_channel_mask, tell_present_channels)
 
 SIDECAR_SUFFIX = ".modalities.json"
 
@@ -78,26 +78,34 @@ def as_subset(modalities: Union[ModalitySubset, str, Iterable[str], None]) -> Op
     return parse_subset(modalities)
 
 
-_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp")
-
-
 def remove_temporaries_of_dead_runs(output_folder: str) -> None:
     """Remove temporary files (of :func:`~nnunet_missingmod.atomic_io.atomic_outputs`) whose process is gone: a run
     killed with SIGKILL while it wrote. Only while holding the whole folder (no live writer on another host)."""
-    for name in os.listdir(output_folder):
-        match = _TEMPORARY.match(name)
-        if match and int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"])):
-            os.remove(os.path.join(output_folder, name))
+    remove_stale_temporaries(output_folder)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def trained_subsets_of_checkpoints(checkpoints: Sequence[str], trained_by_our_trainer: bool = True
+                                   ) -> Tuple[ModalitySubset, ...]:
+    """The subsets every one of ``checkpoints`` (one per fold) was trained on, from ``trained_subsets`` of their
+    ``missingmod_config``. A checkpoint without it (stock nnU-Net's trainers), or one made by a trainer that is
+    not ours (``trained_by_our_trainer`` False), was trained on the full set only."""
+    from nnunet_missingmod.training.nnunet_copies import CHECKPOINT_CONFIG_KEY
+    trained = set(SUBSETS)
+    for path in checkpoints:
+        try:  # memory-mapped: only the small config is read, not the weights
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # a checkpoint in torch's legacy (non-zip) format cannot be mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        config = checkpoint.get(CHECKPOINT_CONFIG_KEY) if isinstance(checkpoint, dict) else None
+        names = config.get("trained_subsets") if isinstance(config, dict) and trained_by_our_trainer else None
+        if names is None:
+            trained &= {FULL_SUBSET}
+            continue
+        try:
+            trained &= {parse_subset(name) for name in names}
+        except MissingModError as e:
+            raise MissingModError(f"{path}: bad trained_subsets in {CHECKPOINT_CONFIG_KEY}: {e}") from None
+    return tuple(s for s in SUBSETS if s in trained)
 
 
 class MissingModalityPredictor(nnUNetPredictor):
@@ -118,9 +126,14 @@ class MissingModalityPredictor(nnUNetPredictor):
                                              use_folds: Union[Tuple[Union[int, str]], None],
                                              checkpoint_name: str = 'checkpoint_final.pth'):
         ensure_trainer_lookup()  # nnU-Net resolves the checkpoint's trainer by name
+        if use_folds is None:
+            use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
+        if isinstance(use_folds, str):
+            use_folds = [use_folds]
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self.model_folder = os.path.abspath(model_training_output_dir)
-        self._after_initialization()
+        checkpoints = [os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name) for f in use_folds]
+        self._after_initialization(checkpoints)
 
     def use_full_set_model(self, full_set: Optional["MissingModalityPredictor"]) -> None:
         """Send each case with every sequence ``full_set`` needs to it (a complete scan then gets exactly that
@@ -156,14 +169,25 @@ class MissingModalityPredictor(nnUNetPredictor):
         super().manual_initialization(*args, **kwargs)
         self._after_initialization()
 
-    def _after_initialization(self) -> None:
+    def _after_initialization(self, checkpoints: Optional[Sequence[str]] = None) -> None:
+        """``checkpoints``: the files the weights came from, which say the subsets the model was trained on
+        (``None``, after ``manual_initialization``: every subset for one of our trainers, else the full set)."""
         self.channel_modalities = modalities_from_channel_names(self.dataset_json["channel_names"])
         ensure_trainer_lookup()
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunet_missingmod.training.base import MissingModalityTrainerBase
         trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
-        self.trained_for_missing_modalities = issubclass(trainer_class, MissingModalityTrainerBase)
+        ours = issubclass(trainer_class, MissingModalityTrainerBase)
+        if checkpoints is None:
+            self.trained_subsets: Tuple[ModalitySubset, ...] = SUBSETS if ours else (FULL_SUBSET,)
+        else:
+            self.trained_subsets = trained_subsets_of_checkpoints(checkpoints, ours)
+        self.trained_for_missing_modalities = any(not s.is_full for s in self.trained_subsets)
         self.preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+
+    def trained_for(self, subset: Optional[ModalitySubset]) -> bool:
+        """Whether the model was trained on ``subset`` (a case's available sequences)."""
+        return subset is not None and subset in self.trained_subsets
 
     # ------------------------------------------------------------------ loading
     def load_case(self, case: CaseFiles) -> LoadedCase:
@@ -218,9 +242,13 @@ class MissingModalityPredictor(nnUNetPredictor):
         """Predict a prepared case here (the GPU's part) and hand its export to ``exports``; a case that failed
         (now or in its preparation) is handed over with its error, without an export."""
         result = prepared.result
-        if result.model == ROBUST and not prepared.subset.is_full and not self.trained_for_missing_modalities:
-            result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was not "
-                                   f"trained for missing sequences")
+        if result.model == ROBUST and prepared.subset is not None and not self.trained_for(prepared.subset):
+            if self.trained_for_missing_modalities:
+                result.warnings.append(f"model trained by {self.trainer_name} was not trained on "
+                                       f"{prepared.subset.name}: it was not trained for these missing sequences")
+            else:
+                result.warnings.append(f"model trained by {self.trainer_name}, without modality dropout: it was "
+                                       f"not trained for missing sequences")
         if not result.ok:
             exports.failed(result)
             return
@@ -272,6 +300,7 @@ class MissingModalityPredictor(nnUNetPredictor):
         content = asdict(result)
         model = self._model_of(result)  # the model that segmented the case (or would have)
         content["trained_for_missing_modalities"] = model.trained_for_missing_modalities
+        content["trained_for_subset"] = (model.trained_for(parse_subset(result.subset)) if result.subset else None)
         content["trainer"] = model.trainer_name
         content["model_folder"] = model.model_folder
         atomic_write_text(os.path.join(output_folder, result.case + SIDECAR_SUFFIX), json.dumps(content, indent=2))

@@ -23,7 +23,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-from nnunet_missingmod.atomic_io import atomic_output
+from nnunet_missingmod.atomic_io import atomic_output, remove_stale_temporaries
 from nnunet_missingmod.training.extra_modules import unwrap_network
 from nnunet_missingmod.training.teacher import plain_weights
 
@@ -151,6 +151,14 @@ class NnUNetCopies:
             "enable_deep_supervision": self.enable_deep_supervision,
             "batch_size": self.configuration_manager.batch_size}})
         self.on_initialized()
+
+    def on_train_start(self):
+        # Added before nnU-Net's on_train_start: the temporary files (partial checkpoints, empty reserved names) that
+        # a killed run of this fold left behind are removed; those of a live process are not touched.
+        if self.local_rank == 0:
+            for path in remove_stale_temporaries(self.output_folder):
+                self.print_to_log_file(f"removed {path}, left by a training that was killed")
+        super().on_train_start()
 
     def on_initialized(self) -> None:
         """Called at the end of ``initialize()``: build what needs the network and the label manager (losses)."""

@@ -422,3 +422,33 @@ def test_msd_hidden_files_skipped_and_channel_count_checked(tmp_path, raw):
     with pytest.raises(MissingModError, match="case BRATS_002: .*BRATS_002.nii.gz.* 3 channel"):
         convert_dataset("msd", source, 51, progress=False)
     _assert_nothing_written(raw)
+
+
+@pytest.mark.parametrize("broken", ["dangling", "loop"])
+def test_broken_link_is_an_error_not_a_missing_sequence(tmp_path, raw, broken):
+    """A dangling link is not a file (``is_file`` False) but it is named: the case has a T2 that cannot be read."""
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    case_id = list(cases)[0]
+    t2 = source / case_id / f"{case_id}_t2.nii.gz"
+    t2.unlink()
+    os.symlink(source / "gone.nii.gz" if broken == "dangling" else t2, t2)
+    for allow_missing in (False, True):
+        with pytest.raises(MissingModError, match=rf"case {case_id}: .*{t2.name} is a broken symbolic link") as e:
+            convert_dataset("brats2021", source, 44, allow_missing=allow_missing, progress=False)
+        assert "T2 is missing" not in str(e.value)
+        _assert_nothing_written(raw)
+
+
+def test_values_that_become_inf_in_float32_are_rejected(tmp_path, raw):
+    """float64 near 1e303 is finite in the file and Inf once nnU-Net reads it as float32: predict rejects such a
+    file, so convert must too (the same check, nifti_checks.check_nifti_data)."""
+    source, cases = _phantom(tmp_path, "brats2021", n=2)
+    case_id = list(cases)[1]
+    path = source / case_id / f"{case_id}_flair.nii.gz"
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj).astype(np.float64)
+    data[3, 3, 3] = 1e303
+    nib.save(nib.Nifti1Image(data, image.affine), str(path))
+    with pytest.raises(MissingModError, match=rf"case {case_id}: .*{path.name} has 1 voxel\(s\) beyond the float32"):
+        convert_dataset("brats2021", source, 45, progress=False)
+    _assert_nothing_written(raw)

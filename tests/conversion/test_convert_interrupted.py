@@ -126,3 +126,43 @@ def test_a_full_disk_stops_convert_and_labels_back_with_nothing_partial_left(tmp
             convert_labels_back("brats2019", predictions, out, progress=False)
         assert (out / "case0.nii.gz").read_bytes() == b"earlier result"
         assert [p.name for p in out.iterdir()] == ["case0.nii.gz"]
+
+
+def test_a_killed_conversions_folder_is_removed_by_the_next_convert_of_the_same_id(tmp_path, slow_source):
+    raw = tmp_path / "raw"
+    first = _start_convert(slow_source, raw, 955)
+    temp = _wait_for_temporary_folder(raw, first)
+    first.kill()  # SIGKILL: the temporary folder stays
+    first.communicate()
+    assert temp.is_dir()
+    again = _start_convert(slow_source, raw, 955)  # the same ID: this run holds the ID's lock itself
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"removed {temp}, left by a conversion that was killed (process {first.pid} is gone)" in out
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset955_BraTS2019"]
+
+
+def test_only_folders_of_processes_that_are_gone_are_removed(tmp_path):
+    """pid and start time: a folder named with a live process's pid stays, even without its lock held (a pid
+    given to a process that started after the folder last changed is not its owner)."""
+    raw = tmp_path / "raw"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        time.sleep(2.5)  # the folders below change well after 'live' started
+        kept = raw / f".Dataset957_Other.tmp-{live.pid}"
+        removed = raw / f".Dataset956_Other.tmp-{dead.pid}"
+        for folder in (kept, removed):
+            (folder / "imagesTr").mkdir(parents=True)
+            (folder / "imagesTr" / "x.nii.gz").write_bytes(b"partial")
+        small = tmp_path / "small"
+        write_phantom_dataset(small, 1, "brats2019", progress=False)
+        result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod"), "convert",
+                                 "brats2019", str(small), "958"], env=_env(raw), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert f"removed {removed}, left by a conversion that was killed (process {dead.pid} is gone)" in result.stdout
+        assert sorted(p.name for p in raw.iterdir()) == sorted([kept.name, "Dataset958_BraTS2019"])
+    finally:
+        live.kill()
+        live.wait()
