@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from nnunet_missingmod.evaluation.evaluate import register_evaluate
+from nnunet_missingmod.evaluation.parts import register_evaluate_merge
 from nnunet_missingmod.evaluation.options import (
     ScoringSettings, add_scoring_arguments, print_overview, resolve_scoring_regions, scoring_conventions,
     scoring_file_ending, scoring_settings_from_args)
@@ -148,4 +149,5 @@ def _register_et_rule(subparsers) -> None:
 def register(subparsers) -> None:
     _register_score(subparsers)
     register_evaluate(subparsers)
+    register_evaluate_merge(subparsers)
     _register_et_rule(subparsers)

@@ -13,6 +13,9 @@ full-set model's, its other subsets' the robust model's (what ``predict --full-s
 With ``--et-rule RULE.json`` (:mod:`nnunet_missingmod.evaluation.et_rule`), every model gets one more entry,
 ``<model>_etRule``: its predictions with the rule applied (written under ``OUT/predictions/<model>_etRule/``),
 scored beside the raw ones, again without predicting anything again.
+
+With ``-num_parts N -part_id I`` the call evaluates only every N-th case from I (nnU-Net's split), resumes when
+rerun, and ``evaluate-merge`` writes the report once every part is done (:mod:`nnunet_missingmod.evaluation.parts`).
 """
 from __future__ import annotations
 
@@ -64,23 +67,33 @@ def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None)
 
 def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
                         progress: bool = True, label: Optional[str] = None, num_processes_preprocessing: int = 0,
-                        num_processes_export: int = 0) -> Dict[str, str]:
+                        num_processes_export: int = 0,
+                        todo: Optional[Mapping[str, Sequence[ModalitySubset]]] = None) -> Dict[str, str]:
     """Predict every case under every subset into ``out_root/<subset>/`` (emptied first, so no prediction of an
     earlier run is scored); returns subset name -> prediction folder.
 
     A case is read and preprocessed once (by ``num_processes_preprocessing`` of nnU-Net's preprocessing workers
     while the previous case is predicted, or here with 0); its subset predictions are exported by
     ``num_processes_export`` workers while the next subsets are predicted (or here): ``predict``'s pipeline
-    (:mod:`nnunet_missingmod.inference.pipeline`), with the same segmentations either way."""
+    (:mod:`nnunet_missingmod.inference.pipeline`), with the same segmentations either way.
+
+    ``todo`` (a ``-num_parts`` part, which resumes): case -> the subsets still to predict; the folders are kept,
+    not emptied, and a case with nothing left is not even read."""
     from contextlib import closing
 
     from nnunet_missingmod.inference import pipeline
     from nnunet_missingmod.inference.case import export_arguments
     folders = {s.name: os.path.join(out_root, s.name) for s in subsets}
     for folder in folders.values():
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
-    with tqdm(total=len(cases) * len(subsets), desc=f"{label or predictor.trainer_name}: case x subset",
+        if todo is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=todo is not None)
+    if todo is not None:
+        cases = [c for c in cases if todo.get(c.case_id)]
+    n_predictions = sum(len(todo[c.case_id]) for c in cases) if todo is not None else len(cases) * len(subsets)
+    if not cases:
+        return folders
+    with tqdm(total=n_predictions, desc=f"{label or predictor.trainer_name}: case x subset",
               unit="pred", disable=not progress, leave=False) as bar:
         def finished(done) -> None:
             for _, error in done:
@@ -88,7 +101,7 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
                     raise error
                 bar.update()
 
-        with pipeline.exports_for(num_processes_export, len(cases) * len(subsets)) as exports, \
+        with pipeline.exports_for(num_processes_export, n_predictions) as exports, \
                 closing(pipeline.prepared_cases(predictor, cases, out_root, num_processes_preprocessing)) as source:
             for prepared in source:
                 result = prepared.result
@@ -96,7 +109,7 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
                     raise MissingModError(result.error)
                 if not prepared.subset.is_full:  # a constant volume counts as missing; a subset needs all
                     raise MissingModError(f"case {result.case}: {'; '.join(result.warnings)}")
-                for subset in subsets:
+                for subset in (subsets if todo is None else todo[result.case]):
                     logits = predictor.predict_preprocessed(prepared.data, subset)
                     exports.wait_for_room()
                     exports.submit(result, export_arguments(
@@ -134,6 +147,8 @@ class EvaluateSettings:
     num_processes_preprocessing: int = 0  # -npp
     num_processes_export: int = 0  # -nps
     et_rule: Optional["EtRule"] = None  # --et-rule, loaded
+    num_parts: int = 1  # -num_parts: > 1 evaluates every num_parts-th case from part_id (evaluate-merge reports)
+    part_id: int = 0  # -part_id
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -152,6 +167,12 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
         raise MissingModError(f"--full-set-model: model folder {args.full_set_model} does not exist")
     for folder in model_folders + ((args.full_set_model,) if args.full_set_model else ()):
         check_model_folder(folder, folds, args.chk)
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        raise MissingModError(f"-part_id must be 0 .. -num_parts - 1 and -num_parts at least 1, got -part_id "
+                              f"{args.part_id} and -num_parts {args.num_parts}")
+    if args.num_parts > 1 and args.et_rule is not None:
+        raise MissingModError("--et-rule cannot be combined with -num_parts yet: evaluate without --et-rule, or in "
+                              "one call")
     et_rule = None
     if args.et_rule is not None:
         from nnunet_missingmod.evaluation.et_rule import load_et_rule
@@ -161,7 +182,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
                             figures=figures, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                            et_rule=et_rule)
+                            et_rule=et_rule, num_parts=args.num_parts, part_id=args.part_id)
 
 
 def routed_label(robust_label: str, full_set_label: str) -> str:
@@ -219,18 +240,13 @@ def check_reference(reference: Optional[str], entries: Sequence[str]) -> None:
         raise MissingModError(f"--reference {reference!r} is not one of the models evaluated: {', '.join(entries)}")
 
 
-def run_evaluate(settings: EvaluateSettings) -> int:
-    from nnunet_missingmod.evaluation.report import write_report
-    from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
-    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to, start_log
+def load_predictors(settings: EvaluateSettings, log: Optional[str]) -> list:
+    """One predictor per model folder, the full-set model last (nnU-Net's messages go to ``log``)."""
+    from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
-
-    scoring = settings.scoring
     device = resolve_device(settings.device)
-    log = start_log(scoring.output, "evaluate", settings.verbose)
     predictors = []
-    all_folders = settings.model_folders + ((settings.full_set_model,) if settings.full_set_model else ())
-    for folder in all_folders:
+    for folder in all_model_folders(settings):
         with nnunet_output_to(log):  # nnU-Net prints while it builds the predictor and loads the checkpoint
             predictor = MissingModalityPredictor(tile_step_size=settings.step_size,
                                                  use_mirroring=settings.use_mirroring, device=device,
@@ -239,6 +255,27 @@ def run_evaluate(settings: EvaluateSettings) -> int:
                                                            checkpoint_name=settings.checkpoint)
         predictor.nnunet_log = log
         predictors.append(predictor)
+    return predictors
+
+
+def all_model_folders(settings: EvaluateSettings) -> Tuple[str, ...]:
+    return settings.model_folders + ((settings.full_set_model,) if settings.full_set_model else ())
+
+
+def run_evaluate(settings: EvaluateSettings) -> int:
+    if settings.num_parts > 1:
+        return run_evaluate_part(settings)
+    from nnunet_missingmod.evaluation.figures import write_pictures
+    from nnunet_missingmod.evaluation.report import write_report
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder, score_prediction_folders
+    from nnunet_missingmod.inference.nnunet_log import start_log
+
+    scoring = settings.scoring
+    resolve_device(settings.device)  # before anything is written
+    log = start_log(scoring.output, "evaluate", settings.verbose)
+    from nnunet_missingmod.evaluation.parts import remove_parts
+    remove_parts(scoring.output)  # parts of an earlier -num_parts run into this folder are out of date now
+    predictors = load_predictors(settings, log)
     labels = unique_trainer_labels([p.trainer_name for p in predictors])
     check_reference(scoring.reference, report_entries(labels, settings.full_set_model is not None,
                                                       settings.et_rule is not None))
@@ -271,27 +308,78 @@ def run_evaluate(settings: EvaluateSettings) -> int:
                                        file_ending=file_ending, lesion_protocol=scoring.lesion_protocol)
     summary = write_report(records, scoring.output, scoring_conventions(scoring), bootstrap=scoring.bootstrap)
     print_overview(summary, scoring.output)
-    write_pictures(settings, records, cases[0], prediction_folders, regions, file_ending)
+    write_pictures(scoring.output, settings.figures, records, {c.case_id: c.files for c in cases[0]},
+                   settings.labels, prediction_folders, regions, file_ending)
     if log:
         print(f"nnU-Net's messages in {log}")
     return 0
 
 
-def write_pictures(settings: EvaluateSettings, records, cases, prediction_folders, regions, file_ending: str) -> None:
-    """``OUT/cases/CASE.png`` for the ``--figures`` cases (see :mod:`nnunet_missingmod.evaluation.figures`): a row
-    per scored entry, routed ones included, in the order they were scored."""
-    from nnunet_missingmod.evaluation.figures import write_case_figures
-    from nnunet_missingmod.evaluation.scoring import list_label_files
-    by_entry: Dict[str, Dict[str, str]] = {}
-    for entry in prediction_folders:
-        by_entry.setdefault(entry.trainer, {})[str(entry.subset)] = entry.folder
-    written, notes = write_case_figures(settings.scoring.output, records, settings.figures,
-                                        {c.case_id: c.files for c in cases},
-                                        list_label_files(settings.labels, file_ending), by_entry, regions,
-                                        file_ending)
-    if written:
-        print(f"pictures of {len(written)} case(s) in {os.path.join(settings.scoring.output, 'cases')}"
-              + "".join(f"; {note}" for note in notes))
+def run_evaluate_part(settings: EvaluateSettings) -> int:
+    """Part ``part_id`` of ``num_parts`` (see :mod:`nnunet_missingmod.evaluation.parts`): the cases
+    ``sorted_cases[part_id::num_parts]``, as ``nnUNetv2_predict`` splits them; what an earlier call of this part
+    wrote with the same checkpoints and settings is kept, the rest predicted and scored."""
+    from nnunet_missingmod.evaluation import parts
+    from nnunet_missingmod.evaluation.scoring import PredictionFolder
+    from nnunet_missingmod.inference.nnunet_log import start_log
+
+    scoring, out = settings.scoring, settings.scoring.output
+    part_id, num_parts = settings.part_id, settings.num_parts
+    name = f"part {part_id} of {num_parts}"
+    resolve_device(settings.device)  # before anything is written
+    log = start_log(out, "evaluate", settings.verbose, (part_id, num_parts))
+    record = parts.settings_record(settings)
+    checkpoints = parts.checkpoint_identities(all_model_folders(settings), settings.folds, settings.checkpoint)
+    previous = parts.start_part(out, part_id, num_parts, record, checkpoints)  # before the models load
+    predictors = load_predictors(settings, log)
+    labels = unique_trainer_labels([p.trainer_name for p in predictors])
+    check_reference(scoring.reference, report_entries(labels, settings.full_set_model is not None, False))
+    regions = resolve_scoring_regions(scoring, os.path.join(settings.model_folders[0], "dataset.json"))
+    file_ending = predictors[0].dataset_json["file_ending"]
+    all_cases = [complete_cases(predictor, settings.images, settings.labels) for predictor in predictors]
+    case_ids = [c.case_id for c in all_cases[0]]
+    part_cases = [cases[part_id::num_parts] for cases in all_cases]  # discover_cases sorts, as nnU-Net does
+    ids = [c.case_id for c in part_cases[0]]
+    if previous is not None and previous.get("all_cases") != case_ids:
+        raise MissingModError(f"the cases of {settings.images} changed since {name} started "
+                              f"({parts.manifest_path(out, part_id, num_parts)}): evaluate into another folder")
+    folders_by_label = {label: {s.name: os.path.join(out, "predictions", label, s.name) for s in settings.subsets}
+                        for label in labels}
+    entries = [PredictionFolder(label, subset, folder)
+               for label in labels for subset, folder in folders_by_label[label].items()]
+    if settings.full_set_model:
+        for robust in labels[:-1]:
+            entries += routed_prediction_folders(robust, folders_by_label[robust], labels[-1],
+                                                 folders_by_label[labels[-1]])
+    if previous is None:
+        parts.clear_part_files(out, part_id, num_parts,
+                               [os.path.join(folder, case + file_ending) for folders in folders_by_label.values()
+                                for folder in folders.values() for case in ids])
+    manifest = {"format": parts.MANIFEST_FORMAT, "part_id": part_id, "num_parts": num_parts, "settings": record,
+                "checkpoints": checkpoints, "all_cases": case_ids, "cases": ids, "finished": False,
+                "entries": [[e.trainer, str(e.subset), os.path.relpath(e.folder, out)] for e in entries],
+                "regions": {region: list(values) for region, values in regions.items()}, "file_ending": file_ending,
+                "case_files": {c.case_id: {m: os.path.abspath(f) for m, f in c.files.items()} for c in part_cases[0]}}
+    manifest_file = parts.manifest_path(out, part_id, num_parts)
+    parts.write_manifest(manifest_file, manifest)
+    for label, predictor, cases in zip(labels, predictors, part_cases):
+        folders = folders_by_label[label]
+        todo = {c.case_id: [s for s in settings.subsets
+                            if not os.path.isfile(os.path.join(folders[s.name], c.case_id + file_ending))]
+                for c in cases}
+        predict_all_subsets(predictor, cases, os.path.join(out, "predictions", label), settings.subsets,
+                            label=label, num_processes_preprocessing=settings.num_processes_preprocessing,
+                            num_processes_export=settings.num_processes_export, todo=todo)
+        n_done = sum(len(v) for v in todo.values())
+        print(f"{label}: {name}: {n_done} of {len(cases) * len(settings.subsets)} case x subset prediction(s) "
+              f"made ({len(cases) * len(settings.subsets) - n_done} kept from an earlier call)")
+    scored = parts.score_part_cases(out, part_id, num_parts, settings.labels, entries, ids, regions, scoring,
+                                    file_ending)
+    print(f"{name}: {scored} of {len(ids)} case(s) scored ({len(ids) - scored} kept from an earlier call)")
+    parts.write_manifest(manifest_file, {**manifest, "finished": True})
+    print(f"{name} finished in {out}; once all {num_parts} parts are: nnunet-missingmod evaluate-merge {out}"
+          + (f"; nnU-Net's messages in {log}" if log else ""))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -302,8 +390,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         try:
             return run_evaluate(settings_from_args(args))
         except Terminated:
+            again = ("it goes on with the predictions and scores of its part not yet written" if args.num_parts > 1
+                     else "it predicts again")
             print(f"evaluate: stopped by SIGTERM; every file in {args.output} is complete (the prediction being "
-                  "written was removed), but the evaluation is not: rerun the command (it predicts again)",
+                  f"written was removed), but the evaluation is not: rerun the command ({again})",
                   file=sys.stderr)
             return Terminated.exit_code
 
@@ -334,6 +424,11 @@ def register_evaluate(subparsers) -> None:
     add_prediction_arguments(p)
     add_pipeline_arguments(p)
     add_scoring_arguments(p)
+    p.add_argument("-num_parts", type=int, default=1,
+                   help="split the cases over this many calls, as nnUNetv2_predict does (sorted cases, every "
+                        "num_parts-th from part_id): each call writes its part of OUT, resumes when rerun, and "
+                        "'nnunet-missingmod evaluate-merge OUT' writes the report once every part is done")
+    p.add_argument("-part_id", type=int, default=0, help="which part this call evaluates (0 .. num_parts-1)")
     p.add_argument("--figures", default=str(DEFAULT_FIGURES), metavar="N|all",
                    help="pictures cases/CASE.png of N cases (default %(default)s: the best, median and worst by the "
                         "first model's full-set WT Dice), 'all', or 0 for none: per model the four sequences, the "

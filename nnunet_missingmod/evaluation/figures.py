@@ -391,3 +391,20 @@ def write_case_figures(out_dir: str, records: Sequence[Mapping], count: Union[in
         notes += render_case_figure(path, case, images[case], labels[case], rows, regions, records)
         written.append(path)
     return written, list(dict.fromkeys(notes))
+
+
+def write_pictures(out_dir: str, figures: Union[int, str], records: Sequence[Mapping],
+                   case_files: Mapping[str, Mapping[str, str]], labels_dir: str, prediction_folders: Sequence,
+                   regions: Mapping[str, Sequence[int]], file_ending: str) -> None:
+    """``evaluate``'s ``OUT/cases/CASE.png`` for the ``--figures`` cases: a row per scored entry
+    (:class:`~nnunet_missingmod.evaluation.scoring.PredictionFolder` items, routed ones included), in the order they
+    were scored; ``case_files``: case -> modality -> image file."""
+    from nnunet_missingmod.evaluation.scoring import list_label_files
+    by_entry: Dict[str, Dict[str, str]] = {}
+    for entry in prediction_folders:
+        by_entry.setdefault(entry.trainer, {})[str(entry.subset)] = entry.folder
+    written, notes = write_case_figures(out_dir, records, figures, case_files,
+                                        list_label_files(labels_dir, file_ending), by_entry, regions, file_ending)
+    if written:
+        print(f"pictures of {len(written)} case(s) in {os.path.join(out_dir, 'cases')}"
+              + "".join(f"; {note}" for note in notes))
