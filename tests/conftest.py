@@ -82,12 +82,17 @@ def tiny_preprocessed(nnunet_root) -> Path:
     return raw
 
 
+def train_model(nnunet_root: Path, trainer: str) -> Path:
+    """Fold 0 of ``trainer`` on the tiny dataset, trained by ``nnUNetv2_train`` on the CPU; its model folder."""
+    run_command(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
+                nnunet_env(nnunet_root))
+    return nnunet_root / "results" / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres"
+
+
 @pytest.fixture(scope="session")
 def trained_dropout_model(nnunet_root, tiny_preprocessed) -> Path:
-    """Fold 0 of ``ModalityDropoutTrainer_debug``, trained by ``nnUNetv2_train`` on the CPU."""
-    run_command(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", "ModalityDropoutTrainer_debug",
-                 "-device", "cpu"], nnunet_env(nnunet_root))
-    return nnunet_root / "results" / DATASET_NAME / "ModalityDropoutTrainer_debug__nnUNetPlans__3d_fullres"
+    """Fold 0 of ``ModalityDropoutTrainer_debug``."""
+    return train_model(nnunet_root, "ModalityDropoutTrainer_debug")
 
 
 def plans_and_dataset_json(nnunet_root: Path):

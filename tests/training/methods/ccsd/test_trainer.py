@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_command
+from conftest import DATASET_ID, nnunet_env, run_command, train_model
 from nnunet_missingmod.modalities import SUBSETS
 from nnunet_missingmod.training.base import MaskedBatch
 from nnunet_missingmod.training.methods.ccsd import trainer as ccsd_trainer
@@ -236,9 +236,7 @@ def test_resume_is_bit_exact(nnunet_root, tiny_preprocessed, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_ccsd_model(nnunet_root, tiny_preprocessed):
-    run_command(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", "CCSDTrainer_small_debug",
-                 "-device", "cpu"], nnunet_env(nnunet_root))
-    return nnunet_root / "results" / DATASET_NAME / "CCSDTrainer_small_debug__nnUNetPlans__3d_fullres"
+    return train_model(nnunet_root, "CCSDTrainer_small_debug")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_command
+from conftest import DATASET_ID, nnunet_env, run_command, train_model
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.base import SamplingSettings
 from nnunet_missingmod.training.extra_modules import TEACHER
@@ -166,9 +166,7 @@ def test_a_stock_teacher_seeds_the_student_where_names_and_shapes_match(nnunet_r
 
 @pytest.fixture(scope="module")
 def trained_mstkd_model(nnunet_root, tiny_preprocessed):
-    run_command(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", "MSTKDTrainer_small_debug",
-                 "-device", "cpu"], nnunet_env(nnunet_root))
-    return nnunet_root / "results" / DATASET_NAME / "MSTKDTrainer_small_debug__nnUNetPlans__3d_fullres"
+    return train_model(nnunet_root, "MSTKDTrainer_small_debug")
 
 
 @pytest.mark.slow
