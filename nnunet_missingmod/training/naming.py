@@ -19,6 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from nnunet_missingmod.errors import MissingModError
@@ -78,7 +79,7 @@ def with_budgets(cls: type) -> type:
     leaves (no ``X_debug_200iters``), and subclasses of ``cls`` do not inherit the opt-in."""
     for budget in BUDGETS.values():
         _define_in_module(cls.__name__ + budget.suffix, (cls,), {
-            "budget": budget.overrides(),
+            "budget": MappingProxyType(budget.overrides()),
             "__doc__": f"{cls.__name__} trained for {budget.purpose}.",
         }, cls.__module__)
     return cls
