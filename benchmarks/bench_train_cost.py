@@ -31,10 +31,8 @@ import argparse
 import contextlib
 import copy
 import gc
-import importlib
 import json
 import os
-import pkgutil
 import platform
 import statistics
 import subprocess
@@ -136,18 +134,10 @@ def available_trainers() -> Tuple[Dict[str, type], List[str]]:
     """Our registered trainers plus stock nnUNetTrainer; modules that fail to import (a method being written) are
     skipped with a note instead of failing the whole benchmark, as ``trainer_registry()`` would."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    import nnunet_missingmod.training as training
-    from nnunet_missingmod.training import naming as registry
-    notes = []
-    for module in pkgutil.walk_packages(training.__path__, prefix=training.__name__ + ".",
-                                        onerror=lambda name: notes.append(f"cannot import {name}")):
-        if module.name.endswith(".cli"):
-            continue
-        try:
-            importlib.import_module(module.name)
-        except Exception as e:  # noqa: BLE001 - a module being written by someone else
-            notes.append(f"cannot import {module.name}: {type(e).__name__}: {e}")
-    trainers = dict(registry._TRAINERS)
+
+    from nnunet_missingmod.training.naming import trainer_registry
+    notes: List[str] = []
+    trainers = trainer_registry(import_errors=notes)
     trainers[STOCK] = nnUNetTrainer
     return trainers, notes
 

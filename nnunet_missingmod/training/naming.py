@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_missingmod.errors import MissingModError
 
@@ -150,22 +150,27 @@ def method_packages() -> Tuple[str, ...]:
     return METHOD_PACKAGES + tuple(extra)
 
 
-def trainer_registry() -> Dict[str, type]:
+def trainer_registry(import_errors: Optional[List[str]] = None) -> Dict[str, type]:
     """Every concrete trainer of the method packages, by class name: the classes defined in their ``trainer`` and
-    ``ablations`` modules, generated siblings included."""
+    ``ablations`` modules, generated siblings included. With ``import_errors`` (a list), a module that fails to
+    import is skipped and its error appended there (a benchmark that should time the rest); otherwise it raises."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     registry: Dict[str, type] = {}
     for package in method_packages():
         for part in METHOD_MODULES:
             try:
                 module = importlib.import_module(f"{package}.{part}")
-            except ModuleNotFoundError as e:
-                if e.name == f"{package}.{part}" and part != "trainer":
+            except Exception as e:
+                missing = isinstance(e, ModuleNotFoundError) and e.name in (package, f"{package}.{part}")
+                if missing and e.name == f"{package}.{part}" and part != "trainer":
                     continue  # a method without ablations
-                if e.name in (package, f"{package}.{part}"):
+                if missing:
                     raise MissingModError(f"{METHODS_ENV}: method package {package!r} has no module {part!r} "
                                           f"(is its folder on PYTHONPATH?)") from None
-                raise
+                if import_errors is None:
+                    raise
+                import_errors.append(f"cannot import {package}.{part}: {type(e).__name__}: {e}")
+                continue
             for name, obj in vars(module).items():
                 if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__ \
                         and not name.startswith("_"):

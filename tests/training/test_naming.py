@@ -356,3 +356,15 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
         inference_network.load_state_dict(checkpoint["network_weights"], strict=True)
         assert checkpoint["trainer_name"] == name
         del trainer
+
+
+def test_a_method_that_fails_to_import_raises_or_is_skipped_and_named(tmp_path, monkeypatch):
+    _method_package(tmp_path, "broken_method", "raise RuntimeError('half written')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METHODS_ENV, "broken_method")
+    with pytest.raises(RuntimeError, match="half written"):
+        trainer_registry()
+    errors = []
+    registry = trainer_registry(import_errors=errors)  # what bench_train_cost.py times: every other trainer
+    assert "FullSetTrainer" in registry
+    assert errors == ["cannot import broken_method.trainer: RuntimeError: half written"]
