@@ -111,10 +111,13 @@ if sys.argv[2] == "exec":  # a child that shares the lock's descriptor (as one s
     (fd, _), = atomic_io._held_locks.values()
     child = subprocess.Popen(["sleep", "60"], pass_fds=[fd]).pid
 else:  # a forked child (multiprocessing's fork processes, nnU-Net's Manager)
+    ready_read, ready_write = os.pipe()
     child = os.fork()
-    if child == 0:
+    if child == 0:  # the fork hooks have run before this line: tell the parent so
+        os.write(ready_write, b"1")
         time.sleep(60)
         os._exit(0)
+    os.read(ready_read, 1)
 print(child, flush=True)
 time.sleep(120)
 """
