@@ -157,7 +157,7 @@ def score_part_cases(out_dir: str, part_id: int, num_parts: int, labels_dir: str
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from nnunet_missingmod.evaluation.scoring import (
-        _record, _score_task, lesion_protocol_named, list_label_files, subset_name_and_cardinality)
+        lesion_protocol_named, list_label_files, score_task, scoring_record, subset_name_and_cardinality)
     folder = scores_folder(out_dir, part_id, num_parts)
     os.makedirs(folder, exist_ok=True)
     gt = list_label_files(labels_dir, file_ending)
@@ -176,18 +176,18 @@ def score_part_cases(out_dir: str, part_id: int, num_parts: int, labels_dir: str
         records = []
         for entry, prediction in zip(entries, predictions):
             key = subset_name_and_cardinality(entry.subset)
-            records += [_record(entry.trainer, case, key, region, score)
+            records += [scoring_record(entry.trainer, case, key, region, score)
                         for region, score in by_file[prediction].items()]
         atomic_write_text(os.path.join(folder, case + ".json"), json.dumps(records) + "\n")
 
     workers = min(scoring.num_processes, len(jobs))
     if workers <= 1:
         for job in jobs:
-            save(*job, _score_task(job[2]))
+            save(*job, score_task(job[2]))
         return len(jobs)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(_score_task, job[2]): job for job in jobs}
+        futures = {pool.submit(score_task, job[2]): job for job in jobs}
         for future in as_completed(futures):
             save(*futures[future], future.result())
     except BaseException:  # an error or SIGTERM (Terminated): the cases not yet started are not scored

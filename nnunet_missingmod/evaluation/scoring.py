@@ -212,8 +212,9 @@ def _score_against(gt_masks: Mapping[str, np.ndarray], pred: np.ndarray, spacing
             for name in regions}
 
 
-def _record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str,
-            score: RegionScore) -> Record:
+def scoring_record(trainer: str, case: str, subset_key: Tuple[str, Optional[int]], region: str,
+                   score: RegionScore) -> Record:
+    """One row of ``metrics.csv``: ``trainer``'s score of ``region`` on ``case`` under the subset of ``subset_key``."""
     subset_name, n_modalities = subset_key
     lesions = score.lesions
     return {"trainer": trainer, "case": case, "subset": subset_name, "n_modalities": n_modalities,
@@ -274,7 +275,8 @@ def score_prediction_folders(gt_dir: str, folders: Iterable[PredictionFolder], r
     scores = _run_jobs([job for _, _, job in labelled_jobs], regions, hd95_variant, protocol, num_processes)
     records = []
     for (trainer, subset_key, job), per_region in zip(labelled_jobs, scores):
-        records += [_record(trainer, job.case, subset_key, region, score) for region, score in per_region.items()]
+        records += [scoring_record(trainer, job.case, subset_key, region, score)
+                    for region, score in per_region.items()]
     return records
 
 
@@ -298,11 +300,11 @@ def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], 
     tasks = [(gt_path, list(by_pred), regions, hd95_variant, lesion_protocol) for gt_path, by_pred in by_case.items()]
     workers = min(num_processes, len(tasks))
     if workers <= 1:
-        task_results = [_score_task(t) for t in tasks]
+        task_results = [score_task(t) for t in tasks]
     else:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
         try:
-            task_results = list(pool.map(_score_task, tasks))
+            task_results = list(pool.map(score_task, tasks))
         except BaseException:  # an error or SIGTERM (Terminated): the cases not yet started are not scored
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -315,8 +317,8 @@ def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], 
     return scores
 
 
-def _score_task(task: Tuple[str, List[str], Mapping[str, Tuple[int, ...]], str, LesionProtocol]
-                ) -> List[Dict[str, RegionScore]]:
+def score_task(task: Tuple[str, List[str], Mapping[str, Tuple[int, ...]], str, LesionProtocol]
+               ) -> List[Dict[str, RegionScore]]:
     gt_path, pred_paths, regions, hd95_variant, lesion_protocol = task
     return _score_case_group(gt_path, pred_paths, regions, hd95_variant, lesion_protocol)
 
