@@ -1,4 +1,5 @@
-"""Lesion-wise Dice and HD95 of one region, following the BraTS 2023 challenges' scorer.
+"""Lesion-wise Dice and HD95 of one region, following the BraTS 2023 challenges' scorer, or the BraTS 2024/25 glioma
+scorer's one-to-one matching (``gli2025``, :mod:`.lesionwise_gli2025`).
 
 Rules, as read in rachitsaluja/BraTS-2023-Metrics ``metrics.py`` (commit 43c9052; AGPL, read, not copied):
 
@@ -15,7 +16,8 @@ Rules, as read in rachitsaluja/BraTS-2023-Metrics ``metrics.py`` (commit 43c9052
   (e.g. empty GT and empty prediction) gives Dice 1, HD95 0.
 
 Per-challenge parameters (same file, ``get_LesionWiseResults``): GLI, SSA, PED: dilation 3, min volume 50;
-MEN: dilation 1, min volume 50; MET: dilation 1, min volume 2.
+MEN: dilation 1, min volume 50; MET: dilation 1, min volume 2. ``gli2025`` is the 2024/25 glioma protocol: no
+dilation, no size threshold, one-to-one matching (:mod:`.lesionwise_gli2025`).
 
 The per-lesion HD95 is the scorer's own: DeepMind surface-distance's ``compute_robust_hausdorff(..., 95)`` on the
 lesion and its matched components with the image spacing, i.e.
@@ -31,11 +33,18 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnunet_missingmod.evaluation.lesionwise_gli2025 import NO_MATCH_HD95, one_to_one_lesion_scores
 from nnunet_missingmod.evaluation.metrics import dice, union_bounding_box
 from nnunet_missingmod.evaluation.surface import surfel_hausdorff
 
 MISSED_LESION_HD95 = 374.0
 """HD95 (mm) of a missed lesion or a false-positive component in the BraTS 2023 scorer."""
+
+
+DILATION_MERGE = "dilation_merge"
+"""Matching of the 2023 scorers: GT lesions merged by dilation, every touching predicted component counts."""
+ONE_TO_ONE = "one_to_one"
+"""Matching of the 2024/25 glioma scorer (panoptica): one predicted component per GT lesion, largest total Dice."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,13 @@ class LesionProtocol:
     dilation: int
     min_volume: float  # mm³; lesions with volume <= min_volume are ignored
     challenge: str = ""  # what the challenge segments, for help texts and reports
+    matching: str = DILATION_MERGE  # or ONE_TO_ONE (then dilation and min_volume are 0)
 
     def describe(self) -> str:
         """``BraTS-GLI (adult glioma): GT dilated 3 times, lesions of at most 50 mm³ ignored``."""
+        if self.matching == ONE_TO_ONE:
+            return (f"{self.name} ({self.challenge}): one-to-one matching of 26-connected lesions (largest total "
+                    "Dice), no dilation, no size threshold; mean over matched lesions")
         return (f"{self.name} ({self.challenge}): GT dilated {self.dilation} time{'s' if self.dilation > 1 else ''}, "
                 f"lesions of at most {self.min_volume:g} mm³ ignored")
 
@@ -58,6 +71,7 @@ LESION_PROTOCOLS: Dict[str, LesionProtocol] = {
     "ped": LesionProtocol("BraTS-PED", 3, 50.0, "paediatric tumours"),
     "men": LesionProtocol("BraTS-MEN", 1, 50.0, "meningioma"),
     "met": LesionProtocol("BraTS-MET", 1, 2.0, "brain metastases"),
+    "gli2025": LesionProtocol("BraTS-GLI 2024/25", 0, 0.0, "adult glioma", ONE_TO_ONE),
 }
 DEFAULT_LESION_PROTOCOL = "gli"
 
@@ -66,6 +80,17 @@ def lesion_conventions(key: str = DEFAULT_LESION_PROTOCOL) -> Dict[str, str]:
     """The lesion-wise conventions written into summary.json and summary.md beside the whole-volume ones."""
     if key not in LESION_PROTOCOLS:
         raise ValueError(f"unknown lesion-wise protocol {key!r}; expected one of {tuple(LESION_PROTOCOLS)}")
+    if LESION_PROTOCOLS[key].matching == ONE_TO_ONE:
+        return {
+            "lesion_protocol": key,
+            "lesionwise": f"lesion-wise Dice and HD95 as the BraTS 2024/25 glioma scorer (panoptica), "
+                          f"{LESION_PROTOCOLS[key].describe()}: per case the means over matched lesion pairs; "
+                          f"unmatched lesions and components only count as FN/FP; no matched pair: Dice 0, HD95 "
+                          f"{NO_MATCH_HD95:g} mm; no lesion and no component: Dice 1, HD95 0",
+            "lesion_hd95": "per-lesion HD95 = panoptica's: 95th percentile of both directed surface-voxel distances "
+                           "pooled (the pooled variant), with the label images' spacing in the right axis order, "
+                           "whatever --hd95-variant",
+        }
     return {
         "lesion_protocol": key,
         "lesionwise": f"lesion-wise Dice and HD95 as the BraTS 2023 scorer, {LESION_PROTOCOLS[key].describe()}; "
@@ -94,7 +119,10 @@ class LesionScore:
 def lesionwise_scores(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] = None,
                       protocol: LesionProtocol = LESION_PROTOCOLS[DEFAULT_LESION_PROTOCOL]) -> LesionScore:
     """Lesion-wise Dice, HD95 (the BraTS 2023 surface-element HD95, see the module doc) and lesion counts of one
-    region (boolean masks, axis order and spacing as :func:`metrics.hd95`)."""
+    region (boolean masks, axis order and spacing as :func:`metrics.hd95`). A one-to-one protocol (``gli2025``) is
+    scored by :func:`.lesionwise_gli2025.one_to_one_lesion_scores` instead."""
+    if protocol.matching == ONE_TO_ONE:
+        return LesionScore(*one_to_one_lesion_scores(pred, ref, spacing))
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape or pred.ndim != 3:
         raise ValueError(f"need two 3-D masks of one shape, got {pred.shape} and {ref.shape}")

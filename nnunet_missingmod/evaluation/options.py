@@ -35,10 +35,10 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                              "(DeepMind surface-distance: surface elements weighted by area, nearest-rank 95 %%, "
                              "larger direction); voxel_max_directed: max of the two directed 95th percentiles of "
                              "surface-voxel distances, as MONAI; pooled: 95th percentile of both directions pooled, "
-                             "as medpy. The lesion-wise HD95 is always the BraTS 2023 one")
+                             "as medpy. The lesion-wise HD95 is the BraTS 2023 one (pooled under gli2025)")
     parser.add_argument("--lesion-protocol", dest="lesion_protocol", choices=sorted(LESION_PROTOCOLS),
                         default=DEFAULT_LESION_PROTOCOL,
-                        help="BraTS 2023 challenge whose lesion-wise rules give metrics.csv's lesion_* columns and the "
+                        help="BraTS challenge whose lesion-wise rules give metrics.csv's lesion_* columns and the "
                              f"lesion-wise tables (default {DEFAULT_LESION_PROTOCOL}): "
                              + "; ".join(f"{key} = {p.describe()}" for key, p in LESION_PROTOCOLS.items()))
     parser.add_argument("--bootstrap", dest="bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
