@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 ROUTED_SUFFIX = "_routed"
 ET_RULE_SUFFIX = "_etRule"
+DEFAULT_SUBSET_BATCH = 15
+"""--subset-batch: the subsets whose masked copies of a tile go through the network as one batch (docs/benchmarks.md,
+"Subsets batched per tile", for the measurement that chose it)."""
 
 
 def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None) -> list:
@@ -68,7 +71,8 @@ def complete_cases(predictor, images_dir: str, labels_dir: Optional[str] = None)
 def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[ModalitySubset] = SUBSETS,
                         progress: bool = True, label: Optional[str] = None, num_processes_preprocessing: int = 0,
                         num_processes_export: int = 0,
-                        todo: Optional[Mapping[str, Sequence[ModalitySubset]]] = None) -> Dict[str, str]:
+                        todo: Optional[Mapping[str, Sequence[ModalitySubset]]] = None,
+                        subset_batch: int = 1) -> Dict[str, str]:
     """Predict every case under every subset into ``out_root/<subset>/`` (emptied first, so no prediction of an
     earlier run is scored); returns subset name -> prediction folder.
 
@@ -78,7 +82,11 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
     (:mod:`nnunet_missingmod.inference.pipeline`), with the same segmentations either way.
 
     ``todo`` (a ``-num_parts`` part, which resumes): case -> the subsets still to predict; the folders are kept,
-    not emptied, and a case with nothing left is not even read."""
+    not emptied, and a case with nothing left is not even read.
+
+    ``subset_batch`` K: the subsets of a case are predicted K at a time in one sliding window, each tile's K masked
+    copies as one batch (:meth:`~nnunet_missingmod.inference.predictor.MissingModalityPredictor.
+    predict_preprocessed_subsets`); 1: one sliding window per subset."""
     from contextlib import closing
 
     from nnunet_missingmod.inference import pipeline
@@ -109,12 +117,14 @@ def predict_all_subsets(predictor, cases, out_root: str, subsets: Sequence[Modal
                     raise MissingModError(result.error)
                 if not prepared.subset.is_full:  # a constant volume counts as missing; a subset needs all
                     raise MissingModError(f"case {result.case}: {'; '.join(result.warnings)}")
-                for subset in (subsets if todo is None else todo[result.case]):
-                    logits = predictor.predict_preprocessed(prepared.data, subset)
-                    exports.wait_for_room()
-                    exports.submit(result, export_arguments(
-                        predictor, logits, prepared.properties, os.path.join(folders[subset.name], result.case), False))
-                    finished(exports.collect(wait=False))
+                case_subsets = list(subsets if todo is None else todo[result.case])
+                for start in range(0, len(case_subsets), subset_batch):
+                    batch = case_subsets[start:start + subset_batch]
+                    for subset, logits in zip(batch, predictor.predict_preprocessed_subsets(prepared.data, batch)):
+                        exports.wait_for_room()
+                        exports.submit(result, export_arguments(predictor, logits, prepared.properties,
+                                                                os.path.join(folders[subset.name], result.case), False))
+                        finished(exports.collect(wait=False))
             finished(exports.collect(wait=True))
     return folders
 
@@ -149,6 +159,7 @@ class EvaluateSettings:
     et_rule: Optional["EtRule"] = None  # --et-rule, loaded
     num_parts: int = 1  # -num_parts: > 1 evaluates every num_parts-th case from part_id (evaluate-merge reports)
     part_id: int = 0  # -part_id
+    subset_batch: int = DEFAULT_SUBSET_BATCH  # --subset-batch: subsets per tile batch (1: a sliding window each)
 
 
 def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
@@ -170,6 +181,9 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         raise MissingModError(f"-part_id must be 0 .. -num_parts - 1 and -num_parts at least 1, got -part_id "
                               f"{args.part_id} and -num_parts {args.num_parts}")
+    if args.subset_batch < 1:
+        raise MissingModError(f"--subset-batch must be 1 (one sliding window per subset) or more, got "
+                              f"{args.subset_batch}")
     if args.num_parts > 1 and args.et_rule is not None:
         raise MissingModError("--et-rule cannot be combined with -num_parts yet: evaluate without --et-rule, or in "
                               "one call")
@@ -182,7 +196,8 @@ def settings_from_args(args: argparse.Namespace) -> EvaluateSettings:
                             checkpoint=args.chk, subsets=subsets, device=args.device, step_size=args.step_size,
                             use_mirroring=not args.disable_tta, verbose=args.verbose, scoring=scoring,
                             figures=figures, num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                            et_rule=et_rule, num_parts=args.num_parts, part_id=args.part_id)
+                            et_rule=et_rule, num_parts=args.num_parts, part_id=args.part_id,
+                            subset_batch=args.subset_batch)
 
 
 def routed_label(robust_label: str, full_set_label: str) -> str:
@@ -288,7 +303,8 @@ def run_evaluate(settings: EvaluateSettings) -> int:
         folders = predict_all_subsets(predictor, model_cases, os.path.join(scoring.output, "predictions", label),
                                       settings.subsets, label=label,
                                       num_processes_preprocessing=settings.num_processes_preprocessing,
-                                      num_processes_export=settings.num_processes_export)
+                                      num_processes_export=settings.num_processes_export,
+                                      subset_batch=settings.subset_batch)
         print(f"{label}: {len(model_cases)} case(s) x {len(settings.subsets)} subset(s) predicted")
         prediction_folders += [PredictionFolder(label, name, folder) for name, folder in folders.items()]
         folders_by_label[label] = folders
@@ -369,7 +385,8 @@ def run_evaluate_part(settings: EvaluateSettings) -> int:
                 for c in cases}
         predict_all_subsets(predictor, cases, os.path.join(out, "predictions", label), settings.subsets,
                             label=label, num_processes_preprocessing=settings.num_processes_preprocessing,
-                            num_processes_export=settings.num_processes_export, todo=todo)
+                            num_processes_export=settings.num_processes_export, todo=todo,
+                            subset_batch=settings.subset_batch)
         n_done = sum(len(v) for v in todo.values())
         print(f"{label}: {name}: {n_done} of {len(cases) * len(settings.subsets)} case x subset prediction(s) "
               f"made ({len(cases) * len(settings.subsets) - n_done} kept from an earlier call)")
@@ -422,6 +439,11 @@ def register_evaluate(subparsers) -> None:
                    help="an ET volume rule ('nnunet-missingmod et-rule fit'): every model gets one more entry "
                         "'<model>" + ET_RULE_SUFFIX + "', its predictions with the rule applied (no extra prediction)")
     add_prediction_arguments(p)
+    p.add_argument("--subset-batch", dest="subset_batch", type=int, default=DEFAULT_SUBSET_BATCH, metavar="K",
+                   help="predict K subsets of a case in one sliding window: each tile's K masked copies go through "
+                        "the network as one batch (default %(default)s; memory: K tiles' activations and K times a "
+                        "case's logits); 1: one sliding window per subset. Segmentations as with 1, up to voxels "
+                        "whose class probabilities tie within float rounding")
     add_pipeline_arguments(p)
     add_scoring_arguments(p)
     p.add_argument("-num_parts", type=int, default=1,

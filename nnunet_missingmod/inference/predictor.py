@@ -26,9 +26,11 @@ on is predicted with a warning, and its sidecar says so (``trained_for_subset``)
 The case's mask reaches the network once, in :meth:`MissingModalityPredictor.predict_preprocessed`: the absent
 channels are zeroed there (after nnU-Net's normalisation, as training zeroes them) and every
 :class:`~nnunet_missingmod.modalities.PresenceAware` module of the network is told the mask for the whole sliding
-window (:func:`~nnunet_missingmod.modalities.tell_present_channels`), then cleared. nnU-Net's own final validation and
-stock ``nnUNetv2_predict`` tell nothing: such modules then read presence from their input (the presence contract in
-:mod:`nnunet_missingmod.modalities`).
+window (:func:`~nnunet_missingmod.modalities.tell_present_channels`), then cleared. ``evaluate`` predicts several
+subsets of a case in one sliding window (:meth:`MissingModalityPredictor.predict_preprocessed_subsets`): each tile's
+masked copies form one batch and the modules are told a (K, C) mask, one row per copy. nnU-Net's own final
+validation and stock ``nnUNetv2_predict`` tell nothing: such modules then read presence from their input (the
+presence contract in :mod:`nnunet_missingmod.modalities`).
 """
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ from nnunet_missingmod.inference.discovery import CaseFiles, cases_from_lists, d
 from nnunet_missingmod.inference.nnunet_log import nnunet_output_to
 from nnunet_missingmod.inference.pipeline import InlineExports, exports_for, prepared_cases
 from nnunet_missingmod.modalities import (
-    FULL_SET as FULL_SUBSET, SUBSETS, ModalitySubset, apply_channel_mask, modalities_from_channel_names, parse_subset,
-    subset_of_channel_mask, tell_present_channels)
+    FULL_SET as FULL_SUBSET, SUBSETS, ModalitySubset, PresenceAware, apply_channel_mask, modalities_from_channel_names,
+    parse_subset, subset_of_channel_mask, tell_present_channels)
 
 SIDECAR_SUFFIX = ".modalities.json"
 
@@ -88,7 +90,7 @@ def trained_subsets_of_checkpoints(checkpoints: Sequence[str], trained_by_our_tr
                                    ) -> Tuple[ModalitySubset, ...]:
     """The subsets every one of ``checkpoints`` (one per fold) was trained on, from ``trained_subsets`` of their
     ``missingmod_config``. A checkpoint without it (stock nnU-Net's trainers), or one made by a trainer that is
-    not ours (``trained_by_our_trainer`` False), was trained on the full set only."""
+    not ours (``trained_by_our_trainer`` False) and not exported from ours, was trained on the full set only."""
     from nnunet_missingmod.training.nnunet_copies import CHECKPOINT_CONFIG_KEY
     trained = set(SUBSETS)
     for path in checkpoints:
@@ -97,7 +99,9 @@ def trained_subsets_of_checkpoints(checkpoints: Sequence[str], trained_by_our_tr
         except RuntimeError:  # a checkpoint in torch's legacy (non-zip) format cannot be mapped
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         config = checkpoint.get(CHECKPOINT_CONFIG_KEY) if isinstance(checkpoint, dict) else None
-        names = config.get("trained_subsets") if isinstance(config, dict) and trained_by_our_trainer else None
+        # an export for stock nnU-Net names nnUNetTrainer but keeps our config (nnunet-missingmod export)
+        ours = trained_by_our_trainer or (isinstance(config, dict) and "exported_from" in config)
+        names = config.get("trained_subsets") if isinstance(config, dict) and ours else None
         if names is None:
             trained &= {FULL_SUBSET}
             continue
@@ -106,6 +110,18 @@ def trained_subsets_of_checkpoints(checkpoints: Sequence[str], trained_by_our_tr
         except MissingModError as e:
             raise MissingModError(f"{path}: bad trained_subsets in {CHECKPOINT_CONFIG_KEY}: {e}") from None
     return tuple(s for s in SUBSETS if s in trained)
+
+
+class _HeadsOfStackedSubsets:
+    """The label manager as nnU-Net's sliding window sees it while K subsets share every tile: it sizes its result
+    array by ``num_segmentation_heads``, so K times the heads holds the K subsets' logits stacked on that axis."""
+
+    def __init__(self, label_manager, n_subsets: int):
+        self._label_manager = label_manager
+        self.num_segmentation_heads = label_manager.num_segmentation_heads * n_subsets
+
+    def __getattr__(self, name):
+        return getattr(self._label_manager, name)
 
 
 class MissingModalityPredictor(nnUNetPredictor):
@@ -121,6 +137,8 @@ class MissingModalityPredictor(nnUNetPredictor):
     """The trained model folder it was initialised from (``None`` after ``manual_initialization``)."""
     full_set_predictor: Optional["MissingModalityPredictor"] = None
     """``--full-set-model``: predicts the cases that have all its sequences (:meth:`use_full_set_model`)."""
+    _tile_subset_masks: Optional[torch.Tensor] = None
+    """(K, C) bool while :meth:`predict_preprocessed_subsets` batches K subsets per tile, else ``None``."""
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Union[Tuple[Union[int, str]], None],
@@ -221,6 +239,49 @@ class MissingModalityPredictor(nnUNetPredictor):
                 return self.predict_logits_from_preprocessed_data(data).cpu()
         finally:
             tell_present_channels(self.network, None)
+
+    def batches_subsets(self) -> bool:
+        """Whether the network can take the masked copies of a tile for several subsets as one batch: every network
+        can (instance norms and attention work per sample) and every :class:`PresenceAware` module takes a (B, C)
+        mask, one row per sample (the presence contract), unless it sets ``per_sample_presence = False``."""
+        return all(getattr(module, "per_sample_presence", True) for module in self.network.modules()
+                   if isinstance(module, PresenceAware))
+
+    def predict_preprocessed_subsets(self, data: torch.Tensor, subsets: Sequence[ModalitySubset]
+                                     ) -> List[torch.Tensor]:
+        """Logits of a preprocessed case for each of ``subsets``, in one sliding-window pass: each tile goes through
+        the network as one batch of its K masked copies (absent channels zeroed per copy, the presence-aware modules
+        told the (K, C) mask), with nnU-Net's mirroring, Gaussian weighting, step and fold averaging per copy as in
+        :meth:`predict_preprocessed`. The same segmentations as one pass per subset (a batched convolution may sum
+        in another order: logits can differ by float rounding). Memory: K times a tile's activations and K times
+        the case's logits. One subset, or a network that cannot batch them (:meth:`batches_subsets`): one
+        :meth:`predict_preprocessed` per subset."""
+        if len(subsets) <= 1 or not self.batches_subsets():
+            return [self.predict_preprocessed(data, subset) for subset in subsets]
+        masks = torch.tensor([s.channel_mask(self.channel_modalities) for s in subsets], dtype=torch.bool,
+                             device=self.device)
+        label_manager = self.label_manager
+        self._tile_subset_masks = masks
+        self.label_manager = _HeadsOfStackedSubsets(label_manager, len(subsets))
+        tell_present_channels(self.network, masks)
+        try:
+            with nnunet_output_to(self.nnunet_log):
+                stacked = self.predict_logits_from_preprocessed_data(data).cpu()
+        finally:
+            tell_present_channels(self.network, None)
+            self.label_manager = label_manager
+            self._tile_subset_masks = None
+        return list(stacked.unflatten(0, (len(subsets), -1)).unbind(0))
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's, on the K masked copies of the tile ``x`` (1, C, *patch) while subsets are batched; their
+        logits come back stacked on the channel axis, (1, K * heads, *patch), as the result array holds them."""
+        masks = self._tile_subset_masks
+        if masks is None:
+            return super()._internal_maybe_mirror_and_predict(x)
+        copies = apply_channel_mask(x.expand(masks.shape[0], *x.shape[1:]), masks, channel_axis=1)
+        prediction = super()._internal_maybe_mirror_and_predict(copies)
+        return prediction.reshape(1, -1, *prediction.shape[2:])
 
     def export(self, logits: Union[torch.Tensor, np.ndarray], properties: dict, output_file_truncated: str,
                save_probabilities: bool = False) -> str:
