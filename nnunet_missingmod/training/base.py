@@ -9,8 +9,11 @@ What it owns (a method configures it through frozen settings and a few hooks):
 * the training step: :meth:`~MissingModalityTrainerBase.compute_loss_terms` (the method's losses, under autocast),
   the main optimiser step (AMP, gradient clipping), :meth:`~MissingModalityTrainerBase.after_optimizer_step`, then
   one step per extra module with its own optimiser (``extra_module_loss``), which receives what the main step
-  computed (``StepResult.context``); running out of GPU memory in it ends ``nnUNetv2_train`` with one message
-  (:class:`TrainingOutOfMemory`);
+  computed (``StepResult.context``);
+* how ``nnUNetv2_train`` ends on what it cannot go on with: one line on stderr, exit code 2, no traceback
+  (:class:`TrainingStopped`): bad input at the start (:class:`TrainingRefused`: a cascade configuration, a dataset
+  without the four sequences, a teacher run that cannot be used), with nothing of the attempt left in the fold
+  folder; the GPU out of memory in a step (:class:`TrainingOutOfMemory`); a full disk (:class:`TrainingDiskFull`);
 * logging: every term a method returns is logged per epoch as ``train_<term>`` and plotted.
 
 Modules beside the network (a teacher, a discriminator) are :mod:`~nnunet_missingmod.training.extra_modules`;
@@ -24,22 +27,27 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
+from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import distributed as dist
 
 from nnunet_missingmod import __version__
+from nnunet_missingmod.atomic_io import DiskFullError
+from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.faults import is_out_of_memory, training_out_of_memory_message
 from nnunet_missingmod.modalities import (
     SAMPLING_STRATEGIES, SUBSETS, apply_channel_mask, check_subset_weights, modalities_from_channel_names,
     sample_subset_indices, subset_channel_masks, subset_distribution)
-from nnunet_missingmod.training.nnunet_copies import NnUNetCopies
+from nnunet_missingmod.training.nnunet_copies import NnUNetCopies, folders_nnunet_creates
 from nnunet_missingmod.training.extra_modules import ExtraModuleLifecycle
 from nnunet_missingmod.training.loss_log import LossTermLocalLogger, loss_term_key
 
@@ -72,10 +80,10 @@ class SamplingSettings:
                              f"{self.full_set_probability!r}")
 
 
-class TrainingOutOfMemory(SystemExit):
-    """The GPU ran out of memory in a training step; ``message`` says what ran and the fixes in order. A
-    ``SystemExit`` (code 2, as our commands on bad input): nnU-Net's ``nnUNetv2_train`` has no error handling of its
-    own, and Python ends on a ``SystemExit`` without a traceback; the message is printed before it is raised."""
+class TrainingStopped(SystemExit):
+    """``nnUNetv2_train`` ends with ``message`` on one line and exit code 2, as our commands on bad input. A
+    ``SystemExit``: nnU-Net's command has no error handling of its own, and Python ends on a ``SystemExit`` without a
+    traceback. :meth:`announce` prints the line (``nnUNetv2_train: error: ...``) and returns the exit to raise."""
 
     exit_code = 2
 
@@ -85,6 +93,47 @@ class TrainingOutOfMemory(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+    @classmethod
+    def announce(cls, message: str) -> "TrainingStopped":
+        print(f"nnUNetv2_train: error: {message}", file=sys.stderr, flush=True)
+        return cls(message)
+
+
+class TrainingRefused(TrainingStopped, MissingModError):
+    """Bad input found when the trainer is built or initialised; nothing of the attempt is left in the fold folder.
+    Also a :class:`~nnunet_missingmod.errors.MissingModError`: code that builds trainers in Python catches it as it
+    catches any bad input."""
+
+
+class TrainingOutOfMemory(TrainingStopped):
+    """The GPU ran out of memory in a training step; ``message`` says what ran and the fixes in order."""
+
+
+class TrainingDiskFull(TrainingStopped, DiskFullError):
+    """A checkpoint or the progress plot could not be written for lack of space; the earlier file is kept."""
+
+
+def cascade_refusal(trainer_name: str, plans: dict, configuration: str) -> Optional[str]:
+    """Why ``trainer_name`` cannot train ``configuration``, if it is a cascade stage: its input adds the previous
+    stage's segmentation as channels, which would have to come from a low-resolution model robust to the same
+    missing sequences."""
+    if configuration not in plans.get("configurations", {}):
+        return None  # nnU-Net's own error names the configurations there are
+    previous = PlansManager(plans).get_configuration(configuration).previous_stage_name
+    if previous is None:
+        return None
+    return (f"{trainer_name} cannot train the cascade configuration {configuration}: its input would include the "
+            f"segmentation of the previous stage {previous}, which would have to come from a {previous} model robust "
+            f"to the same missing sequences, and that is not supported. Train 3d_fullres: nnUNetv2_train DATASET "
+            f"3d_fullres FOLD -tr {trainer_name}")
+
+
+def dataset_json_path(plans: dict) -> str:
+    """Where ``nnUNetv2_train`` read the dataset.json of ``plans``' dataset (for messages)."""
+    if not nnUNet_preprocessed.is_set():
+        return f"dataset.json of {plans.get('dataset_name')}"
+    return os.path.join(os.fspath(nnUNet_preprocessed), str(plans.get("dataset_name")), "dataset.json")
 
 
 @dataclass
@@ -128,6 +177,10 @@ class MissingModalityTrainerBase(ExtraModuleLifecycle, NnUNetCopies, nnUNetTrain
     * ``budget``: overrides of nnU-Net's epoch and iteration counts (set by the generated budget siblings);
     * ``nnunet_overrides``: other nnU-Net attributes set after its ``__init__`` (e.g. ``initial_lr``).
     An attribute in ``budget`` or ``nnunet_overrides`` that nnU-Net does not have fails in ``__init__``.
+
+    A cascade configuration and a dataset without exactly the four sequences are refused (:class:`TrainingRefused`)
+    before nnU-Net's ``__init__`` makes the fold folder and writes the training log; bad input found in
+    ``initialize()`` (a teacher run) removes the log and the empty folders the attempt made.
     """
 
     sampling: ClassVar[SamplingSettings] = SamplingSettings()
@@ -137,10 +190,20 @@ class MissingModalityTrainerBase(ExtraModuleLifecycle, NnUNetCopies, nnUNetTrain
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
         if not isinstance(self.sampling, SamplingSettings):
             raise TypeError(f"{type(self).__name__}.sampling must be a SamplingSettings, got {self.sampling!r}")
-        self.channel_modalities = modalities_from_channel_names(dataset_json["channel_names"])
+        name = type(self).__name__
+        refusal = cascade_refusal(name, plans, configuration)
+        if refusal is not None:
+            raise TrainingRefused.announce(refusal)
+        try:
+            self.channel_modalities = modalities_from_channel_names(dataset_json.get("channel_names", {}))
+        except MissingModError as e:
+            raise TrainingRefused.announce(f"{name} trains on the four MRI sequences, one per channel: "
+                                           f"{dataset_json_path(plans)}: {e}") from None
+        self._folders_made = [f for f in folders_nnunet_creates(name, plans, configuration, fold)
+                              if not os.path.isdir(f)]
+        super().__init__(plans, configuration, fold, dataset_json, device)
         for source in ("budget", "nnunet_overrides"):
             for attribute, value in (getattr(self, source) or {}).items():
                 if not hasattr(self, attribute):  # a renamed nnU-Net attribute must not silently train 1000 epochs
@@ -156,6 +219,40 @@ class MissingModalityTrainerBase(ExtraModuleLifecycle, NnUNetCopies, nnUNetTrain
         self.subset_masks = subset_channel_masks(self.channel_modalities, device=self.device)
         self.init_extra_modules()
         self._iteration_in_epoch = 0
+
+    # ------------------------------------------------------------------ how nnUNetv2_train ends
+    def initialize(self):
+        try:
+            super().initialize()
+        except MissingModError as e:  # bad input found here (a teacher run): refused like that found in __init__
+            if isinstance(e, TrainingStopped):
+                raise
+            self._remove_what_the_attempt_made()
+            raise TrainingRefused.announce(str(e)) from None
+
+    def _remove_what_the_attempt_made(self) -> None:
+        """This attempt's training log and the folders nnU-Net's ``__init__`` made for it, where they are empty."""
+        with suppress(FileNotFoundError):
+            os.remove(self.log_file)
+        for folder in self._folders_made:
+            with suppress(OSError):  # not empty (another fold's run, a log of ours), or gone
+                os.rmdir(folder)
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except DiskFullError as e:  # checkpoints and the progress plot are written atomically: earlier files stay
+            if isinstance(e, TrainingStopped):
+                raise
+            message = f"{e}: the same nnUNetv2_train command with --c continues from the last checkpoint"
+            raise self._stop_training(TrainingDiskFull, message, log=False) from None  # the log cannot grow
+
+    def _stop_training(self, kind: type, message: str, log: bool = True) -> TrainingStopped:
+        """Print ``message`` (stderr, and the training log if ``log``) and return the ``kind`` of
+        :class:`TrainingStopped` that ends ``nnUNetv2_train`` with it."""
+        if log:
+            self.print_to_log_file(message, also_print_to_console=False)
+        return kind.announce(message)
 
     # ------------------------------------------------------------------ subsets
     def subset_weights(self, epoch: int) -> torch.Tensor:
@@ -209,9 +306,7 @@ class MissingModalityTrainerBase(ExtraModuleLifecycle, NnUNetCopies, nnUNetTrain
         message = training_out_of_memory_message(
             self.configuration_manager.patch_size, self.batch_size, self.plans_manager.dataset_name,
             self.configuration_name, self.plans_manager.plans_name, extra_models)
-        self.print_to_log_file(message, also_print_to_console=False)
-        print(f"nnUNetv2_train: error: {message}", file=sys.stderr, flush=True)
-        return TrainingOutOfMemory(message)
+        return self._stop_training(TrainingOutOfMemory, message)
 
     def _train_step(self, batch: dict) -> dict:
         # Same order of operations as nnunetv2 2.8.1 nnUNetTrainer.train_step, with the forward and loss delegated

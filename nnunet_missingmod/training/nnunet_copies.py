@@ -12,18 +12,21 @@ and scalers, the subset sampler's generator, the method's own state).
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 import seaborn as sns
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-from nnunet_missingmod.atomic_io import atomic_output, remove_stale_temporaries
+from nnunet_missingmod.atomic_io import DISK_FULL_FREE_BYTES, atomic_output, free_bytes, remove_stale_temporaries
 from nnunet_missingmod.training.extra_modules import unwrap_network
 from nnunet_missingmod.training.teacher import plain_weights
 
@@ -46,7 +49,9 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree):
 def write_checkpoint(checkpoint: dict, filename: str) -> None:
     """``torch.save(checkpoint, filename)``, written atomically: a crash or a failed save during training leaves the
     previous ``checkpoint_latest.pth`` as it was (nnU-Net 2.8.1 writes in place, and ``--c`` then fails on a
-    half-written file).
+    half-written file). A full disk is a :class:`~nnunet_missingmod.atomic_io.DiskFullError` naming ``filename``:
+    torch's zip writer reports it as ``unexpected pos ...`` without the ``OSError`` behind it, so a failed save with
+    (almost) no space left is taken for one.
 
     ``torch.save`` refuses two tensors whose storages start at one address with different dtypes (pytorch#91325;
     e.g. a method state holding ``t`` and ``t.view(torch.int32)``). Rather than lose a run at an epoch end, that
@@ -54,18 +59,38 @@ def write_checkpoint(checkpoint: dict, filename: str) -> None:
     them, which nothing of ours relies on."""
     with atomic_output(filename) as tmp:
         try:
-            torch.save(checkpoint, tmp)
-        except RuntimeError as e:
-            if _ALIASED_STORAGE_ERROR not in str(e):
+            _save_unaliased(checkpoint, tmp, filename)
+        except RuntimeError:
+            if free_bytes(os.path.dirname(os.path.abspath(tmp))) >= DISK_FULL_FREE_BYTES:
                 raise
-            print(f"torch.save refused aliased tensors in {filename} ({e}); saving copies of the tensors instead",
-                  file=sys.stderr)
-            torch.save(map_tensors(lambda t: t.detach().clone(), checkpoint), tmp)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename) from None
+
+
+def _save_unaliased(checkpoint: dict, tmp: str, filename: str) -> None:
+    try:
+        torch.save(checkpoint, tmp)
+    except RuntimeError as e:
+        if _ALIASED_STORAGE_ERROR not in str(e):
+            raise
+        print(f"torch.save refused aliased tensors in {filename} ({e}); saving copies of the tensors instead",
+              file=sys.stderr)
+        torch.save(map_tensors(lambda t: t.detach().clone(), checkpoint), tmp)
+
+
+def folders_nnunet_creates(trainer_name: str, plans: dict, configuration: str, fold: int) -> List[str]:
+    """The folders of a run (fold folder first), named as nnunetv2 2.8.1 ``nnUNetTrainer.__init__`` names and makes
+    them, so that a trainer can tell before that ``__init__`` which of them the attempt will make."""
+    if not nnUNet_results.is_set() or "dataset_name" not in plans:
+        return []
+    dataset_folder = os.path.join(os.fspath(nnUNet_results), plans["dataset_name"])
+    trainer_folder = os.path.join(dataset_folder, f"{trainer_name}__{plans.get('plans_name')}__{configuration}")
+    return [os.path.join(trainer_folder, f"fold_{fold}"), trainer_folder, dataset_folder]
 
 
 def plot_progress_with_loss_terms(log: dict, term_keys: Sequence[str], output_folder: str) -> None:
     # Copied from nnunetv2 2.8.1 LocalLogger.plot_progress_png (three stock panels), plus a fourth panel with the
-    # loss terms: the stock method draws and saves in one go, so there is no hook to add a panel.
+    # loss terms: the stock method draws and saves in one go, so there is no hook to add a panel. Saved atomically
+    # (a full disk is a DiskFullError naming progress.png; the earlier plot stays).
     epoch = min(len(i) for i in log.values()) - 1
     sns.set(font_scale=2.5)
     fig, ax_all = plt.subplots(4, 1, figsize=(30, 72))
@@ -106,8 +131,11 @@ def plot_progress_with_loss_terms(log: dict, term_keys: Sequence[str], output_fo
     ax.legend(loc=(0, 1), ncol=4)
 
     plt.tight_layout()
-    fig.savefig(join(output_folder, "progress.png"))
-    plt.close()
+    try:
+        with atomic_output(join(output_folder, "progress.png")) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 class NnUNetCopies:

@@ -26,6 +26,7 @@ TEACHER_ENV = "nnUNet_missingmod_teacher"
 ``checkpoint_final.pth``) that a trainer with a checkpoint teacher loads."""
 CHECKPOINT_FILENAME = "checkpoint_final.pth"
 START_FROM_TEACHER = (None, "strict", "matching")
+_INIT_ARGS = ("plans", "configuration", "dataset_json")
 
 
 @dataclass
@@ -69,10 +70,11 @@ def load_finished_run(path: str, variable: str = TEACHER_ENV) -> FinishedRun:
     except Exception as e:  # torch raises several types for a file that is no checkpoint
         raise MissingModError(f"{variable}={path} is not a PyTorch checkpoint: {str(e).strip().splitlines()[0]}"
                               ) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "init_args" not in checkpoint:
+    init = checkpoint.get("init_args") if isinstance(checkpoint, dict) else None
+    if not isinstance(init, dict) or "network_weights" not in checkpoint or any(k not in init for k in _INIT_ARGS):
         raise MissingModError(f"{variable}={path} is not an nnU-Net checkpoint (it lacks 'network_weights' or "
-                              f"'init_args'; name checkpoint_final.pth of a finished nnUNetv2_train run)")
-    init = checkpoint["init_args"]
+                              f"'init_args' with {', '.join(_INIT_ARGS)}; name checkpoint_final.pth of a finished "
+                              f"nnUNetv2_train run)")
     return FinishedRun(path=path, trainer_name=checkpoint.get("trainer_name", "?"), plans=init["plans"],
                        configuration=init["configuration"], dataset_json=init["dataset_json"],
                        network_weights=checkpoint["network_weights"])
@@ -111,7 +113,7 @@ def check_teacher_fits(run, plans: dict, configuration: str, dataset_json: dict,
     """A teacher sees the student's batch and predicts its targets: the run must have the same dataset, patch,
     spacing, normalisation, channels and labels. One :class:`MissingModError` naming the file, the trainer it came
     from, what differs and the trainer to use."""
-    theirs = run.plans["configurations"].get(run.configuration, {})
+    theirs = run.plans.get("configurations", {}).get(run.configuration, {})  # none: each key differs
     ours = plans["configurations"][configuration]
     differences = [f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in ("patch_size", "spacing",
                                                                         "normalization_schemes")
