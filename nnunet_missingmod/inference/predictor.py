@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.helpers import empty_cache
 from tqdm import tqdm
 
 from nnunet_missingmod.atomic_io import DiskFullError, atomic_write_text, holds_folder_alone, remove_stale_temporaries
@@ -254,10 +255,22 @@ class MissingModalityPredictor(nnUNetPredictor):
         told the (K, C) mask), with nnU-Net's mirroring, Gaussian weighting, step and fold averaging per copy as in
         :meth:`predict_preprocessed`. The same segmentations as one pass per subset (a batched convolution may sum
         in another order: logits can differ by float rounding). Memory: K times a tile's activations and K times
-        the case's logits. One subset, or a network that cannot batch them (:meth:`batches_subsets`): one
+        the case's logits; out of memory, the subsets are split in two halves, each predicted so, down to one
+        sliding window per subset. One subset, or a network that cannot batch them (:meth:`batches_subsets`): one
         :meth:`predict_preprocessed` per subset."""
         if len(subsets) <= 1 or not self.batches_subsets():
             return [self.predict_preprocessed(data, subset) for subset in subsets]
+        try:
+            return self._predict_subset_batch(data, subsets)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+        empty_cache(self.device)  # outside the handler: the failed batch's tensors are released
+        half = (len(subsets) + 1) // 2
+        return (self.predict_preprocessed_subsets(data, subsets[:half])
+                + self.predict_preprocessed_subsets(data, subsets[half:]))
+
+    def _predict_subset_batch(self, data: torch.Tensor, subsets: Sequence[ModalitySubset]) -> List[torch.Tensor]:
         masks = torch.tensor([s.channel_mask(self.channel_modalities) for s in subsets], dtype=torch.bool,
                              device=self.device)
         label_manager = self.label_manager

@@ -122,6 +122,26 @@ def test_batching_is_refused_by_a_module_that_takes_one_mask_per_case(model_fold
     assert recorder.told == [list(SUBSETS[0].present), None, list(SUBSETS[1].present), None]  # one case mask each
 
 
+def test_a_batch_out_of_memory_is_split_until_it_fits(model_folder):
+    from nnunet_missingmod.inference.predictor import MissingModalityPredictor
+    predictor = MissingModalityPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), (0,))
+    batch_sizes = []
+
+    def fits_four(module, args):  # a device with room for 4 copies of a tile
+        batch_sizes.append(args[0].shape[0])
+        if args[0].shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    predictor.network.register_forward_pre_hook(fits_four)
+    data = torch.randn((len(MODALITIES), 12, 14, 16), generator=torch.Generator().manual_seed(1))
+    batched = predictor.predict_preprocessed_subsets(data, SUBSETS)
+    # 15 fails, then 8 (and nnU-Net's retry with the logits in CPU memory), then 4 + 4; 7 fails, then 4 + 3
+    assert sorted(set(batch_sizes)) == [3, 4, 7, 8, 15]
+    for subset, logits in zip(SUBSETS, batched):
+        alone = predictor.predict_preprocessed(data, subset)
+        assert compare_segmentations(predictor.label_manager, alone, logits)[1] <= TIE
+
+
 def _write_case(images, labels, shape=(12, 12, 12)):
     images.mkdir()
     labels.mkdir()
@@ -163,3 +183,14 @@ def test_evaluate_batched_writes_the_per_subset_segmentations(model_folder, tmp_
     assert differing <= voxels // 1000
     t1, full = per_subset["T1/case00.nii.gz"], per_subset["T1+T1ce+T2+FLAIR/case00.nii.gz"]
     assert (t1 != full).sum() > t1.size // 1000 * len(per_subset)
+
+
+def test_a_subset_batch_below_one_is_one_clear_error(model_folder, tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    _write_case(images, labels)
+    code = main(["evaluate", "-i", str(images), "-l", str(labels), "-o", str(tmp_path / "out"), "-m", str(model_folder),
+                 "-f", "0", "-device", "cpu", "--subset-batch", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nnunet-missingmod evaluate: error: --subset-batch must be 1 (one sliding window per subset) or more, got 0"]
+    assert not (tmp_path / "out").exists()
