@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_missingmod.conversion.cli",
     "nnunet_missingmod.evaluation.cli",
     "nnunet_missingmod.demo.cli",
+    "nnunet_missingmod.export.cli",
 )
 
 

@@ -478,4 +478,3 @@ class MissingModalityPredictor(nnUNetPredictor):
         return convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
             return_probabilities=save_or_return_probabilities)
-

@@ -7,7 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, nnunet_env, run_command, train_model
+from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_command, train_model
+from export_helpers import check_slim_checkpoint, segmentation
+from nnunet_missingmod.cli import main
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.base import SamplingSettings
 from nnunet_missingmod.training.extra_modules import TEACHER
@@ -198,3 +200,13 @@ def test_nnunet_train_then_stock_and_missing_modality_prediction(nnunet_root, ti
     assert sidecar["subset"] == "T1ce+FLAIR" and sidecar["trainer"] == "MSTKDTrainer_small_debug"
     prediction = sitk.ReadImage(str(ours / "BraTS2021_00001.nii.gz"))
     assert prediction.GetSize() == sitk.ReadImage(str(images / "BraTS2021_00001_0001.nii.gz")).GetSize()
+
+    # nnunet-missingmod export: the student alone (no teacher, discriminator, optimisers), under our trainer's name
+    assert {"optimizer_state", CHECKPOINT_EXTRA_KEY} <= checkpoint.keys()
+    assert main(["export", str(trained_mstkd_model), str(tmp_path / "export"), "-f", "0"]) == 0
+    exported = tmp_path / "export" / DATASET_NAME / trained_mstkd_model.name
+    check_slim_checkpoint(exported, checkpoint, "MSTKDTrainer_small_debug")
+    run_command(["nnunet-missingmod", "predict", "-i", source, "-o", tmp_path / "from_export", "-m", exported,
+                 "-f", "0", "-device", "cpu", "--disable_tta"], nnunet_env(nnunet_root))
+    assert (segmentation(tmp_path / "from_export" / "BraTS2021_00001.nii.gz") ==
+            segmentation(ours / "BraTS2021_00001.nii.gz")).all()
