@@ -478,3 +478,4 @@ class MissingModalityPredictor(nnUNetPredictor):
         return convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
             return_probabilities=save_or_return_probabilities)
+
