@@ -134,7 +134,7 @@ def _disk_full_message(path: str, written: Sequence[str], needed_bytes: Optional
         earlier = os.path.getsize(path) if os.path.isfile(path) else 0
         needed_bytes = max(sum(sizes), earlier)
     needed = f"at least {human_size(needed_bytes)}" if needed_bytes else "more"
-    kept = "; the earlier file is kept" if os.path.isfile(path) else "; nothing was written"
+    kept = "; the earlier file is kept" if os.path.isfile(path) else f"; {os.path.basename(path)} was not written"
     return (f"disk full while writing {path}: {human_size(free_bytes(directory))} free on {directory}, {needed} "
             f"needed{kept}. Free some space (or write elsewhere) and run again")
 
@@ -261,6 +261,34 @@ def remove_stale_temporaries(folder: str) -> List[str]:
     return removed
 
 
+# ------------------------------------------------------------------------------------------------ output folders
+def check_writable_folder(folder: str, what: str, create: bool = True) -> None:
+    """Prove, before any work, that ``folder`` takes a new file by creating and removing one: a file of that name, a
+    read-only file system or a missing permission is one :class:`MissingModError` naming ``what`` and the folder.
+    An actual write, not ``os.access``: root passes that check on a folder that a read-only mount still refuses.
+    ``create``: make ``folder`` now; otherwise a folder that does not exist yet is left so, and the probe goes into
+    its nearest existing parent (where it will be created). The probe is named like a temporary of
+    :func:`atomic_outputs`, so one that a killed process left is removed by :func:`remove_stale_temporaries`."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MissingModError(f"{what} {folder} is a file, not a folder")
+    try:
+        if create:
+            os.makedirs(folder, exist_ok=True)
+        probed = os.path.abspath(folder)
+        while not os.path.exists(probed):
+            probed = os.path.dirname(probed)
+        if not os.path.isdir(probed):
+            raise MissingModError(f"{what} {folder}: {probed} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(dir=probed, prefix=f".write-probe.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        if _is_disk_full_error(e):
+            raise DiskFullError(f"{what} {folder}: the disk is full ({e.strerror}); free some space and run again") \
+                from None
+        raise MissingModError(f"{what} {folder} is not writable: {e.strerror or e}") from None
+
+
 # ------------------------------------------------------------------------------------------------- folder locks
 FOLDER_LOCK_NAME = ".nnunet-missingmod.lock"
 
@@ -283,7 +311,7 @@ def claim_folder(folder: str, command: str, part: Optional[Tuple[int, int]] = No
     The lock is an ``flock`` on a hidden file in the folder, so the kernel releases it when its process dies, for
     any reason; ``flock`` works on local disks and on NFS (Linux emulates it with NFS byte-range locks).
     """
-    os.makedirs(folder, exist_ok=True)
+    check_writable_folder(folder, "output folder")
     lock = os.path.join(folder, FOLDER_LOCK_NAME)
     if part is None:
         claim_lock(lock, command, f"{folder}")

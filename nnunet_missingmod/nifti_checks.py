@@ -55,12 +55,14 @@ def check_nifti_data(path: str, what: str = "") -> None:
     check_readable_file(path, what)
     if not str(path).endswith(NIFTI_ENDINGS):
         return
-    _read_nifti_data(path, what)
+    read_nifti_data(path, what)
 
 
-def _read_nifti_data(path: str, what: str = "") -> np.ndarray:
-    """The stored (scaled) voxels of a NIfTI file, after the checks of :func:`check_nifti_data`."""
+def read_nifti_data(path: str, what: str = "") -> np.ndarray:
+    """The stored (scaled) voxels of a NIfTI file in nibabel's axis order, after the checks of
+    :func:`check_nifti_data` (a broken link, a truncated file, NaN/Inf voxels, values beyond float32)."""
     import nibabel as nib
+    check_readable_file(path, what)
     prefix = f"{what}: " if what else ""
     try:
         data = np.asanyarray(nib.load(str(path)).dataobj)

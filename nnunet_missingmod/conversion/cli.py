@@ -25,6 +25,9 @@ def _convert(args) -> int:
     print(f"wrote {result.dataset_dir}: {result.num_training} training case(s) in imagesTr/labelsTr, "
           + (f"{len(result.held_out)} held-out labelled case(s) in imagesTs/labelsTs, " if result.held_out else "")
           + f"{result.num_test} unlabelled case(s) in imagesTs")
+    for case_id, sequences in result.blank_sequences.items():
+        print(f"warning: case {case_id}: {' and '.join(sequences)} {'is' if len(sequences) == 1 else 'are'} all zero "
+              f"in the source; converted as given (check the source if that is not intended)", file=sys.stderr)
     if result.missing_sequences:
         print(f"{len(result.missing_sequences)} case(s) with missing sequences written as zero images; "
               f"see {result.dataset_dir / REPORT_NAME}")

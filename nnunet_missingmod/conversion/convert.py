@@ -28,9 +28,10 @@ from nnunet_missingmod.conversion.formats import FORMATS, DatasetFormat, dataset
 from nnunet_missingmod.conversion.labels import to_nnunet_labels
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.atomic_io import (
-    DiskFullError, claim_lock, disk_full_reported, human_size, lock_is_held, process_is_gone, release_lock)
+    DiskFullError, check_writable_folder, claim_lock, disk_full_reported, human_size, lock_is_held, process_is_gone,
+    release_lock)
 from nnunet_missingmod.nifti_checks import (
-    GEOMETRY_ATOL, NIFTI_ENDINGS, broken_link_reason, check_nifti_data, error_reason, read_label_map)
+    GEOMETRY_ATOL, NIFTI_ENDINGS, broken_link_reason, error_reason, read_label_map, read_nifti_data)
 from nnunet_missingmod.modalities import MODALITIES, canonical_modality
 
 FILE_ENDING = ".nii.gz"
@@ -256,9 +257,21 @@ def read_geometry(path: Path) -> Geometry:
                     tuple(direction.ravel()), size[3] if dim == 4 else 1)
 
 
-def _case_problems(case: SourceCase, allow_missing: bool) -> Tuple[List[str], Optional[Geometry]]:
-    """Problems of one case (missing sequences, geometry mismatches) and its reference geometry."""
-    problems = []
+@dataclass
+class CaseCheck:
+    """What checking one case found (:func:`_check_case`)."""
+    problems: List[str] = field(default_factory=list)
+    geometry: Optional[Geometry] = None
+    """The geometry its files share (that of most of them when one differs); zero images get it."""
+    blank: List[str] = field(default_factory=list)
+    """Sequences whose image is all zero: converted as they are, with a warning."""
+
+
+def _check_case(case: SourceCase, allow_missing: bool) -> CaseCheck:
+    """Problems of one case (missing sequences, unreadable files, geometry mismatches), its geometry and its all-zero
+    sequences."""
+    check = CaseCheck()
+    problems = check.problems
     if case.missing and (not allow_missing or len(case.missing) == len(MODALITIES)):
         for m in case.missing:
             problems.append(f"case {case.case_id}: {m} is missing (expected {case.expected_names[m]!r})")
@@ -267,52 +280,102 @@ def _case_problems(case: SourceCase, allow_missing: bool) -> Tuple[List[str], Op
         problems.append(f"case {case.case_id}: no segmentation file but unrecognised file(s) "
                         f"{', '.join(case.unrecognised)}; rename or remove them")
     if len(case.missing) == len(MODALITIES):
-        return problems, None
-    reference_name, reference = None, None
-    sources = {}  # path -> role; an MSD 4-D file holds all four sequences and is read once
+        return check
+    sources: Dict[Path, Tuple[str, Optional[int]]] = {}  # path -> role; an MSD 4-D file holds all four, read once
     for modality, source in case.images.items():
         if source is not None:
             sources.setdefault(source.path, ("image" if source.channel is not None else modality, source.channel))
     if case.seg is not None:
         sources[case.seg] = ("segmentation", None)
+    geometries: Dict[Tuple[str, Path], Geometry] = {}  # (role, file) -> its geometry, in the order of the files
     for path, (name, channel) in sources.items():
         try:  # header checks cannot see a truncated file or NaN voxels, and SimpleITK reads both silently
-            check_nifti_data(str(path), f"case {case.case_id}")
+            data = read_nifti_data(str(path), f"case {case.case_id}")
         except MissingModError as e:
             problems.append(str(e))
             continue
+        check.blank += _blank_sequences(case, path, name, channel, data)
+        del data
         geometry = read_geometry(path)
         expected_channels = 1 if channel is None else len(MODALITIES)
         if geometry.channels != expected_channels:
             problems.append(f"case {case.case_id}: {name} file {str(path)!r} has {geometry.channels} channel(s); "
                             f"expected {'a 3-D image' if channel is None else f'a 4-D image with {expected_channels}'}")
-        if reference is None:
-            reference_name, reference = f"{name} file {str(path)!r}", geometry
-        elif not geometry.matches(reference):
-            problems.append(f"case {case.case_id}: geometry of {name} file {str(path)!r} ({geometry.describe()}) "
-                            f"differs from {reference_name} ({reference.describe()})")
-    return problems, reference
+        geometries[(name, path)] = geometry
+    check.geometry, mismatches = _shared_geometry(geometries)
+    problems += [f"case {case.case_id}: {m}" for m in mismatches]
+    return check
 
 
-def check_cases(cases: Sequence[SourceCase], allow_missing: bool, progress: bool = True) -> Dict[str, Geometry]:
-    """Check every case from its headers; raise one :class:`MissingModError` listing all problems.
+def _blank_sequences(case: SourceCase, path: Path, name: str, channel: Optional[int], data: np.ndarray) -> List[str]:
+    """The sequences of ``path`` (one, or each channel of an MSD 4-D image) whose voxels are all zero."""
+    if name == "segmentation":
+        return []
+    if channel is None:
+        return [name] if data.size and not np.any(data) else []
+    return [m for m, source in case.images.items()
+            if source is not None and source.path == path and data.ndim == 4 and source.channel < data.shape[3]
+            and not np.any(data[..., source.channel])]
 
-    Returns each case's reference geometry (used for the zero images of missing sequences).
-    """
+
+def _shared_geometry(geometries: Dict[Tuple[str, Path], Geometry]) -> Tuple[Optional[Geometry], List[str]]:
+    """The geometry of a case's files and the messages about those that differ. With three or more files the
+    odd one out is the file that disagrees with most of the others (a wrong T1 is named, not the three files
+    that agree); two files that differ are both named, as is every file when no geometry is shared by most."""
+    groups: List[List[Tuple[str, Path]]] = []  # files sharing a geometry, in the order first seen
+    for key, geometry in geometries.items():
+        group = next((g for g in groups if geometries[g[0]].matches(geometry)), None)
+        if group is None:
+            groups.append([key])
+        else:
+            group.append(key)
+    if not groups:
+        return None, []
+    if len(groups) == 1:
+        return geometries[groups[0][0]], []
+    largest = max(groups, key=len)
+    if len(largest) * 2 > len(geometries):  # a strict majority: the others are the odd ones out
+        shared = geometries[largest[0]]
+        agreeing = ", ".join(role for role, _ in largest)
+        return shared, [f"geometry of {_file_label(key)} ({geometries[key].describe()}) differs from that of the "
+                        f"other files ({agreeing}: {shared.describe()})" for group in groups if group is not largest
+                        for key in group]
+    described = "; ".join(f"{_file_label(key)}: {geometries[key].describe()}" for key in geometries)
+    return geometries[groups[0][0]], [f"the files do not share one geometry ({described})"]
+
+
+def _file_label(key: Tuple[str, Path]) -> str:
+    role, path = key
+    return f"{role} file {str(path)!r}"
+
+
+@dataclass
+class CheckedCases:
+    """What :func:`check_cases` found in cases that can be converted."""
+    geometries: Dict[str, Geometry]
+    """Each case's geometry (used for the zero images of missing sequences)."""
+    blank_sequences: Dict[str, List[str]]
+    """Case -> sequences whose image is all zero (converted as they are; the command warns)."""
+
+
+def check_cases(cases: Sequence[SourceCase], allow_missing: bool, progress: bool = True) -> CheckedCases:
+    """Check every case from its headers and voxels; raise one :class:`MissingModError` listing all problems."""
     from tqdm import tqdm
 
-    problems, geometries = [], {}
+    problems, geometries, blank = [], {}, {}
     for case in tqdm(cases, desc="checking cases", disable=not progress):
-        case_problems, geometry = _case_problems(case, allow_missing)
-        problems += case_problems
-        geometries[case.case_id] = geometry
+        check = _check_case(case, allow_missing)
+        problems += check.problems
+        geometries[case.case_id] = check.geometry
+        if check.blank:
+            blank[case.case_id] = check.blank
     if problems:
         shown = problems[:MAX_LISTED_PROBLEMS]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         hint = ("" if allow_missing or not any(" is missing " in p for p in problems) else
                 "\n(use --allow-missing to convert incomplete cases with zero images for absent sequences)")
         raise MissingModError(f"{len(problems)} problem(s) in the source data:\n  " + "\n  ".join(shown) + more + hint)
-    return geometries
+    return CheckedCases(geometries, blank)
 
 
 # ------------------------------------------------------------------------------------------------ target folder
@@ -522,6 +585,9 @@ class ConversionResult:
     already_done: bool = False
     held_out: List[str] = field(default_factory=list)
     """Labelled cases written to imagesTs/labelsTs (``--test-cases``)."""
+    blank_sequences: Dict[str, List[str]] = field(default_factory=dict)
+    """Case -> sequences whose source image is all zero, converted as they are (worth a look: an export gone
+    wrong?). Empty when the conversion was already done."""
 
 
 def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, name: Optional[str] = None,
@@ -540,7 +606,7 @@ def convert_dataset(format_key: str, source_dir: os.PathLike, dataset_id: int, n
     if keep_rc:
         dataset_json_labels(fmt.labels, keep_rc)  # raises early for formats without RC
     raw = nnunet_raw_dir()
-    raw.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(str(raw), "$nnUNet_raw")  # before the lock file, the first thing written there
     lock = _conversion_lock(raw, dataset_id)
     claim_lock(str(lock), "convert", f"dataset ID {dataset_id} in {raw}")
     try:
@@ -570,7 +636,7 @@ def _convert_locked(fmt: DatasetFormat, source: Path, dataset_id: int, dataset_n
         report = json.loads((target / REPORT_NAME).read_text())
         return ConversionResult(target, report["num_training"], report["num_test"], report["missing_sequences"],
                                 already_done=True, held_out=report.get("held_out_test_cases", []))
-    geometries = check_cases(cases, allow_missing, progress)
+    checked = check_cases(cases, allow_missing, progress)
     missing = {c.case_id: list(c.missing) for c in cases if c.missing}
     report = {"format": fmt.key, "source": str(source), "options": options, "fingerprint": fingerprint,
               "num_training": sum(c.labelled for c in cases) - len(held_out),
@@ -580,8 +646,8 @@ def _convert_locked(fmt: DatasetFormat, source: Path, dataset_id: int, dataset_n
     temp = raw / f".{folder_name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        _write_dataset(fmt, source, cases, geometries, temp, dataset_name, link, keep_rc, held_out, report, progress,
-                       _source_bytes(cases))
+        _write_dataset(fmt, source, cases, checked.geometries, temp, dataset_name, link, keep_rc, held_out, report,
+                       progress, _source_bytes(cases))
         try:
             os.rename(temp, target)
         except OSError:
@@ -592,7 +658,8 @@ def _convert_locked(fmt: DatasetFormat, source: Path, dataset_id: int, dataset_n
                             f"its source images; the partial conversion was removed)") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return ConversionResult(target, report["num_training"], report["num_test"], missing, held_out=held_out)
+    return ConversionResult(target, report["num_training"], report["num_test"], missing, held_out=held_out,
+                            blank_sequences=checked.blank_sequences)
 
 
 def _source_bytes(cases: Sequence[SourceCase]) -> int:

@@ -33,6 +33,8 @@ def score_settings_from_args(args: argparse.Namespace) -> ScoreSettings:
     for folder in (args.gt_dir, args.pred_dir):
         if not os.path.isdir(folder):
             raise MissingModError(f"not a folder: {folder}")
+    from nnunet_missingmod.atomic_io import check_writable_folder
+    check_writable_folder(scoring.output, "-o", create=False)  # now, not after the scoring work it would lose
     name = args.name if args.name is not None else os.path.basename(os.path.normpath(args.pred_dir))
     if not name.strip():
         raise MissingModError(f"--name must not be empty, got {args.name!r}")

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_missingmod.atomic_io import atomic_write_text, claim_folder, remove_stale_temporaries
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.faults import die_with_parent
 
 PARTS_FOLDER = "parts"
 MANIFEST_FORMAT = 1
@@ -185,7 +186,8 @@ def score_part_cases(out_dir: str, part_id: int, num_parts: int, labels_dir: str
         for job in jobs:
             save(*job, score_task(job[2]))
         return len(jobs)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent)  # no worker outlives a SIGKILLed evaluate
     try:
         futures = {pool.submit(score_task, job[2]): job for job in jobs}
         for future in as_completed(futures):

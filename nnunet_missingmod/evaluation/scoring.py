@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.faults import die_with_parent
 from nnunet_missingmod.nifti_checks import GEOMETRY_ATOL, read_label_map
 from nnunet_missingmod.evaluation.lesionwise import (
     DEFAULT_LESION_PROTOCOL, LESION_PROTOCOLS, LesionProtocol, LesionScore, lesionwise_scores)
@@ -302,7 +303,8 @@ def _run_jobs(jobs: Sequence[_CaseJob], regions: Mapping[str, Tuple[int, ...]], 
     if workers <= 1:
         task_results = [score_task(t) for t in tasks]
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent)  # no worker outlives a SIGKILLed score or evaluate
         try:
             task_results = list(pool.map(score_task, tasks))
         except BaseException:  # an error or SIGTERM (Terminated): the cases not yet started are not scored

@@ -118,6 +118,10 @@ class CaseReader:
                 image, props = reader.read_images([path])
             except Exception as e:  # nnU-Net's readers raise anything from RuntimeError to AssertionError
                 raise MissingModError(f"case {case.case_id}: cannot read {path}: {error_reason(e)}") from None
+            if image.shape[0] != 1:  # the reader makes the 4th axis channels; each sequence is one 3-D image
+                shape = tuple(image.shape[1:])[::-1] + (image.shape[0],)
+                raise MissingModError(f"case {case.case_id}: {path} is 4-D (shape {shape}, x, y, z, t); each "
+                                      f"sequence must be a 3-D image in a file of its own")
             n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
             if n_bad:
                 raise MissingModError(f"case {case.case_id}: {name} has {n_bad} NaN/Inf voxels")

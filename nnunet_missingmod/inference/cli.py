@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.inference.model_folder import (
@@ -12,21 +13,61 @@ from nnunet_missingmod.inference.model_folder import (
 
 
 def _predict(args) -> int:
+    from nnunet_missingmod.atomic_io import DiskFullError
     from nnunet_missingmod.faults import Terminated, sigterm_raises
+    run = _Run()
     with sigterm_raises():
         try:
-            return _predict_folder(args)
+            return _predict_folder(args, run)
         except Terminated as stop:
             done = len(getattr(stop, "results", []))
             remaining = getattr(stop, "remaining", None)
             print("predict: stopped by SIGTERM" + (f" after {done} case(s), {remaining} not predicted" if remaining
                                                      is not None else " before any case was predicted")
-                  + f"; every file in {args.o} is complete. Rerun with --continue_prediction to predict the rest",
-                  file=sys.stderr)
+                  + f"; every file in {args.o} is complete{run.unrecorded_note(args.o)}. Rerun with "
+                    f"--continue_prediction to predict the rest", file=sys.stderr)
             return Terminated.exit_code
+        except DiskFullError as e:
+            raise DiskFullError(f"{e}. {run.progress_note(args.o)}") from None
 
 
-def _predict_folder(args) -> int:
+@dataclass
+class _Run:
+    """What the messages after an interruption need to know of the run: the ending of its segmentations (known
+    once the model is loaded)."""
+    file_ending: Optional[str] = None
+
+    def _folder_state(self, folder: str) -> Tuple[int, List[str]]:
+        """(cases in ``folder`` with a segmentation and its sidecar, segmentations without a sidecar)."""
+        from nnunet_missingmod.inference.predictor import SIDECAR_SUFFIX
+        if self.file_ending is None or not os.path.isdir(folder):
+            return 0, []
+        names = set(os.listdir(folder))
+        segmentations = sorted(n for n in names if n.endswith(self.file_ending) and not n.startswith("."))
+        recorded = [n for n in segmentations if n[:-len(self.file_ending)] + SIDECAR_SUFFIX in names]
+        return len(recorded), [n for n in segmentations if n not in recorded]
+
+    def unrecorded_note(self, folder: str) -> str:
+        """A segmentation whose export finished while its sidecar was not written yet: complete, but the rerun
+        counts it as not predicted (it predicts it again), which the user should not mistake for a lost file."""
+        _, unrecorded = self._folder_state(folder)
+        if not unrecorded:
+            return ""
+        from nnunet_missingmod.inference.predictor import SIDECAR_SUFFIX
+        names = ", ".join(unrecorded[:3]) + (f" and {len(unrecorded) - 3} more" if len(unrecorded) > 3 else "")
+        return (f", but {names} {'has' if len(unrecorded) == 1 else 'have'} no {SIDECAR_SUFFIX} sidecar yet (the "
+                f"run stopped between the two files), so --continue_prediction predicts "
+                f"{'it' if len(unrecorded) == 1 else 'them'} again")
+
+    def progress_note(self, folder: str) -> str:
+        if self.file_ending is None:  # stopped before the model was loaded: no case of this run is written
+            return f"the complete cases in {folder} are kept: --continue_prediction predicts the rest"
+        complete, _ = self._folder_state(folder)
+        return (f"{complete} case(s) in {folder} are complete (segmentation and sidecar){self.unrecorded_note(folder)}"
+                f": --continue_prediction keeps them and predicts the rest")
+
+
+def _predict_folder(args, run: _Run) -> int:
     from nnunet_missingmod.atomic_io import claim_folder
     from nnunet_missingmod.modalities import parse_subset
     check_pipeline_arguments(args)
@@ -43,6 +84,7 @@ def _predict_folder(args) -> int:
     full_set_folder = resolve_full_set_model_folder(args.full_set_model, folds, args.chk)
     log = start_log(args.o, "predict", args.verbose, part)
     predictor = _predictor(args, device, model_folder, folds, log)
+    run.file_ending = predictor.dataset_json["file_ending"]
     if full_set_folder:
         predictor.use_full_set_model(_predictor(args, device, full_set_folder, folds, log))
     if not predictor.trained_for_missing_modalities:
@@ -66,7 +108,7 @@ def resolve_full_set_model_folder(folder: Optional[str], folds, checkpoint_name:
         return None
     if not os.path.isdir(folder):
         raise MissingModError(f"--full-set-model: model folder {folder} does not exist")
-    check_model_folder(folder, folds, checkpoint_name)
+    check_model_folder(folder, folds, checkpoint_name, what="--full-set-model: model folder")
     return folder
 
 

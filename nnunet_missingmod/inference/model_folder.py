@@ -8,10 +8,13 @@ model is loaded.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import zipfile
 from typing import List
 
 from nnunet_missingmod.errors import MissingModError
+from nnunet_missingmod.nifti_checks import error_reason
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 
@@ -99,17 +102,59 @@ def _with(args: argparse.Namespace, **changes) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **changes})
 
 
-def check_model_folder(folder: str, folds, checkpoint_name: str) -> None:
-    """One clear error, before any work, if the model folder lacks its plans, dataset.json or a fold's checkpoint."""
+def check_model_folder(folder: str, folds, checkpoint_name: str, what: str = "model folder") -> None:
+    """One clear error, before any work, if the model folder lacks its plans, dataset.json or a fold's checkpoint,
+    if a checkpoint is truncated, or if the model was not trained on all four sequences. ``what`` names the folder
+    in messages (e.g. ``"--full-set-model: model folder"``)."""
     for name in ("plans.json", "dataset.json"):
         if not os.path.isfile(os.path.join(folder, name)):
-            raise MissingModError(f"model folder {folder} has no {name}: not a trained nnU-Net model folder")
+            raise MissingModError(f"{what} {folder} has no {name}: not a trained nnU-Net model folder")
     missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint_name))]
     if missing:
         available = sorted(d.name for d in os.scandir(folder) if d.is_dir() and d.name.startswith("fold_")
                            and os.path.isfile(os.path.join(d.path, checkpoint_name)))
-        raise MissingModError(f"model folder {folder}: no {checkpoint_name} for fold(s) {', '.join(map(str, missing))}"
+        raise MissingModError(f"{what} {folder}: no {checkpoint_name} for fold(s) {', '.join(map(str, missing))}"
                               f" (folds with one: {', '.join(available) or 'none'}); choose folds with -f")
+    _check_channel_names(folder, what)
+    for fold in folds:
+        check_checkpoint_file(os.path.join(folder, f"fold_{fold}", checkpoint_name))
+
+
+def _check_channel_names(folder: str, what: str) -> None:
+    """Every model, ``--full-set-model`` included, reads the four sequences in an order its dataset.json names;
+    one trained on fewer (say T1ce and FLAIR only) is refused here, naming the folder, rather than by the
+    predictor after the networks are loaded."""
+    from nnunet_missingmod.modalities import modalities_from_channel_names
+    path = os.path.join(folder, "dataset.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            channel_names = json.load(f)["channel_names"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MissingModError(f"{what} {folder}: cannot read channel_names from {path}: {error_reason(e)}") \
+            from None
+    try:
+        modalities_from_channel_names(channel_names)
+    except MissingModError as e:
+        raise MissingModError(f"{what} {folder} cannot be used: {e} (models trained on fewer sequences are not "
+                              f"supported)") from None
+
+
+def check_checkpoint_file(path: str) -> None:
+    """A checkpoint that ``torch.save`` wrote (a zip archive) must be complete: a truncated one (a copy or a
+    download cut short) is one error naming it, not PyTorch's traceback from deep inside the model loading. The
+    archive's directory sits at its end, so reading it finds a cut without reading the weights."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if not start:
+        raise MissingModError(f"checkpoint {path} is empty")
+    if start != b"PK\x03\x04":  # not the zip format: an older torch.save's pickle; left to torch.load
+        return
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise MissingModError(f"checkpoint {path} is truncated or corrupt ({error_reason(e)}); copy it again "
+                              f"or retrain that fold") from None
 
 
 def parse_folds(folds) -> list:
