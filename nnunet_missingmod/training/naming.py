@@ -29,7 +29,7 @@ METHODS_ENV = "nnUNet_missingmod_methods"
 """Comma-separated importable packages of methods of your own (each with ``trainer`` and optionally ``ablations``
 modules), registered beside the built-in ones."""
 METHOD_PACKAGES = tuple(f"nnunet_missingmod.training.methods.{name}"
-                        for name in ("dropout", "selfdistill", "mstkd", "ccsd"))
+                        for name in ("dropout", "selfdistill", "mstkd", "ccsd", "demoseg"))
 METHOD_MODULES = ("trainer", "ablations")
 
 

@@ -10,6 +10,7 @@ import torch
 from nnunet_missingmod.training.base import MaskedBatch
 from nnunet_missingmod.training.methods.ccsd.ablations import CCSDTrainer_gradCriticality
 from nnunet_missingmod.training.methods.ccsd.trainer import CCSDTrainer_small
+from nnunet_missingmod.training.methods.demoseg.trainer import DeMoSegTrainer_small
 from nnunet_missingmod.training.methods.dropout.trainer import ModalityDropoutTrainer
 from nnunet_missingmod.training.methods.mstkd.ablations import MSTKDTrainer_content, MSTKDTrainer_frozenTeacher_small
 from nnunet_missingmod.training.methods.mstkd.losses import EVDLoss, GramStyleLoss
@@ -34,7 +35,7 @@ class _GradCriticalitySmall(CCSDTrainer_gradCriticality):
 # Every step that code paths of the default trainers take: dropout; MST-KD with all terms and the discriminator's
 # step, with the content MSE, with a frozen teacher; CCSD with the feature and the gradient criticality.
 TRAINERS = [ModalityDropoutTrainer, MSTKDTrainer_small, _ContentSmall, MSTKDTrainer_frozenTeacher_small,
-            CCSDTrainer_small, _GradCriticalitySmall]
+            CCSDTrainer_small, _GradCriticalitySmall, DeMoSegTrainer_small]
 
 # bfloat16 keeps 8 significant bits: each conv/linear output is rounded by up to 2^-9 (0.2%) relative, and a loss
 # (a mean over many voxels) averages these errors. Measured on the tiny plans: every term within 0.12% of the float32

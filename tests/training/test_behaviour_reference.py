@@ -283,9 +283,14 @@ def teacher_runs(nnunet_root, tiny_preprocessed, tmp_path_factory):
     return get
 
 
+# methods added after the reference was recorded (on the pre-refactor commit) have none; their own tests cover them
+ADDED_AFTER_REFERENCE = ("nnunet_missingmod.training.methods.demoseg.",)
+
+
 def test_the_reference_covers_every_hand_written_trainer():
     recorded = {trainer_class(n).__name__ for n in REFERENCE["trainers"]}  # raises for a trainer that is gone
-    existing = set(hand_written_trainer_names())
+    registry = trainer_registry()
+    existing = {n for n in hand_written_trainer_names() if not registry[n].__module__.startswith(ADDED_AFTER_REFERENCE)}
     assert recorded == existing, f"trainers without a reference: {sorted(existing - recorded)}"
 
 

@@ -67,6 +67,7 @@ def _worker(rank, world_size, port, nnunet_root, result_dir, trainer_names, stoc
 MODULES = {"TeacherDiscriminatorTrainer": {"network", "teacher", "discriminator"},
            "MSTKDTrainer_small": {"network", "teacher", "discriminator"},
            "CCSDTrainer_small": {"network"},
+           "DeMoSegTrainer_small": {"network"},
            "TwoPhaseDistillTrainer": {"network", "teacher"},
            "TwoPhaseDistillTrainer_presence": {"network", "teacher"},  # per-pattern tables: rows without gradient
            "TwoPhaseDistillTrainer_emaTeacher": {"network", "teacher"},

@@ -18,6 +18,8 @@ from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.base import MissingModalityTrainerBase, SamplingSettings
 from nnunet_missingmod.training.methods.ccsd import ablations as ccsd_ablations
 from nnunet_missingmod.training.methods.ccsd.trainer import CCSDTrainer
+from nnunet_missingmod.training.methods.demoseg import ablations as demoseg_ablations
+from nnunet_missingmod.training.methods.demoseg.trainer import DeMoSegTrainer
 from nnunet_missingmod.training.methods.dropout import ablations as dropout_ablations
 from nnunet_missingmod.training.methods.dropout.trainer import ModalityDropoutTrainer
 from nnunet_missingmod.training.methods.mstkd import ablations as mstkd_ablations
@@ -33,15 +35,17 @@ MAX_NAMES = 120  # nnU-Net's lookup imports every module of the trainer dir; the
 OPT_IN = {  # the trainers that have budget siblings (naming.with_budgets), and no other
     "FullSetTrainer", "ModalityDropoutTrainer", "ModalityDropoutTrainer_cardinality", "TwoPhaseDistillTrainer",
     "RobustifyTrainer", "MSTKDTrainer", "MSTKDTrainer_small", "MSTKDTrainer_vitSmall", "CCSDTrainer",
-    "CCSDTrainer_small"}
+    "CCSDTrainer_small", "DeMoSegTrainer", "DeMoSegTrainer_small"}
 TABLES = {  # each generated trainer's base -> its table
     ModalityDropoutTrainer: dropout_ablations.TABLE,
     TwoPhaseDistillTrainer: selfdistill_ablations.TWO_PHASE_TABLE,
     RobustifyTrainer: selfdistill_ablations.ROBUSTIFY_TABLE,
     MSTKDTrainer: mstkd_ablations.TABLE,
     CCSDTrainer: ccsd_ablations.TABLE,
+    DeMoSegTrainer: demoseg_ablations.TABLE,
 }
-ABLATION_MODULES = {m.__name__ for m in (dropout_ablations, selfdistill_ablations, mstkd_ablations, ccsd_ablations)}
+ABLATION_MODULES = {m.__name__ for m in (dropout_ablations, selfdistill_ablations, mstkd_ablations, ccsd_ablations,
+                                         demoseg_ablations)}
 
 
 def _cli_trainer_dir() -> str:

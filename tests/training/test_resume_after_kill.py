@@ -110,6 +110,12 @@ def test_killed_ccsd_run_resumes_where_it_was(nnunet_root, tiny_preprocessed, tm
 
 
 @pytest.mark.slow
+def test_killed_demoseg_run_resumes_where_it_was(nnunet_root, tiny_preprocessed, tmp_path):
+    _, resumed = kill_resume_and_compare(nnunet_root, tmp_path, "KillableDeMoSegTrainer")
+    assert len(resumed["logging"]["train_alignment"]) == 2
+
+
+@pytest.mark.slow
 def test_killed_two_phase_run_in_phase_2_resumes_with_its_teacher_snapshot(nnunet_root, tiny_preprocessed, tmp_path):
     latest, resumed = kill_resume_and_compare(nnunet_root, tmp_path, "KillableTwoPhaseDistillTrainer", kill_epoch=2)
     assert latest["missingmod_extra"]["method"]["teacher_snapshot_epoch"] == 1  # killed after the switch: phase 2

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nnunet_missingmod.training.methods.ccsd.trainer import CCSDTrainer_small
+from nnunet_missingmod.training.methods.demoseg.trainer import DeMoSegTrainer_small
 from nnunet_missingmod.training.methods.dropout.trainer import (
     ModalityDropoutTrainer, ModalityDropoutTrainer_cardinality)
 from nnunet_missingmod.training.methods.mstkd.trainer import MSTKDTrainer_small
@@ -90,6 +91,12 @@ class KillableCCSDTrainer(_KillableRun, CCSDTrainer_small):
     """CCSD: one shared-specific network; the level and the path are drawn from the subset sampler."""
 
     sampling = _seeded(CCSDTrainer_small.sampling)
+
+
+class KillableDeMoSegTrainer(_KillableRun, DeMoSegTrainer_small):
+    """DeMoSeg: the subsets drawn per sample are told to the network (RCR)."""
+
+    sampling = _seeded(DeMoSegTrainer_small.sampling)
 
 
 class KillableTwoPhaseDistillTrainer(_KillableRun, TwoPhaseDistillTrainer):
