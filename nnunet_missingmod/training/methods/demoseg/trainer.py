@@ -21,7 +21,8 @@ import torch
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.modalities import MODALITIES, modalities_from_channel_names
-from nnunet_missingmod.training.base import MaskedBatch, MissingModalityTrainerBase, StepResult, settings_config
+from nnunet_missingmod.training.base import (
+    MaskedBatch, MissingModalityTrainerBase, StepResult, TrainingRefused, dataset_json_path, settings_config)
 from nnunet_missingmod.training.extra_modules import unwrap_network
 from nnunet_missingmod.training.features import LOGITS
 from nnunet_missingmod.training.methods.demoseg.losses import mutual_self_alignment
@@ -82,9 +83,10 @@ class DeMoSegTrainer(MissingModalityTrainerBase):
         except MissingModError:
             modalities = MODALITIES  # not the four sequences: the base refuses it, naming the problem
         if tuple(modalities) != MODALITIES:  # before nnU-Net's __init__ writes anything
-            raise MissingModError(f"{type(self).__name__} needs the channels in the order {', '.join(MODALITIES)} "
-                                  f"(RCR lends features by sequence); dataset.json has {', '.join(modalities)}: "
-                                  f"convert the dataset with nnunet-missingmod convert")
+            raise TrainingRefused.announce(
+                f"{type(self).__name__} needs the channels in the order {', '.join(MODALITIES)} (RCR lends features "
+                f"by sequence); {dataset_json_path(plans)} has {', '.join(modalities)}: convert the dataset with "
+                f"nnunet-missingmod convert")
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     def missingmod_config(self) -> dict:

@@ -2,14 +2,15 @@
 told to the network trains every trainable parameter; the loss is nnU-Net's plus the weighted alignment; the channel
 order is checked; end to end through nnUNetv2_train, stock nnUNetv2_predict and our predict with a sequence missing."""
 import json
+import re
 
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, nnunet_env, plans_and_dataset_json, run_command, train_model
+from conftest import DATASET_ID, LABELS, model_folder_plans, nnunet_env, run_command, train_model
 from nnunet_missingmod.errors import MissingModError
-from nnunet_missingmod.training.base import MaskedBatch
+from nnunet_missingmod.training.base import MaskedBatch, TrainingRefused
 from nnunet_missingmod.training.methods.demoseg.ablations import DeMoSegTrainer_noAlign_small
 from nnunet_missingmod.training.methods.demoseg.network import PRESENT, CSSA
 from nnunet_missingmod.training.methods.demoseg.trainer import DeMoSegSettings, DeMoSegTrainer_small
@@ -26,13 +27,16 @@ def test_settings_refuse_a_bad_value_naming_the_setting_and_the_value(bad, messa
         DeMoSegSettings(**bad)
 
 
-def test_a_dataset_whose_channels_are_not_in_canonical_order_is_refused(nnunet_root, tiny_preprocessed):
-    plans, dataset_json = plans_and_dataset_json(nnunet_root)
-    plans["continue_training"] = False
-    dataset_json["channel_names"] = {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"}  # MSD's order
-    expected = "DeMoSegTrainer_small needs the channels in the order T1, T1ce, T2, FLAIR .*has FLAIR, T1, T1ce, T2"
-    with pytest.raises(MissingModError, match=expected):
+def test_a_dataset_whose_channels_are_not_in_canonical_order_is_refused_in_one_line(capsys):
+    plans = dict(model_folder_plans(), continue_training=False)
+    dataset_json = {"channel_names": {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"},  # MSD's order
+                    "labels": LABELS, "numTraining": 1, "file_ending": ".nii.gz"}
+    with pytest.raises(TrainingRefused) as refused:
         DeMoSegTrainer_small(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    assert refused.value.code == 2 and isinstance(refused.value, MissingModError)
+    assert re.match(r"DeMoSegTrainer_small needs the channels in the order T1, T1ce, T2, FLAIR .* has FLAIR, T1, "
+                    r"T1ce, T2: convert the dataset", str(refused.value))
+    assert capsys.readouterr().err == f"nnUNetv2_train: error: {refused.value}\n"  # one line
 
 
 def _masked_batch(trainer, subsets=(0, 9), seed=1):
