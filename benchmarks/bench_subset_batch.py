@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
+import io
 import json
 import os
 import shutil
@@ -64,7 +66,8 @@ def _logit_comparison(model: Path, images: Path, case: str, device: str, tta: bo
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
     from nnunet_missingmod.modalities import SUBSETS
     predictor = MissingModalityPredictor(use_mirroring=tta, device=torch.device(device), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), (0,))
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's messages while it finds the trainer
+        predictor.initialize_from_trained_model_folder(str(model), (0,))
     files = next(c for c in discover_cases(str(images), predictor.channel_modalities, ".nii.gz") if c.case_id == case)
     data = predictor.prepare_case(files).data
     alone = [predictor.predict_preprocessed(data, s) for s in SUBSETS]
@@ -148,7 +151,8 @@ def run(root: Path, tmp: Path, args) -> None:
     n_predictions = len(cases) * 15
     patch = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"]
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, device "
-          f"{args.device}; load average {load_start} -> {load_end}")
+          f"{args.device}, torch threads {torch.get_num_threads()} (evaluate's: every CPU); load average "
+          f"{load_start} -> {load_end}")
     if note:
         print(f"note: {note}")
     shape = tuple(reference[next(iter(reference))].shape)
