@@ -2,9 +2,10 @@
 
 Per model and case the images are read and preprocessed once; each subset then zeroes its absent channels in the
 preprocessed array (as the predictor does for a real missing file) and is predicted with nnU-Net's sliding window and
-exported to the original image space. The predictions are kept under ``OUT/predictions/<trainer>/<subset>/`` and
-scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported by
-:func:`nnunet_missingmod.evaluation.report.write_report`.
+exported to the original image space; ``--subset-batch K`` subsets share one sliding window, each tile's K masked
+copies going through the network as one batch. The predictions are kept under
+``OUT/predictions/<trainer>/<subset>/`` and scored with :mod:`nnunet_missingmod.evaluation.scoring`, then reported
+by :func:`nnunet_missingmod.evaluation.report.write_report`.
 
 With ``--full-set-model``, that model is evaluated like the others, and for each other (robust) model one more
 entry, ``<robust>+<full>_routed``, is scored without predicting anything again: its full-set predictions are the
