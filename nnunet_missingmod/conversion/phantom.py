@@ -139,12 +139,14 @@ def _tumour_centre(rng: np.random.Generator, anat: Anatomy, depth_mm: np.ndarray
     return candidates[rng.integers(len(candidates))].astype(np.float32)
 
 
-def _insert_tumour(rng: np.random.Generator, anat: Anatomy, with_rc: bool) -> Tuple[Dict[str, np.ndarray], str]:
+def _insert_tumour(rng: np.random.Generator, anat: Anatomy, with_rc: bool,
+                   kind: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], str]:
     """Boolean masks per tumour tissue (``NCR``, ``NET``, ``ED``, ``ET`` and ``RC``) and the tumour kind."""
     from scipy.ndimage import distance_transform_edt, gaussian_filter
 
     sp = anat.spacing
-    kind = str(rng.choice(TUMOUR_KINDS, p=_KIND_PROBABILITIES))
+    drawn = str(rng.choice(TUMOUR_KINDS, p=_KIND_PROBABILITIES))  # drawn even when forced: the rest stays the same
+    kind = drawn if kind is None else kind
     # Sizes in mm, but at least a few voxels so that every sub-region survives coarse test grids.
     r0 = rng.uniform(max(10.0, 3.0 * sp), max(25.0, 4.5 * sp))
     rim = max(rng.uniform(2.0, 5.0), 1.0 * sp)
@@ -236,12 +238,16 @@ class PhantomCase:
 
 
 def generate_case(seed: Union[int, Sequence[int]], spacing: float = DEFAULT_SPACING_MM, format_key: str = "brats2021",
-                  with_rc: Optional[bool] = None) -> PhantomCase:
+                  with_rc: Optional[bool] = None, kind: Optional[str] = None) -> PhantomCase:
     """Generate one case, deterministically from ``seed``.
 
     ``with_rc``: add a resection cavity (only for formats with an RC label); ``None`` = at random, in half of the
-    cases of such formats.
+    cases of such formats. ``kind``: one of :data:`TUMOUR_KINDS` (``no_enhancing``: no enhancing tumour); ``None`` =
+    at random (60/20/20 %). Forcing the kind that ``seed`` draws changes nothing; another kind keeps the tumour
+    core's position and shape.
     """
+    if kind is not None and kind not in TUMOUR_KINDS:
+        raise MissingModError(f"phantom tumour kind must be one of {', '.join(TUMOUR_KINDS)}, got {kind!r}")
     fmt = get_format(format_key)
     rng = np.random.default_rng(seed)
     anat = anatomy(float(spacing))
@@ -250,7 +256,7 @@ def generate_case(seed: Union[int, Sequence[int]], spacing: float = DEFAULT_SPAC
         raise MissingModError(f"format {fmt.key} has no resection cavity label")
     rc_draw = rng.random() < 0.5
     with_rc = has_rc_label and (rc_draw if with_rc is None else with_rc)
-    tissues, kind = _insert_tumour(rng, anat, with_rc)
+    tissues, kind = _insert_tumour(rng, anat, with_rc, kind)
     tumour = np.zeros(anat.shape, dtype=bool)
     for mask in tissues.values():
         tumour |= mask
@@ -329,14 +335,16 @@ def _write_partitioning_csvs(fmt: DatasetFormat, root: Path, case_ids: List[str]
 def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats2021",
                           spacing: float = DEFAULT_SPACING_MM, seed: int = 0, n_unlabelled: int = 0,
                           first_index: Optional[int] = None, extension: str = ".nii.gz", quirks: bool = True,
-                          progress: bool = True) -> Dict[str, PhantomCase]:
+                          progress: bool = True, kinds: Optional[Sequence[Optional[str]]] = None
+                          ) -> Dict[str, PhantomCase]:
     """Write ``n`` labelled and ``n_unlabelled`` image-only cases in the source layout of ``format_key``.
 
     ``out_dir`` becomes the folder that ``convert FORMAT out_dir ID`` reads: the case folders (inside HGG/LGG for
     2018/2019), or imagesTr/labelsTr/imagesTs and dataset.json for MSD. Case ``i`` uses the seed ``(seed, i)`` and
     the id ``case_name`` formatted with ``first_index + i`` (default: the format's first index).
     ``quirks``: reproduce known naming bugs (BraTS 2020 case 355's segmentation file). ``extension``: ``.nii.gz``
-    or ``.nii`` (BraTS 2019 ships both). Returns {case id: case}.
+    or ``.nii`` (BraTS 2019 ships both). ``kinds``: one tumour kind (or ``None``: at random) per case, labelled
+    first (:func:`generate_case`). Returns {case id: case}.
     """
     from tqdm import tqdm
 
@@ -349,6 +357,11 @@ def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats
         raise MissingModError(f"extension must be .nii.gz or .nii (MSD: .nii.gz), got {extension!r}")
     if first_index is not None and first_index < 0:
         raise MissingModError(f"first case index must be 0 or more, got {first_index}")
+    if kinds is not None and len(kinds) != n + n_unlabelled:
+        raise MissingModError(f"phantom kinds: need one per case ({n + n_unlabelled}), got {len(kinds)}")
+    for kind in kinds or ():
+        if kind is not None and kind not in TUMOUR_KINDS:
+            raise MissingModError(f"phantom tumour kind must be one of {', '.join(TUMOUR_KINDS)}, got {kind!r}")
     if out.exists() and any(out.iterdir()):
         raise MissingModError(f"phantom output folder {str(out)!r} is not empty")
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +370,7 @@ def write_phantom_dataset(out_dir: os.PathLike, n: int, format_key: str = "brats
     labelled_ids, unlabelled_ids = [], []
     for i in tqdm(range(n + n_unlabelled), desc=f"phantom {fmt.key}", disable=not progress):
         case_id = fmt.case_name.format(index=start + i)
-        case = generate_case((seed, i), spacing, fmt.key)
+        case = generate_case((seed, i), spacing, fmt.key, kind=None if kinds is None else kinds[i])
         labelled = i < n
         if fmt.is_msd:
             _write_msd_case(fmt, case, case_id, out, labelled)

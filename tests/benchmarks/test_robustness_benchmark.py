@@ -1,0 +1,203 @@
+"""benchmarks/robustness_benchmark.py end to end at toy size: ``ModalityDropoutTrainer_debug`` (2 iterations), two
+seeds, named twice (an identical pair), on the session's preprocessed tiny dataset (fold 0), evaluated by
+``evaluate`` on four generated held-out cases. Seed 0 is the session's ``trained_dropout_model``, placed where an
+interrupted run would have left it (so only seed 1 is trained here, and the rerun logic is exercised); the report's
+numbers are recomputed from evaluate's metrics.csv files, the identical pair's interval is exactly [0, 0], and the
+pairing code is checked on the two seeds as two different models."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import DATASET_ID, DATASET_NAME, PHANTOM_SPACING_MM, nnunet_env, run_command
+from nnunet_missingmod.evaluation.report import RecordTable, bootstrap_interval, read_metrics_csv
+from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPT = BENCHMARKS / "robustness_benchmark.py"
+TRAINER = "ModalityDropoutTrainer"
+TRAINERS = [TRAINER, TRAINER]  # the same models twice: reported as ModalityDropoutTrainer and ModalityDropoutTrainer#2
+TEST_CASES, SEEDS, RESAMPLES, FOLD = 4, 2, 2000, "0"
+VIEWS = ("full_set", "mean_over_subsets", "worst_subset")
+
+
+def load_script():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports machine.py from its folder
+    try:
+        spec = importlib.util.spec_from_file_location("robustness_benchmark", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def benchmark(out: Path, env: dict, *extra, expect_ok=True):
+    return run_command([sys.executable, SCRIPT, "--out", out, "--dataset-id", DATASET_ID, "--test-cases",
+                        TEST_CASES, "--budgets", "debug", "--seeds", SEEDS, "--trainers", *TRAINERS, "--jobs", 2,
+                        "--bootstrap", RESAMPLES, "--fold", FOLD, *extra], env, expect_ok=expect_ok)
+
+
+@pytest.fixture(scope="module")
+def run(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("robustness") / "out"
+    # what a run stopped after its first training leaves: the marker and seed 0's finished model
+    module = load_script()
+    out.mkdir()
+    settings = module.DataSettings(PHANTOM_SPACING_MM, 0, TEST_CASES, DATASET_ID, FOLD)
+    (out / module.MARKER).write_text(json.dumps(asdict(settings)))
+    seed0 = out / "results" / "seed_0" / DATASET_NAME / trained_dropout_model.name
+    shutil.copytree(trained_dropout_model, seed0)
+    started = time.monotonic()
+    result = benchmark(out, nnunet_env(nnunet_root))
+    print(f"\nrobustness benchmark (1 training, 2 evaluations): {time.monotonic() - started:.1f} s")
+    return out, result
+
+
+def test_heldout_kinds_have_at_least_a_fifth_without_et():
+    kinds = load_script().heldout_kinds
+    for n in range(1, 41):
+        k = kinds(n)
+        assert len(k) == n and k.count("no_enhancing") >= n / 5
+        assert set(k) <= {"no_enhancing", "classic", "no_necrosis"}
+    assert kinds(30).count("no_enhancing") == 6
+
+
+@pytest.mark.slow
+def test_heldout_set_generated_at_the_datasets_spacing(run):
+    out, _ = run
+    labels = sorted((out / "heldout_raw").glob("Dataset*/labelsTr/*.nii.gz"))
+    assert len(labels) == TEST_CASES
+    no_et = [p for p in labels if not (np.asarray(nib.load(p).dataobj) == 3).any()]  # converted: ET = 3
+    assert len(no_et) >= math.ceil(TEST_CASES / 5)
+    assert nib.load(labels[0]).header.get_zooms()[:3] == pytest.approx((PHANTOM_SPACING_MM,) * 3)
+    assert len(json.loads((out / "heldout_cases.json").read_text())) == TEST_CASES
+
+
+def seed_records(out: Path):
+    return [read_metrics_csv(str(out / "evaluation" / f"seed_{s}" / f"{TRAINER}_debug" / "metrics.csv"))
+            for s in range(SEEDS)]
+
+
+def per_case(records, region: str, view: str, metric: str = "dice"):
+    """case -> the view's value in one seed's records, computed here from the rows."""
+    values = {}
+    for r in records:
+        if r["region"] == region:
+            values.setdefault(r["case"], {})[r["subset"]] = r[metric]
+    assert all(set(v) == set(SUBSET_NAMES) for v in values.values())  # all 15 subsets evaluated
+    pick = {"full_set": lambda v: v[FULL_SET.name], "mean_over_subsets": lambda v: float(np.mean(list(v.values()))),
+            "worst_subset": lambda v: min(v.values())}[view]
+    return {case: pick(v) for case, v in values.items()}
+
+
+@pytest.mark.slow
+def test_only_the_missing_seed_was_trained(run):
+    out, result = run
+    assert "training: 1 run(s) to do" in result.stdout and "evaluation: 2 call(s) to do" in result.stdout
+    assert len(list((out / "results").glob("seed_*/*/*/fold_0/checkpoint_final.pth"))) == SEEDS
+
+
+@pytest.mark.slow
+def test_report_means_follow_from_evaluates_metrics(run):
+    out, _ = run
+    report = json.loads((out / "report.json").read_text())
+    seeds = seed_records(out)
+    for metric in ("dice", "lesion_dice"):
+        for view in VIEWS:
+            per_seed = [float(np.mean(list(per_case(rs, "WT", view, metric).values()))) for rs in seeds]
+            row = next(r for r in report["arms"] if r["trainer"] == TRAINER and r["region"] == "WT"
+                       and r["metric"] == metric and r["view"] == view)
+            assert row["per_seed"] == pytest.approx(per_seed)
+            assert row["sd"] == pytest.approx(float(np.std(per_seed, ddof=1)))
+            assert row["n_seeds"] == SEEDS
+
+
+@pytest.mark.slow
+def test_pairing_on_two_different_models(run):
+    """The report's pairing functions on the two seeds as two models: seed averaging, per-case differences, the
+    shared bootstrap interval and the ranking rule, against a computation from the rows."""
+    out, _ = run
+    module = load_script()
+    seeds = seed_records(out)
+    tables = [RecordTable(rs) for rs in seeds]
+    name = f"{TRAINER}_debug"
+    for view in VIEWS:
+        for region in ("WT", "ET"):
+            a, b = (per_case(rs, region, view) for rs in seeds)
+            averaged = module.seed_averaged(tables, name, region, "dice", view)
+            assert averaged == pytest.approx({c: (a[c] + b[c]) / 2 for c in a})
+            entry = module.pair_entry(module.per_case_view(tables[1], name, region, "dice", view),
+                                      module.per_case_view(tables[0], name, region, "dice", view), RESAMPLES,
+                                      ("seed 1", "seed 0"), view)
+            cases = sorted(a)
+            differences = np.array([b[c] - a[c] for c in cases])
+            assert [entry["per_case_difference"][c] for c in cases] == pytest.approx(list(differences))
+            assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(bootstrap_interval(differences, RESAMPLES))
+            assert entry["n_cases"] == TEST_CASES
+            excludes_zero = entry["ci_low"] > 0 or entry["ci_high"] < 0
+            assert (entry["ranking"] is not None) == excludes_zero
+
+
+@pytest.mark.slow
+def test_identical_pair_has_interval_zero(run):
+    out, _ = run
+    report = json.loads((out / "report.json").read_text())
+    assert {(p["model"], p["reference"]) for p in report["pairs"]} == {(f"{TRAINER}#2", TRAINER)}
+    assert len(report["pairs"]) == 3 * 2 * 3  # regions x (Dice, lesion-wise Dice) x views
+    for p in report["pairs"]:
+        assert (p["ci_low"], p["ci_high"], p["mean_difference"], p["ranking"]) == (0.0, 0.0, 0.0, None)
+        assert p["n_cases"] == TEST_CASES
+    with open(out / "report_pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(report["pairs"]) and {r["ci_low"] for r in rows} == {"0.0"}
+    markdown = (out / "report.md").read_text()
+    assert "95 % interval" in markdown and f"`{TRAINER}#2`" in markdown and "[+0.000, +0.000]" in markdown
+    assert "no ranking" in markdown
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_work(run, nnunet_root):
+    out, _ = run
+    before = (out / "report.json").read_text()
+    checkpoint = next((out / "results").glob("seed_0/*/*/fold_0/checkpoint_final.pth"))
+    stamp = checkpoint.stat().st_mtime_ns
+    result = benchmark(out, nnunet_env(nnunet_root))
+    assert "training: 0 run(s) to do" in result.stdout and "evaluation: 0 call(s) to do" in result.stdout
+    assert checkpoint.stat().st_mtime_ns == stamp
+    after = json.loads((out / "report.json").read_text())
+    assert after["pairs"] == json.loads(before)["pairs"]
+
+
+@pytest.mark.slow
+def test_bad_input_one_line_exit_2(run, nnunet_root, tmp_path):
+    out, _ = run
+    env = nnunet_env(nnunet_root)
+    other = benchmark(out, env, "--spacing", "5", expect_ok=False)  # the dataset is at 7 mm
+    assert other.returncode == 2 and other.stderr.strip().count("\n") == 0 and "7 mm" in other.stderr
+    missing = run_command([sys.executable, SCRIPT, "--out", tmp_path / "x", "--trainers", "NoSuchTrainer",
+                           "--budgets", "debug"], env, expect_ok=False)
+    assert missing.returncode == 2 and "NoSuchTrainer_debug" in missing.stderr
+    assert not (tmp_path / "x").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    refused = benchmark(foreign, env, expect_ok=False)
+    assert refused.returncode == 2 and "holds no benchmark.json" in refused.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    changed = benchmark(out, env, "--fold", "1", expect_ok=False)  # another fold into the same folder
+    assert changed.returncode == 2 and "holds a benchmark" in changed.stderr
+    assert not list((out / "results").glob("seed_0/*/*/fold_1"))
