@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from evaluation.test_routed import biased_copy, rows_by_entry
-from inference.test_cli import _cli, _write_case, _write_label
+from cli_helpers import run_cli, write_case, write_label
 
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.errors import MissingModError
@@ -163,12 +163,12 @@ def test_et_rule_errors_name_the_file(tmp_path, capsys):
 def test_evaluate_scores_the_rule_as_one_more_entry_without_predicting_again(tmp_path, model_folder):  # noqa: F811
     full = biased_copy(model_folder, tmp_path / "full", 50.0)  # predicts every voxel as enhancing tumour
     for i in range(2):
-        _write_case(tmp_path / "images", f"case_{i}", seed=i)
-        _write_label(tmp_path / "labels", f"case_{i}")
+        write_case(tmp_path / "images", f"case_{i}", seed=i)
+        write_label(tmp_path / "labels", f"case_{i}")
     # a threshold above the whole volume: every prediction's ET becomes necrosis
     save_et_rule(EtRule(1e6, 3, 2), str(tmp_path / "rule.json"))
     out = tmp_path / "eval"
-    result = _cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", full, "-f", "0",
+    result = run_cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", full, "-f", "0",
                   "--subsets", f"T1ce;{FULL_SET.name}", "-np", "1", "--disable_tta", "-device", "cpu",
                   "--et-rule", tmp_path / "rule.json", "-o", out)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from inference.test_cli import _cli, _write_case, _write_label
+from cli_helpers import run_cli, write_case, write_label
 
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.evaluation.scoring import RECORD_FIELDS
@@ -48,10 +48,10 @@ def test_routed_entry_scores_full_sets_of_the_full_set_model_and_the_rest_of_the
     robust = biased_copy(model_folder, tmp_path / "robust", -50.0)  # predicts nothing
     full = biased_copy(model_folder, tmp_path / "full", 50.0)  # predicts every voxel as enhancing tumour
     for i in range(2):
-        _write_case(tmp_path / "images", f"case_{i}", seed=i)
-        _write_label(tmp_path / "labels", f"case_{i}")
+        write_case(tmp_path / "images", f"case_{i}", seed=i)
+        write_label(tmp_path / "labels", f"case_{i}")
     out = tmp_path / "eval"
-    result = _cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", robust,
+    result = run_cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", robust,
                   "--full-set-model", full, "-f", "0", "--subsets", f"T1ce;T2+FLAIR;{FULL_SET.name}", "-np", "1",
                   "--disable_tta", "-device", "cpu", "-o", out)
     assert result.returncode == 0, result.stderr

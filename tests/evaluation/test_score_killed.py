@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
+from cli_helpers import process_running
 
 N_CASES, SHAPE = 8, (40, 40, 40)
 
@@ -46,14 +47,6 @@ def _has_scored(pid: int) -> bool:
         return False
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_sigkill_of_score_ends_its_scoring_workers(tmp_path):
     _write_labels(tmp_path / "gt", 0)
     _write_labels(tmp_path / "pred", 1)
@@ -74,12 +67,12 @@ def test_sigkill_of_score_ends_its_scoring_workers(tmp_path):
         score.send_signal(signal.SIGKILL)
         score.wait()
         deadline = time.monotonic() + 15
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        while any(process_running(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [p for p in workers if _running(p)] == [], "scoring workers outlived the killed score"
+        assert [p for p in workers if process_running(p)] == [], "scoring workers outlived the killed score"
     finally:
         for pid in workers:  # nothing may be left running (or stopped) after a failure
-            if _running(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
         score.kill()
         score.communicate()

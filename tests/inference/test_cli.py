@@ -2,46 +2,18 @@
 tiny U-Net saved the way nnUNetv2_train saves it (plans.json, dataset.json, fold_0/checkpoint_final.pth), loaded
 by nnU-Net's own initialize_from_trained_model_folder. Seconds instead of minutes."""
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import SHAPE_ZYX, TRAINER
+from conftest import TRAINER
+from cli_helpers import run_cli, write_case, write_label
 from presence_helpers import record_presence
 from nnunet_missingmod.cli import main
 from nnunet_missingmod.inference.discovery import discover_cases, restrict_to
 from nnunet_missingmod.modalities import MODALITIES, ModalitySubset, parse_subset
 
 NNUNET_CPU_NOTE = "perform_everything_on_device=True is only supported for cuda devices"  # nnU-Net prints this
-
-
-def _write_case(folder, case_id, modalities=MODALITIES, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for channel, modality in enumerate(MODALITIES):
-        if modality in modalities:
-            image = sitk.GetImageFromArray(rng.normal(100, 20, SHAPE_ZYX).astype(np.float32))
-            sitk.WriteImage(image, str(folder / f"{case_id}_{channel:04d}.nii.gz"))
-
-
-def _write_label(folder, case_id):
-    folder.mkdir(parents=True, exist_ok=True)
-    label = np.zeros(SHAPE_ZYX, np.uint8)
-    label[4:8, 4:9, 5:10] = 1
-    label[5:7, 5:8, 6:9] = 3
-    sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / f"{case_id}.nii.gz"))
-
-
-def _cli(*args):
-    """The real console command, in a subprocess (the terminal output is what is tested)."""
-    env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1")
-    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
 
 
 def _sidecar(folder, case_id) -> dict:
@@ -74,7 +46,7 @@ def test_device_defaults_to_auto_which_picks_what_this_machine_has(tmp_path):
 
 # ------------------------------------------------------------------------------------- one subset, no mutation
 def test_restrict_to_returns_a_new_case_and_keeps_what_it_left_out(tmp_path):
-    _write_case(tmp_path / "in", "case", ("T1", "T1ce", "FLAIR"))
+    write_case(tmp_path / "in", "case", ("T1", "T1ce", "FLAIR"))
     (case,) = discover_cases(str(tmp_path / "in"), MODALITIES)
     requested = parse_subset("t1c,T2")
     restricted = restrict_to(case, requested)
@@ -88,8 +60,8 @@ def test_restrict_to_returns_a_new_case_and_keeps_what_it_left_out(tmp_path):
 
 def test_the_requested_subset_reaches_the_network_as_one_mask(tmp_path, model_folder):
     from nnunet_missingmod.inference.predictor import MissingModalityPredictor
-    _write_case(tmp_path / "in", "case_a")
-    _write_case(tmp_path / "in", "case_b", ("T1", "T1ce"), seed=1)
+    write_case(tmp_path / "in", "case_a")
+    write_case(tmp_path / "in", "case_b", ("T1", "T1ce"), seed=1)
     predictor = MissingModalityPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), (0,))
     recorder = record_presence(predictor.network)
@@ -102,8 +74,8 @@ def test_the_requested_subset_reaches_the_network_as_one_mask(tmp_path, model_fo
 
 # ------------------------------------------------------------------------- messages and nnU-Net's own output
 def test_modalities_that_exclude_every_present_sequence_say_so(tmp_path, model_folder):
-    _write_case(tmp_path / "in", "case", ("T1", "FLAIR"))
-    result = _cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model_folder, "-f", "0",
+    write_case(tmp_path / "in", "case", ("T1", "FLAIR"))
+    result = run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model_folder, "-f", "0",
                   "--modalities", "T2", "-device", "cpu")
     assert result.returncode == 1
     error = _sidecar(tmp_path / "out", "case")["error"]
@@ -112,10 +84,10 @@ def test_modalities_that_exclude_every_present_sequence_say_so(tmp_path, model_f
 
 
 def test_predict_keeps_nnunet_output_in_a_log_and_shows_one_progress_bar(tmp_path, model_folder):
-    _write_case(tmp_path / "in", "case_a")
-    _write_case(tmp_path / "in", "case_b", ("T2",), seed=1)
+    write_case(tmp_path / "in", "case_a")
+    write_case(tmp_path / "in", "case_b", ("T2",), seed=1)
     out = tmp_path / "out"
-    result = _cli("predict", "-i", tmp_path / "in", "-o", out, "-m", model_folder, "-f", "0")
+    result = run_cli("predict", "-i", tmp_path / "in", "-o", out, "-m", model_folder, "-f", "0")
     assert result.returncode == 0, result.stderr
     terminal = result.stdout + result.stderr
     log = (out / "predict.log").read_text()
@@ -123,7 +95,7 @@ def test_predict_keeps_nnunet_output_in_a_log_and_shows_one_progress_bar(tmp_pat
     assert "case_a: T1+T1ce+T2+FLAIR" in result.stdout and "case_b: T2 (missing: T1, T1ce, FLAIR)" in result.stdout
     assert f"nnU-Net's messages in {out / 'predict.log'}" in result.stdout
     assert "\x1b[A" not in terminal  # no nested progress bars
-    verbose = _cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "verbose", "-m", model_folder, "-f", "0",
+    verbose = run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "verbose", "-m", model_folder, "-f", "0",
                    "--verbose")
     assert verbose.returncode == 0, verbose.stderr
     assert NNUNET_CPU_NOTE in verbose.stdout + verbose.stderr
@@ -132,10 +104,10 @@ def test_predict_keeps_nnunet_output_in_a_log_and_shows_one_progress_bar(tmp_pat
 
 def test_evaluate_keeps_nnunet_output_in_a_log(tmp_path, model_folder):
     for i in range(2):
-        _write_case(tmp_path / "images", f"case_{i}", seed=i)
-        _write_label(tmp_path / "labels", f"case_{i}")
+        write_case(tmp_path / "images", f"case_{i}", seed=i)
+        write_label(tmp_path / "labels", f"case_{i}")
     out = tmp_path / "eval"
-    result = _cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", model_folder, "-f", "0",
+    result = run_cli("evaluate", "-i", tmp_path / "images", "-l", tmp_path / "labels", "-m", model_folder, "-f", "0",
                   "--subsets", "T1ce;T1+T1ce+T2+FLAIR", "-np", "1", "-o", out)
     assert result.returncode == 0, result.stderr
     terminal = result.stdout + result.stderr

@@ -3,57 +3,19 @@ processes on the untrained tiny model of test_cli (seconds, not minutes)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_helpers import start_predict, wait_for, write_predict_cases
 from fs_helpers import fill, small_filesystem
 
 from nnunet_missingmod.atomic_io import DiskFullError
 from nnunet_missingmod.faults import OutOfMemory
-from nnunet_missingmod.modalities import MODALITIES
 
 N_CASES = 6
-# The first sidecar appears once case 0's export is collected, while predict works on case 3 or 4 (the export
-# worker starts behind the predictions): the cases from case 2 on are large, so that the run is stopped (SIGSTOP,
-# then SIGTERM) before its last case is recorded even when this test's process is slow to notice the sidecar.
-SMALL_SHAPE, LARGE_SHAPE = (20, 20, 20), (28, 28, 28)  # 64 and 216 patches of 8^3
-
-
-def _write_cases(folder, n, shape=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        case_shape = shape or (SMALL_SHAPE if i < 2 else LARGE_SHAPE)
-        for channel in range(len(MODALITIES)):
-            image = sitk.GetImageFromArray(rng.normal(100, 20, case_shape).astype(np.float32))
-            sitk.WriteImage(image, str(folder / f"case{i:02d}_{channel:04d}.nii.gz"))
-
-
-def _predict(inputs, out, model, *extra, wait=True):
-    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
-    args = [exe, "predict", "-i", str(inputs), "-o", str(out), "-m", str(model), "-f", "0", "-device", "cpu",
-            "--disable_tta", "--disable_progress_bar", *extra]
-    env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if wait:
-        process.stdout_text, process.stderr_text = process.communicate(timeout=600)
-    return process
-
-
-def _wait_for(condition, process, seconds=300):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
-
-
 def _outputs(folder):
     return {p.name: (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) if p.name.endswith(".nii.gz")
                      else json.loads(p.read_text()))
@@ -62,20 +24,20 @@ def _outputs(folder):
 
 def test_sigterm_leaves_only_complete_cases_and_continue_prediction_finishes_identically(tmp_path, model_folder):  # noqa: F811
     inputs = tmp_path / "in"
-    _write_cases(inputs, N_CASES)
-    reference = _predict(inputs, tmp_path / "reference", model_folder)
+    write_predict_cases(inputs, N_CASES)
+    reference = start_predict(inputs, tmp_path / "reference", model_folder)
     assert reference.returncode == 0, reference.stderr_text
 
     out = tmp_path / "out"
     # the default a user gets: background preprocessing and export (the tests' environment defaults to none)
-    first = _predict(inputs, out, model_folder, "-npp", "1", "-nps", "1", wait=False)
-    _wait_for(lambda: list(out.glob("*.modalities.json")), first)
+    first = start_predict(inputs, out, model_folder, "-npp", "1", "-nps", "1", wait=False)
+    wait_for(lambda: list(out.glob("*.modalities.json")), first)
     # frozen at its first recorded case, the run still holds the folder: nothing it does depends on how long the
     # second job takes to start
     first.send_signal(signal.SIGSTOP)
     try:
         assert first.poll() is None, "the first run ended before it could be stopped: make the cases larger"
-        second = _predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
+        second = start_predict(inputs, out, model_folder)  # a second job on the same folder, by mistake
     finally:
         first.send_signal(signal.SIGTERM)  # delivered when it continues
         first.send_signal(signal.SIGCONT)
@@ -96,7 +58,7 @@ def test_sigterm_leaves_only_complete_cases_and_continue_prediction_finishes_ide
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))),
                               sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "reference" / name))))
 
-    rest = _predict(inputs, out, model_folder, "--continue_prediction")
+    rest = start_predict(inputs, out, model_folder, "--continue_prediction")
     assert rest.returncode == 0, rest.stderr_text
     finished, expected = _outputs(out), _outputs(tmp_path / "reference")
     assert finished.keys() == expected.keys() and len(finished) == 2 * N_CASES
@@ -116,7 +78,7 @@ def _predictor(model):
 
 def test_a_full_disk_stops_predict_naming_the_file_and_keeps_the_earlier_result(tmp_path, model_folder):  # noqa: F811
     inputs = tmp_path / "in"
-    _write_cases(inputs, 2, shape=(24, 24, 24))
+    write_predict_cases(inputs, 2, shape=(24, 24, 24))
     predictor = _predictor(model_folder)
     with small_filesystem(tmp_path / "small", size_kb=1024) as small:
         out = small / "out"
@@ -138,7 +100,7 @@ class OutOfMemoryNetwork(torch.nn.Module):
 
 def test_running_out_of_gpu_memory_is_one_message_with_the_fixes(tmp_path, model_folder):  # noqa: F811
     inputs = tmp_path / "in"
-    _write_cases(inputs, 1, shape=(12, 12, 12))
+    write_predict_cases(inputs, 1, shape=(12, 12, 12))
     predictor = _predictor(model_folder)
     predictor.network = OutOfMemoryNetwork()
     predictor.list_of_parameters = [{}]  # its (empty) state dict, loaded per fold by nnU-Net

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from .test_interrupted import _predict, _wait_for, _write_cases
+from cli_helpers import process_running, start_predict, wait_for, write_predict_cases
 
 N_CASES = 6
 
@@ -30,45 +30,37 @@ def _descendants(pid: int) -> set:
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _segmentations(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.nii.gz"))}
 
 
 def test_sigkill_ends_the_workers_and_continue_prediction_is_not_blocked(tmp_path, model_folder):  # noqa: F811
     inputs = tmp_path / "in"
-    _write_cases(inputs, N_CASES)
-    reference = _predict(inputs, tmp_path / "reference", model_folder)
+    write_predict_cases(inputs, N_CASES)
+    reference = start_predict(inputs, tmp_path / "reference", model_folder)
     assert reference.returncode == 0, reference.stderr_text
 
     out = tmp_path / "out"
-    first = _predict(inputs, out, model_folder, "-npp", "2", "-nps", "2", wait=False)
+    first = start_predict(inputs, out, model_folder, "-npp", "2", "-nps", "2", wait=False)
     workers = set()
     try:
-        _wait_for(lambda: list(out.glob("*.modalities.json")) or list(out.glob("*.nii.gz")), first)
+        wait_for(lambda: list(out.glob("*.modalities.json")) or list(out.glob("*.nii.gz")), first)
         workers = _descendants(first.pid)
         assert len(workers) >= 3, "predict runs without its background workers"  # manager, preprocessing, export
         first.send_signal(signal.SIGKILL)
         first.wait()
         deadline = time.monotonic() + 15
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        while any(process_running(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [p for p in workers if _running(p)] == [], "worker processes outlived the killed predict"
+        assert [p for p in workers if process_running(p)] == [], "worker processes outlived the killed predict"
     finally:
         for pid in _descendants(first.pid) | workers:  # nothing may be left running after a failure
-            if _running(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
         first.kill()
         first.communicate()
 
-    second = _predict(inputs, out, model_folder, "-npp", "2", "-nps", "2", "--continue_prediction")
+    second = start_predict(inputs, out, model_folder, "-npp", "2", "-nps", "2", "--continue_prediction")
     assert second.returncode == 0, second.stderr_text
     expected, got = _segmentations(tmp_path / "reference"), _segmentations(out)
     assert sorted(got) == sorted(expected) and len(got) == N_CASES

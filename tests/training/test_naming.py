@@ -302,6 +302,11 @@ def test_non_editable_install_ships_the_shim_and_nnunet_finds_it(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "nnunet_missingmod/ext_trainers/nnunet_missingmod_trainers.py" in names
     assert not any(n.startswith("trainers/") for n in names)
+    # every module of the checkout is in the wheel (pyproject lists the packages: a new one missing there would only
+    # fail where the package is installed, never with the checkout on the path)
+    package = Path(source) / "nnunet_missingmod"
+    modules = {str(p.relative_to(package.parent)) for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules - set(names) == set()
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     script = (
