@@ -481,6 +481,9 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
         f"and a 95 % percentile bootstrap interval of its mean over cases ({report['n_resamples']} resamples, "
         "evaluate's bootstrap_interval); **a ranking only where the interval excludes 0**",
         f"- written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}", ""]
+    if len(cases) < 10:
+        lines[-1:-1] = [f"- **only {len(cases)} held-out cases**: too few for a percentile bootstrap interval to be "
+                        "trusted; this run checks the pipeline, not the trainers"]
     arms = report["arms"]
     metrics = list(dict.fromkeys(r["metric"] for r in arms))
     for budget in args.budgets:
