@@ -211,10 +211,17 @@ class Benchmark:
         return TRAIN_DATASET_ID if self.args.dataset_id is None else self.args.dataset_id
 
     def dataset_name(self) -> str:
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         if self.args.dataset_id is None:
             return f"Dataset{TRAIN_DATASET_ID:03d}_{TRAIN_DATASET_NAME}"
-        return maybe_convert_to_dataset_name(self.dataset_id)  # reads $nnUNet_raw/$nnUNet_preprocessed
+        # the folder in $nnUNet_preprocessed (training needs it there), as nnU-Net's own lookup finds it
+        found = sorted(p.name for p in self.preprocessed.glob(f"Dataset{self.dataset_id:03d}_*") if p.is_dir())
+        if len(found) != 1:
+            listed = ", ".join(found) or "none"
+            raise MissingModError(f"--dataset-id {self.dataset_id}: {len(found)} folders "
+                                  f"Dataset{self.dataset_id:03d}_* in {self.preprocessed} ({listed}); plan and "
+                                  f"preprocess it first (nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c "
+                                  f"{CONFIGURATION})")
+        return found[0]
 
     def trainers(self) -> List[str]:
         """Distinct trainers, in the order given."""

@@ -182,22 +182,31 @@ def test_rerun_skips_finished_work(run, nnunet_root):
     assert after["pairs"] == json.loads(before)["pairs"]
 
 
+def main_in_process(capsys, out: Path, *extra, toy=True):
+    """The script's ``main`` in this process (no interpreter start): its exit code and stderr."""
+    toy_args = ["--dataset-id", DATASET_ID, "--test-cases", TEST_CASES, "--budgets", "debug", "--seeds", SEEDS,
+                "--trainers", *TRAINERS, "--fold", FOLD] if toy else []
+    code = load_script().main([str(a) for a in ["--out", out, *toy_args, *extra]])
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_bad_input_one_line_exit_2(run, nnunet_root, tmp_path):
+def test_bad_input_one_line_exit_2(run, capsys, tmp_path):
     out, _ = run
-    env = nnunet_env(nnunet_root)
-    other = benchmark(out, env, "--spacing", "5", expect_ok=False)  # the dataset is at 7 mm
-    assert other.returncode == 2 and other.stderr.strip().count("\n") == 0 and "7 mm" in other.stderr
-    missing = run_command([sys.executable, SCRIPT, "--out", tmp_path / "x", "--trainers", "NoSuchTrainer",
-                           "--budgets", "debug"], env, expect_ok=False)
-    assert missing.returncode == 2 and "NoSuchTrainer_debug" in missing.stderr
+    code, err = main_in_process(capsys, out, "--spacing", "5")  # the dataset is at 7 mm
+    assert code == 2 and err.strip().count("\n") == 0 and "dataset 901 has 7 mm" in err
+    code, err = main_in_process(capsys, tmp_path / "x", "--trainers", "NoSuchTrainer", "--budgets", "debug",
+                                toy=False)
+    assert code == 2 and "NoSuchTrainer_debug" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "x").exists()
+    code, err = main_in_process(capsys, tmp_path / "y", "--dataset-id", "999")  # never preprocessed
+    assert code == 2 and "0 folders Dataset999_*" in err and not (tmp_path / "y").exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    refused = benchmark(foreign, env, expect_ok=False)
-    assert refused.returncode == 2 and "holds no benchmark.json" in refused.stderr
+    code, err = main_in_process(capsys, foreign)
+    assert code == 2 and "holds no benchmark.json" in err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
-    changed = benchmark(out, env, "--fold", "1", expect_ok=False)  # another fold into the same folder
-    assert changed.returncode == 2 and "holds a benchmark" in changed.stderr
+    code, err = main_in_process(capsys, out, "--fold", "1")  # another fold into the same folder
+    assert code == 2 and "holds a benchmark" in err
     assert not list((out / "results").glob("seed_0/*/*/fold_1"))
