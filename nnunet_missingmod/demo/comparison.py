@@ -61,7 +61,11 @@ def build_comparison(columns: Sequence[str], summaries: Sequence[Mapping[str, An
                   f"'{BEST_MARK}' marks the best trainer per row (ties share it)",
                   "15-subset mean: each case's mean over the 15 modality subsets, averaged over cases",
                   "mean Dice, k sequences: mean over the subsets with k sequences of the per-subset means",
-                  "AURC: area under the mean Dice over 1..4 sequences, divided by 3"],
+                  "AURC: area under the mean Dice over 1..4 sequences, divided by 3",
+                  f"one training run per trainer, scored on {len(summaries[0]['cases'])} held-out cases: a "
+                  "difference of a few hundredths can come from the run alone (one voxel of a small enhancing "
+                  "tumour moves ET); to rank trainers use benchmarks/robustness_benchmark.py (docs/benchmarks.md, "
+                  "'Robustness benchmark that can rank': 30 held-out cases, seeds, paired intervals)"],
     }
 
 

@@ -47,6 +47,10 @@ def test_rows_hold_each_models_figures_and_mark_the_best(summaries, tmp_path):
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = comparison.comparison_text(result)
     assert "0.900*" in text and "0.850*" in text  # the terminal marks the best with '*'
+    # a user reading one run on two cases is told what it can and cannot rank, and where to rank
+    for shown in (text, markdown):
+        assert "one training run per trainer, scored on 2 held-out cases" in shown
+        assert "benchmarks/robustness_benchmark.py" in shown
 
 
 def test_a_failed_plot_keeps_the_previous_one_and_leaves_no_partial_file(summaries, tmp_path, monkeypatch):
