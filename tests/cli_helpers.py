@@ -2,10 +2,12 @@
 and label maps for it, and the processes it starts (``/proc``)."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +22,27 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     """The real console command, in a subprocess (the terminal output is what is tested)."""
     env = dict(os.environ, nnUNet_compile="f", OMP_NUM_THREADS="1")
     return subprocess.run([COMMAND, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def run_in_process(args, env: dict) -> subprocess.CompletedProcess:
+    """The console command's ``main`` in this process (no torch import per call), with ``env`` as the environment
+    for the call, what it prints captured, and the result shaped as a subprocess's."""
+    from nnunet_missingmod.cli import main
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse: usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["nnunet-missingmod", *map(str, args)], code, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def start_predict(inputs, out, model, *extra, wait=True) -> subprocess.Popen:

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_helpers import run_in_process
 
 
 SHAPE_ZYX = (14, 16, 18)
@@ -126,5 +127,7 @@ def test_parts_and_continue_prediction_with_background_processes(inputs, model_f
 
 @pytest.mark.parametrize("flag", ["-npp", "-nps"])
 def test_a_negative_process_count_is_one_clear_error(inputs, model_folder, tmp_path, flag):  # noqa: F811
-    result = _predict(inputs, tmp_path / "out", model_folder, flag, "-1")
+    result = run_in_process(["predict", "-i", inputs, "-o", tmp_path / "out", "-m", model_folder, "-f", "0",
+                             "-device", "cpu", flag, "-1"], dict(os.environ, nnUNet_compile="f"))
     assert result.returncode == 2 and f"{flag} must be 0" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -241,8 +241,9 @@ def test_nnunet_lookup_through_the_cli_trainer_dir_resolves_every_trainer_to_our
         assert found is cls, name
         assert found.__module__.startswith("nnunet_missingmod."), name
         assert pickle.loads(pickle.dumps(found)) is found
-        # a second lookup (nnU-Net's training and its predictor each look the class up) finds the same class object
-        assert recursive_find_trainer_class_by_name(name) is found
+    # a second lookup (nnU-Net's training and its predictor each look the class up) finds the same class object
+    # (one name: each lookup walks nnU-Net's package tree again)
+    assert recursive_find_trainer_class_by_name(name) is found
 
 
 def test_lookup_fails_clearly_without_the_environment_variable(monkeypatch):
