@@ -514,6 +514,7 @@ def _busy_message(lock_path: str, what: str) -> str:
 
 
 @atexit.register
-def _release_all_locks() -> None:
+def release_all_locks() -> None:
+    """What this process's exit does to its locks (registered with atexit); also for a command run in-process."""
     for key in list(_held_locks):
         release_lock(key)

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from conftest import SHAPE_ZYX
 
+from nnunet_missingmod.atomic_io import release_all_locks
 from nnunet_missingmod.modalities import MODALITIES
 
 COMMAND = os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod")
@@ -41,6 +42,7 @@ def run_in_process(args, env: dict) -> subprocess.CompletedProcess:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        release_all_locks()  # what the command's process would do when it exits
     return subprocess.CompletedProcess(["nnunet-missingmod", *map(str, args)], code, stdout.getvalue(),
                                        stderr.getvalue())
 

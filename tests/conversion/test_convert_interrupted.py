@@ -91,12 +91,14 @@ def test_a_second_convert_is_refused_and_a_killed_ones_folder_is_removed_by_the_
     first.kill()  # SIGKILL: nothing of ours runs, the temporary folder stays
     first.communicate()
     assert temp.is_dir()
+    # the same ID again (a small source: the point is the killed run's folder and lock, not the conversion); the
+    # next convert of another ID removes such a folder too (test_only_folders_of_processes_that_are_gone_are_removed)
     small, _ = tmp_path / "small", write_phantom_dataset(tmp_path / "small", 1, "brats2019", progress=False)
-    other = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod"), "convert",
-                            "brats2019", str(small), "953"], env=_env(raw), capture_output=True, text=True)
-    assert other.returncode == 0, other.stderr
-    assert f"removed {temp}, left by a conversion that was killed (process {first.pid} is gone)" in other.stdout
-    assert not temp.exists() and [p.name for p in raw.iterdir()] == ["Dataset953_BraTS2019"]
+    again = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnunet-missingmod"), "convert",
+                            "brats2019", str(small), "952"], env=_env(raw), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"removed {temp}, left by a conversion that was killed (process {first.pid} is gone)" in again.stdout
+    assert not temp.exists() and sorted(p.name for p in raw.iterdir()) == ["Dataset952_BraTS2019"]
 
 
 def test_a_full_disk_stops_convert_and_labels_back_with_nothing_partial_left(tmp_path, monkeypatch):
@@ -126,20 +128,6 @@ def test_a_full_disk_stops_convert_and_labels_back_with_nothing_partial_left(tmp
             convert_labels_back("brats2019", predictions, out, progress=False)
         assert (out / "case0.nii.gz").read_bytes() == b"earlier result"
         assert [p.name for p in out.iterdir()] == ["case0.nii.gz"]
-
-
-def test_a_killed_conversions_folder_is_removed_by_the_next_convert_of_the_same_id(tmp_path, slow_source):
-    raw = tmp_path / "raw"
-    first = _start_convert(slow_source, raw, 955)
-    temp = _wait_for_temporary_folder(raw, first)
-    first.kill()  # SIGKILL: the temporary folder stays
-    first.communicate()
-    assert temp.is_dir()
-    again = _start_convert(slow_source, raw, 955)  # the same ID: this run holds the ID's lock itself
-    out, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
-    assert f"removed {temp}, left by a conversion that was killed (process {first.pid} is gone)" in out
-    assert sorted(p.name for p in raw.iterdir()) == ["Dataset955_BraTS2019"]
 
 
 def test_only_folders_of_processes_that_are_gone_are_removed(tmp_path):

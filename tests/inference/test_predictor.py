@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from cli_helpers import run_in_process
 from conftest import DATASET_ID, nnunet_env, run_command
 from presence_helpers import record_presence
 
@@ -15,8 +16,12 @@ RAW_SUFFIX = {"T1": "_0000", "T1ce": "_0001", "T2": "_0002", "FLAIR": "_0003"}
 
 
 def _cli(nnunet_root, *args, expect_ok=True):
-    return run_command(["nnunet-missingmod", "predict", *args, "-device", "cpu", "--disable_tta"],
-                       nnunet_env(nnunet_root), expect_ok=expect_ok)
+    """``nnunet-missingmod predict`` in this process (the console command's own ``main``)."""
+    result = run_in_process(["predict", *args, "-device", "cpu", "--disable_tta"], nnunet_env(nnunet_root))
+    if expect_ok:
+        assert result.returncode == 0, f"predict failed ({result.returncode}):\n{result.stdout[-4000:]}\n" \
+                                       f"{result.stderr[-6000:]}"
+    return result
 
 
 def _model_args():
