@@ -31,6 +31,7 @@ def sigterm_raises() -> Iterator[None]:
     no clean-up). The previous handler is restored afterwards."""
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        quiet_lost_hand_overs()
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -38,6 +39,39 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def quiet_lost_hand_overs() -> None:
+    """Let multiprocessing's ``resource_sharer`` thread, which hands a tensor's file descriptor to another process,
+    lose its connection without a traceback: when one side of a worker pipeline ends (SIGTERM, or a worker dying with
+    its parent) the other side's hand-over is cut mid-way, which is expected and not an error to print. That thread
+    reports through ``sys.excepthook``; other threads through ``threading.excepthook``: both are wrapped, and every
+    other exception is reported as before."""
+    if getattr(sys.excepthook, "quiet_lost_hand_overs", False):
+        return
+    previous_sys, previous_threading = sys.excepthook, threading.excepthook
+
+    def sys_hook(exc_type, exc_value, exc_traceback) -> None:
+        if not _is_lost_hand_over(exc_type, exc_traceback):
+            previous_sys(exc_type, exc_value, exc_traceback)
+
+    def threading_hook(args) -> None:
+        if not _is_lost_hand_over(args.exc_type, args.exc_traceback):
+            previous_threading(args)
+
+    sys_hook.quiet_lost_hand_overs = threading_hook.quiet_lost_hand_overs = True
+    sys.excepthook, threading.excepthook = sys_hook, threading_hook
+
+
+def _is_lost_hand_over(exc_type, exc_traceback) -> bool:
+    if not issubclass(exc_type, (ConnectionError, EOFError)):
+        return False
+    tb = exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -51,6 +85,7 @@ def die_with_parent(signum: int = signal.SIGKILL, parent_pid: Optional[int] = No
     whether the parent still runs. ``parent_pid`` (default: multiprocessing's parent, else ``os.getppid()``) also
     catches a parent that ended before this was called. SIGTERM lets a worker clean up first (its handler must end
     it); anything still running 10 s after the signal is ended with ``os._exit``."""
+    quiet_lost_hand_overs()
     if parent_pid is None:
         parent = multiprocessing.parent_process()
         parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()

@@ -2,6 +2,7 @@
 and running out of GPU memory recognised and named with its fixes."""
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -36,3 +37,40 @@ def test_out_of_memory_messages_name_what_ran_and_the_fixes():
     training = training_out_of_memory_message((96, 96, 96), 2, "137", "3d_fullres", extra_models="a teacher")
     assert "patch 96x96x96, batch size 2 together with a teacher" in training
     assert "nnUNetv2_plan_experiment -d 137 -gpu_memory_target" in training and "-c 3d_fullres" in training
+
+
+def test_a_lost_file_descriptor_hand_over_is_quiet_and_other_thread_errors_are_still_reported(monkeypatch, capsys):
+    import threading
+
+    from nnunet_missingmod.faults import quiet_lost_hand_overs
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    quiet_lost_hand_overs()
+    # code whose frames name multiprocessing's resource_sharer.py; its _serve thread reports through sys.excepthook
+    sharer = os.path.join(os.path.dirname(threading.__file__), "multiprocessing", "resource_sharer.py")
+    namespace = {"sys": sys}
+    exec(compile("def serve():\n"
+                 "    try:\n"
+                 "        raise ConnectionResetError(104, 'Connection reset by peer')\n"
+                 "    except Exception:\n"
+                 "        sys.excepthook(*sys.exc_info())\n"
+                 "def thread_serve():\n"
+                 "    raise ConnectionResetError(104, 'reset in a thread of the sharer')\n", sharer, "exec"), namespace)
+
+    def elsewhere():
+        raise ConnectionResetError(104, "a connection of our own")
+
+    for target in (namespace["serve"], namespace["thread_serve"], elsewhere):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    try:
+        raise ValueError("an error of the main thread")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert "a connection of our own" in err and "an error of the main thread" in err
+    assert "Connection reset by peer" not in err and "reset in a thread of the sharer" not in err
+    wrapped = sys.excepthook
+    quiet_lost_hand_overs()  # installing it twice wraps nothing twice
+    assert sys.excepthook is wrapped

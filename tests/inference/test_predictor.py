@@ -46,11 +46,24 @@ def _sidecar(folder: Path, case: str) -> dict:
 
 def test_complete_cases_match_stock_nnunet_predict_voxel_for_voxel(nnunet_root, tiny_preprocessed,
                                                                     trained_dropout_model, tmp_path):
+    # what nnUNetv2_train of the _debug budget wrote: one epoch, our config, nnU-Net's log
+    checkpoint = torch.load(trained_dropout_model / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    assert checkpoint["trainer_name"] == "ModalityDropoutTrainer_debug" and checkpoint["current_epoch"] == 1
+    assert checkpoint["missingmod_config"]["channel_modalities"] == ["T1", "T1ce", "T2", "FLAIR"]
+    log = next((trained_dropout_model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "Epoch 0" in log and "Epoch 1" not in log
+
     images = tiny_preprocessed / "imagesTr"
     stock, ours = tmp_path / "stock", tmp_path / "ours"
     env = nnunet_env(nnunet_root)
     run_command(["nnUNetv2_predict", "-i", images, "-o", stock, *_model_args(), "-device", "cpu",
                  "-npp", "1", "-nps", "1"], env)
+    for image_file in sorted(images.glob("*_0000.nii.gz")):  # stock's files have the input's geometry
+        reference = sitk.ReadImage(str(image_file))
+        prediction = sitk.ReadImage(str(stock / image_file.name.replace("_0000.nii.gz", ".nii.gz")))
+        assert (prediction.GetSize(), prediction.GetSpacing(), prediction.GetOrigin(), prediction.GetDirection()) \
+            == (reference.GetSize(), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+        assert set(np.unique(sitk.GetArrayViewFromImage(prediction)).tolist()) <= {0, 1, 2, 3}
     result = run_command(["nnunet-missingmod", "predict", "-i", images, "-o", ours, *_model_args(), "-device", "cpu"],
                          env)
     assert "6 of 6 cases predicted" in result.stdout

@@ -300,7 +300,13 @@ def test_the_tiny_plans_are_the_reference_plans(nnunet_root, tiny_preprocessed):
     assert configuration["architecture"] == REFERENCE["plans"]["architecture"]
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE["trainers"]))
+# A full-size MST-KD ablation whose _small form is in the reference is checked through that form: the same settings
+# and code, without the full-size ViT's ~11 s step here (MSTKDTrainer itself keeps its full-size step).
+STEP_NAMES = [name for name in sorted(REFERENCE["trainers"])
+              if not (name.startswith("MSTKDTrainer_") and f"{name}_small" in REFERENCE["trainers"])]
+
+
+@pytest.mark.parametrize("name", STEP_NAMES)
 def test_one_seeded_step_matches_the_reference(name, nnunet_root, tiny_preprocessed, teacher_runs, single_thread,
                                                monkeypatch):
     expected = REFERENCE["trainers"][name]
