@@ -21,15 +21,6 @@ from nnunet_missingmod.modalities import MODALITIES
 REGION_LABELS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    """nnU-Net folders inside tmp_path; returns nnUNet_raw (created, empty)."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path / "nnUNet_raw"
-
-
 def _array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 

@@ -21,15 +21,6 @@ from nnunet_missingmod.errors import MissingModError
 SPACING_MM = 9.0
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    """nnU-Net folders inside tmp_path; returns nnUNet_raw (created, empty)."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    return tmp_path / "nnUNet_raw"
-
-
 def _phantom(tmp_path: Path, n: int = 1):
     source = tmp_path / "source"
     cases = write_phantom_dataset(source, n, "brats2021", spacing=SPACING_MM, progress=False)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_in_process
 from matplotlib.image import imread
 
 from nnunet_missingmod.evaluation.figures import figure_pixels
@@ -129,32 +130,23 @@ def test_rerun_with_other_data_settings_is_refused(demo_run):
     assert f"made with --cases {CASES}" in result.stderr
 
 
-def demo_in_process(capsys, *args) -> tuple:
+def demo_in_process(*args) -> tuple:
     """The command's refusals run in this process (no torch import per test): (exit code, stdout, stderr)."""
-    from nnunet_missingmod.cli import main
-    environment = dict(os.environ)  # whatever the command sets for nnU-Net stays inside the call
-    try:
-        code = main(["demo", *map(str, args)])
-    except SystemExit as e:  # argparse: --help and usage errors
-        code = e.code
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = run_in_process(["demo", *args], dict(os.environ))
+    return result.returncode, result.stdout, result.stderr
 
 
-def test_foreign_non_empty_folder_is_refused(tmp_path, capsys):
+def test_foreign_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "thesis.tex").write_text("mine")
-    code, _, err = demo_in_process(capsys, "--out", tmp_path, "--budget", "debug", "--device", "cpu", "--cases", CASES,
+    code, _, err = demo_in_process("--out", tmp_path, "--budget", "debug", "--device", "cpu", "--cases", CASES,
                                    "--trainers", *TRAINERS, "--routed", "ModalityDropoutTrainer")
     assert code == 2
     assert f"--out {tmp_path}: the folder is not empty and was not made by the demo" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]  # nothing written
 
 
-def test_unknown_trainer_is_refused_with_the_valid_names(tmp_path, capsys):
-    code, _, err = demo_in_process(capsys, "--out", tmp_path / "out", "--device", "cpu", "--trainers",
+def test_unknown_trainer_is_refused_with_the_valid_names(tmp_path):
+    code, _, err = demo_in_process("--out", tmp_path / "out", "--device", "cpu", "--trainers",
                                    "FullSetTrainer", "NoSuchTrainer")
     assert code == 2
     assert "unknown trainer(s) NoSuchTrainer; valid: " in err
@@ -162,16 +154,16 @@ def test_unknown_trainer_is_refused_with_the_valid_names(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_routed_pair_needs_stock_and_its_trainer_among_the_trainers(tmp_path, capsys):
-    code, _, err = demo_in_process(capsys, "--out", tmp_path / "out", "--device", "cpu", "--budget", "debug",
+def test_a_routed_pair_needs_stock_and_its_trainer_among_the_trainers(tmp_path):
+    code, _, err = demo_in_process("--out", tmp_path / "out", "--device", "cpu", "--budget", "debug",
                                    "--trainers", "FullSetTrainer", "--routed", "ModalityDropoutTrainer")
     assert code == 2
     assert "--routed ModalityDropoutTrainer: the routed pair needs FullSetTrainer and ModalityDropoutTrainer" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_help_documents_every_flag(capsys):
-    code, out, _ = demo_in_process(capsys, "--help")
+def test_help_documents_every_flag():
+    code, out, _ = demo_in_process("--help")
     assert code == 0
     for flag in ("--out", "--trainers", "--budget", "--device", "--cases", "--routed", "--verbose"):
         assert flag in out
