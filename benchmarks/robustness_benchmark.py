@@ -45,6 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from machine import load_average
+from nnunet_missingmod.demo.pipeline import console_script
 from nnunet_missingmod.errors import MissingModError
 
 TRAIN_SEED, TEST_SEED, TEST_INDEX_OFFSET = 0, 1000, 1000  # as the demo: test ids never collide with training ids
@@ -148,16 +149,6 @@ class Runner:
 def _end_with_parent() -> None:
     from nnunet_missingmod.faults import die_with_parent
     die_with_parent(signal.SIGTERM, parent_pid=os.getppid())
-
-
-def _executable(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise MissingModError(f"{name} not found next to {sys.executable} or on PATH; is nnunetv2 installed?")
-    return found
 
 
 def our_command(*args) -> List[str]:
@@ -297,7 +288,7 @@ class Benchmark:
             return
         workers = "1" if self.args.device == "cpu" else str(min(12, os.cpu_count() or 1))
         self.runner.run_all([("plan_and_preprocess",
-                              [_executable("nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_DATASET_ID), "-c",
+                              [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_DATASET_ID), "-c",
                                CONFIGURATION, "-npfp", workers, "-np", workers, "--verify_dataset_integrity"],
                               dict(self.env, nnUNet_n_proc_DA="1"))])  # nnUNet_n_proc_DA=0 crashes planning (2.8.1)
 
@@ -340,7 +331,7 @@ class Benchmark:
                     if (folder / f"fold_{self.args.fold}" / "checkpoint_final.pth").is_file():
                         continue
                     name = f"train_{self.trainer_class(trainer, budget)}_seed{seed}"
-                    command = [_executable("nnUNetv2_train"), str(self.dataset_id), CONFIGURATION, self.args.fold,
+                    command = [console_script("nnUNetv2_train"), str(self.dataset_id), CONFIGURATION, self.args.fold,
                                "-tr", self.trainer_class(trainer, budget), "-p", PLANS, "-device", self.args.device,
                                "--c"]
                     results = self.out / "results" / f"seed_{seed}"

@@ -135,7 +135,7 @@ def claim_output_folder(out: Path, data: DataSettings) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ command runner
-def _executable(name: str) -> str:
+def console_script(name: str) -> str:
     """nnU-Net's console scripts next to this Python (the venv), else on PATH."""
     candidate = Path(sys.executable).parent / name
     if candidate.is_file():
@@ -346,7 +346,7 @@ class DemoPipeline:
         workers = "1" if self.s.device == "cpu" else "4"  # each worker imports torch: costly on a small CPU
         self.runner.run(
             title,
-            [_executable("nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_DATASET_ID), "-c", CONFIGURATION,
+            [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_DATASET_ID), "-c", CONFIGURATION,
              "-npfp", workers, "-np", workers, "--verify_dataset_integrity"],
             "plan_and_preprocess", n + 1, "step",
             lambda _lines: int((dataset / "dataset_fingerprint.json").is_file()) + self._preprocessed_cases(),
@@ -377,7 +377,7 @@ class DemoPipeline:
 
         self.runner.run(
             title,
-            [_executable("nnUNetv2_train"), str(TRAIN_DATASET_ID), CONFIGURATION, FOLD, "-tr",
+            [console_script("nnUNetv2_train"), str(TRAIN_DATASET_ID), CONFIGURATION, FOLD, "-tr",
              self.s.trainer_class(trainer), "-p", PLANS, "-device", self.s.device, "--c"],
             f"train_{self.s.trainer_class(trainer)}", epochs * per_epoch + n_val, "step", steps_done,
             costs.training_seconds(trainer, self.s.budget, self.s.device, self.s.data))
