@@ -50,9 +50,9 @@ STOCK_LABEL = "stock nnU-Net"
 # that fit the device (CPU: the _small networks; GPU: the sizes that meet the cost targets at nnU-Net's BraTS plans).
 DEFAULT_TRAINERS = {
     "cpu": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_small",
-            "CCSDTrainer_small"),
+            "CCSDTrainer_small", "DeMoSegTrainer_small"),
     "cuda": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_vitSmall",
-             "CCSDTrainer_small"),
+             "CCSDTrainer_small", "DeMoSegTrainer_small"),
 }
 # evaluate's background workers (-npp/-nps) on a GPU, as nnU-Net's defaults; on the CPU the demo's few small
 # cases make each worker's start (it imports torch) cost more than it overlaps (benchmarks/bench_evaluate.py: 0.68x
