@@ -50,7 +50,7 @@ TRAINER_TIME_FACTOR: Dict[str, Dict[str, float]] = {
     # two-phase: stock's step before the switch, RobustifyTrainer's (1.33x at 32^3) after it
     # _vitSmall: its ViT-S stage does not shrink with the plan (4.4x in the three small runs of 2026-12-02)
     "cpu": {"MSTKDTrainer": 2.5, "MSTKDTrainer_small": 2.7, "MSTKDTrainer_vitSmall": 4.4, "CCSDTrainer": 7.5,
-            "CCSDTrainer_small": 2.2, "DeMoSegTrainer": 2.7, "DeMoSegTrainer_small": 0.9,
+            "CCSDTrainer_small": 2.2, "DeMoSegTrainer": 2.7, "DeMoSegTrainer_small": 1.05,
             "TwoPhaseDistillTrainer": 1.17, "RobustifyTrainer": 1.33},
     "cuda": {"MSTKDTrainer": 2.2, "CCSDTrainer": 3.0},
 }
