@@ -469,6 +469,9 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
            else f"training dataset {data.dataset_id} (existing)")
         + f"; {len(cases)} held-out cases (seed {TEST_SEED}), {n_no_et} without enhancing tumour; whole tumour "
           f"{wt[0] * voxel_ml:.1f}–{wt[-1] * voxel_ml:.1f} ml (median {wt[len(wt) // 2] * voxel_ml:.1f} ml)",
+        f"- a region absent from a case's reference scores 1 where the prediction has none either (BraTS): "
+        f"{n_no_et} of {len(cases)} cases have no ET, so a model that never predicts ET scores "
+        f"{n_no_et / max(1, len(cases)):.3f} on ET",
         f"- training: nnUNetv2_train {CONFIGURATION}, fold {args.fold}, {args.seeds} seed(s) (independent runs), "
         f"budgets {', '.join(args.budgets)}, device {args.device}",
         "- evaluation: nnunet-missingmod evaluate, all 15 subsets, no TTA; whole-volume Dice and lesion-wise Dice "
@@ -525,7 +528,9 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from nnunet_missingmod.atomic_io import atomic_output
+    from matplotlib.ticker import NullFormatter
     labels = [label for label, _ in bench.arms()]
+    iterations = sorted({p["iterations"] for p in report["pairs"]}) or [1]
     rows = [("full_set", STOCK if STOCK in labels else labels[0], "complete-scan Dice gap to"),
             ("mean_over_subsets", BAR if BAR in labels else labels[0], "15-subset mean Dice gap to")]
     fig, axes = plt.subplots(len(rows), len(REGIONS), figsize=(4 * len(REGIONS), 3.4 * len(rows)), squeeze=False)
@@ -556,7 +561,11 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
                 ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3, label=label)
             ax.axhline(0.0, color="grey", lw=0.8)
             ax.set_xscale("log")
-            ax.set_title(f"{region}: {title} {reference}", fontsize=8)
+            # the budgets' own iteration counts as the only ticks (log scale's own ticks garble a narrow range)
+            ax.set_xticks(iterations, [str(i) for i in iterations])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(iterations[0] / 1.6, iterations[-1] * 1.6)
+            ax.set_title(f"{region}: {title} {reference}", fontsize=7)
             ax.set_xlabel("training iterations")
             ax.legend(fontsize=6)
     fig.tight_layout()
