@@ -529,8 +529,9 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from nnunet_missingmod.atomic_io import atomic_output
     from matplotlib.ticker import NullFormatter
+    from nnunet_missingmod.training.naming import BUDGETS
     labels = [label for label, _ in bench.arms()]
-    iterations = sorted({p["iterations"] for p in report["pairs"]}) or [1]
+    iterations = sorted(BUDGETS[budget].iterations for budget in bench.args.budgets)
     rows = [("full_set", STOCK if STOCK in labels else labels[0], "complete-scan Dice gap to"),
             ("mean_over_subsets", BAR if BAR in labels else labels[0], "15-subset mean Dice gap to")]
     fig, axes = plt.subplots(len(rows), len(REGIONS), figsize=(4 * len(REGIONS), 3.4 * len(rows)), squeeze=False)
