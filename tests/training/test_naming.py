@@ -57,10 +57,19 @@ def _cli_trainer_dir() -> str:
 def test_budgets_are_a_table_of_lengths_with_distinct_suffixes():
     assert DEBUG_SUFFIX == BUDGETS["debug"].suffix == "_debug"
     assert BUDGETS["debug"].overrides() == {"num_epochs": 1, "num_iterations_per_epoch": 2,
-                                            "num_val_iterations_per_epoch": 1}
+                                            "num_val_iterations_per_epoch": 1, "save_every": 5}
     assert [(b.suffix, b.iterations) for b in BUDGETS.values()] == [
         ("_debug", 2), ("_200iters", 200), ("_1000iters", 1000), ("_3000iters", 3000)]
     assert all(name == budget.name for name, budget in BUDGETS.items())
+
+
+def test_budgets_longer_than_a_checkpoint_interval_write_checkpoint_latest_before_their_end():
+    """nnU-Net writes ``checkpoint_latest.pth`` after epoch e when ``(e + 1) % save_every == 0`` (except the last):
+    a killed long run resumed with ``--c`` must lose at most 250 iterations, not start again."""
+    for budget in BUDGETS.values():
+        saved_after = [e for e in range(budget.num_epochs - 1) if (e + 1) % budget.save_every == 0]
+        if budget.iterations > 250:
+            assert saved_after and budget.save_every * budget.num_iterations_per_epoch <= 250, budget.name
 
 
 def test_exactly_the_opt_in_trainers_have_budget_siblings_with_the_budgets_overrides():
