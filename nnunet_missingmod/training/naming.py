@@ -47,7 +47,7 @@ class Budget:
     save_every: int = 5
     """Epochs between nnU-Net's ``checkpoint_latest.pth`` writes. nnU-Net's 50 epochs would be longer than the 1000-
     and 3000-iteration budgets' 20 and 60: a killed run resumed with ``--c`` would start again from the first
-    iteration instead of losing at most 250. A checkpoint at these plans takes well under a second to write."""
+    iteration instead of losing at most 250. (A checkpoint of the robustness benchmark's 3 mm plans is 45 MB.)"""
 
     @property
     def iterations(self) -> int:
