@@ -18,6 +18,10 @@ Stages, each skipped when its output exists (a rerun resumes; an interrupted tra
    merged by ``evaluate-merge`` when ``--eval-parts`` > 1;
 4. report: ``report.md``, ``report_arms.csv``, ``report_pairs.csv``, ``report.json``, ``report.png`` (atomic).
 
+``--report-only`` writes the report from the evaluations finished so far, while a long run goes on in another
+process: each budget with the seeds evaluated for every trainer (a budget with none is left out and named), without
+training, evaluating or taking ``OUT``'s lock.
+
 Seeds: nnU-Net seeds neither the network's initialisation nor data loading nor augmentation, and our trainers'
 subset sampler draws a fresh seed per process (``SamplingSettings.seed`` is ``None``), so there is no per-run seed
 to set; seed K is the K-th independent training run, as the demo's repeated runs are.
@@ -241,6 +245,20 @@ class Benchmark:
     def evaluation_dir(self, trainer: str, budget: str, seed: int) -> Path:
         return self.out / "evaluation" / f"seed_{seed}" / self.trainer_class(trainer, budget)
 
+    def evaluated(self, trainer: str, budget: str, seed: int) -> bool:
+        out = self.evaluation_dir(trainer, budget, seed)
+        return (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+
+    def reported_seeds(self, budget: str) -> List[int]:
+        """The seeds of ``budget`` evaluated for every trainer: all of them after the evaluation stage (a missing
+        one is an error); with ``--report-only``, those finished so far."""
+        seeds = [s for s in range(self.args.seeds) if all(self.evaluated(t, budget, s) for t in self.trainers())]
+        if not self.args.report_only and len(seeds) < self.args.seeds:
+            missing = next(self.evaluation_dir(t, budget, s) for s in range(self.args.seeds) for t in self.trainers()
+                           if not self.evaluated(t, budget, s))
+            raise MissingModError(f"{missing}: no finished evaluation (metrics.csv and summary.json)")
+        return seeds
+
     # stages ----------------------------------------------------------------------------------------------------
     def check_marker(self, data: DataSettings) -> bool:
         """Whether ``OUT`` already holds this benchmark's marker with ``data``; another one, or a non-empty folder
@@ -252,14 +270,22 @@ class Benchmark:
                 raise MissingModError(f"--out {self.out}: the folder is not empty and holds no {MARKER}; choose a "
                                       f"new or empty folder")
             return False
-        try:
-            stored = DataSettings(**json.loads(marker.read_text()))
-        except (ValueError, TypeError) as e:
-            raise MissingModError(f"--out {self.out}: {marker} is not this benchmark's marker ({e})") from None
+        stored = self.stored_data()
         if stored != data:
             raise MissingModError(f"--out {self.out} holds a benchmark with data {asdict(stored)}, not "
                                   f"{asdict(data)}; use those settings or another --out")
         return True
+
+    def stored_data(self) -> DataSettings:
+        """The data settings of the benchmark in ``OUT`` (``--report-only`` reports what is there, whatever the data
+        flags say)."""
+        marker = self.out / MARKER
+        if not marker.is_file():
+            raise MissingModError(f"--out {self.out}: no {MARKER}, so no benchmark to report on")
+        try:
+            return DataSettings(**json.loads(marker.read_text()))
+        except (ValueError, TypeError) as e:
+            raise MissingModError(f"--out {self.out}: {marker} is not this benchmark's marker ({e})") from None
 
     def claim(self, data: DataSettings) -> None:
         """Hold ``OUT``'s lock while running (a second benchmark into it refuses) and write the marker."""
@@ -348,7 +374,7 @@ class Benchmark:
             for budget in self.args.budgets:
                 for trainer in self.trainers():
                     out = self.evaluation_dir(trainer, budget, seed)
-                    if (out / "metrics.csv").is_file() and (out / "summary.json").is_file():
+                    if self.evaluated(trainer, budget, seed):
                         continue
                     base = our_command("evaluate", "-i", images / "imagesTr", "-l", images / "labelsTr", "-m",
                                        self.model_dir(trainer, budget, seed), "-f", self.args.fold, "-device",
@@ -415,21 +441,27 @@ def pair_entry(model: Dict[str, float], reference: Dict[str, float], n_resamples
 
 
 def build_report(bench: Benchmark, n_resamples: int) -> dict:
-    """``arms``: per budget, trainer, region, metric and view the mean and SD over seeds of the mean over cases;
-    ``pairs``: every pair of trainers per budget, region, metric and view, paired per case after averaging each
-    trainer's per-case values over its seeds."""
+    """``budgets``: the budgets reported, each with its seeds (:meth:`Benchmark.reported_seeds`); ``left_out``: the
+    budgets without one; ``arms``: per budget, trainer, region, metric and view the mean and SD over seeds of the mean
+    over cases; ``pairs``: every pair of trainers per budget, region, metric and view, paired per case after
+    averaging each trainer's per-case values over its seeds."""
     from nnunet_missingmod.evaluation.report import RecordTable, read_metrics_csv
     from nnunet_missingmod.training.naming import BUDGETS
-    arms_rows, pairs = [], []
+    arms_rows, pairs, budgets, left_out = [], [], [], []
     labels = [label for label, _ in bench.arms()]
     for budget in bench.args.budgets:
+        seeds = bench.reported_seeds(budget)
+        if not seeds:
+            left_out.append(budget)
+            continue
+        iterations = BUDGETS[budget].iterations
+        budgets.append({"budget": budget, "iterations": iterations, "seeds": seeds})
         tables = {}
         for trainer in bench.trainers():
             records = [read_metrics_csv(str(bench.evaluation_dir(trainer, budget, s) / "metrics.csv"))
-                       for s in range(bench.args.seeds)]
+                       for s in seeds]
             tables[trainer] = [RecordTable(rs) for rs in records]
         lesionwise = all(t.has_lesionwise for seeds in tables.values() for t in seeds)
-        iterations = BUDGETS[budget].iterations
         for region in REGIONS:
             for metric in ("dice", "lesion_dice") if lesionwise else ("dice",):
                 for view in VIEWS:
@@ -450,7 +482,9 @@ def build_report(bench: Benchmark, n_resamples: int) -> dict:
                                           "reference": reference, "region": region, "metric": metric,
                                           "view": view, **pair_entry(averaged[model], averaged[reference],
                                                                      n_resamples, (model, reference), view)})
-    return {"arms": arms_rows, "pairs": pairs, "n_resamples": n_resamples}
+    if not budgets:
+        raise MissingModError(f"--out {bench.out}: no budget has a seed evaluated for every trainer yet")
+    return {"budgets": budgets, "left_out": left_out, "arms": arms_rows, "pairs": pairs, "n_resamples": n_resamples}
 
 
 def _cell(row: dict) -> str:
@@ -458,6 +492,7 @@ def _cell(row: dict) -> str:
 
 
 def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: List[dict]) -> str:
+    from nnunet_missingmod.training.naming import BUDGETS
     args = bench.args
     n_no_et = sum(1 for c in cases if c["ET_voxels"] == 0)
     wt = sorted(c["WT_voxels"] for c in cases)
@@ -474,6 +509,11 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
         f"{n_no_et / max(1, len(cases)):.3f} on ET",
         f"- training: nnUNetv2_train {CONFIGURATION}, fold {args.fold}, {args.seeds} seed(s) (independent runs), "
         f"budgets {', '.join(args.budgets)}, device {args.device}",
+        *(["- **report of the evaluations finished so far**: "
+           + "; ".join(f"{b['iterations']} iterations: seed(s) {', '.join(map(str, b['seeds']))} of {args.seeds}"
+                       for b in report["budgets"])
+           + "".join(f"; {BUDGETS[b].iterations} iterations: none yet" for b in report["left_out"])]
+          if args.report_only else []),
         "- evaluation: nnunet-missingmod evaluate, all 15 subsets, no TTA; whole-volume Dice and lesion-wise Dice "
         "(BraTS 2023 gli protocol)",
         "- per trainer and budget: mean ± SD over seeds of the mean over held-out cases of: complete-scan Dice; "
@@ -487,10 +527,10 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
                         "trusted; this run checks the pipeline, not the trainers"]
     arms = report["arms"]
     metrics = list(dict.fromkeys(r["metric"] for r in arms))
-    for budget in args.budgets:
-        iterations = next(r["iterations"] for r in arms if r["budget"] == budget)
+    for reported in report["budgets"]:
+        budget, iterations, n_seeds = reported["budget"], reported["iterations"], len(reported["seeds"])
         for metric in metrics:
-            lines += [f"## {iterations} iterations: {METRIC_LABELS[metric]} (mean ± SD over seeds)", "",
+            lines += [f"## {iterations} iterations: {METRIC_LABELS[metric]} (mean ± SD over {n_seeds} seed(s))", "",
                       "| trainer | " + " | ".join(f"{region} {VIEW_LABELS[v]}" for region in REGIONS
                                                    for v in VIEWS) + " |",
                       "|---|" + "---|" * (len(REGIONS) * len(VIEWS))]
@@ -529,9 +569,8 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from nnunet_missingmod.atomic_io import atomic_output
     from matplotlib.ticker import NullFormatter
-    from nnunet_missingmod.training.naming import BUDGETS
     labels = [label for label, _ in bench.arms()]
-    iterations = sorted(BUDGETS[budget].iterations for budget in bench.args.budgets)
+    iterations = sorted(b["iterations"] for b in report["budgets"])
     rows = [("full_set", STOCK if STOCK in labels else labels[0], "complete-scan Dice gap to"),
             ("mean_over_subsets", BAR if BAR in labels else labels[0], "15-subset mean Dice gap to")]
     fig, axes = plt.subplots(len(rows), len(REGIONS), figsize=(4 * len(REGIONS), 3.4 * len(rows)), squeeze=False)
@@ -591,6 +630,11 @@ def write_report(bench: Benchmark, data: DataSettings) -> None:
                           "wilcoxon_p")))
     atomic_write_text(str(out / "report.md"), report_markdown(bench, report, data, cases))
     plot_gaps(bench, report, out / "report.png")
+    for reported in report["budgets"]:
+        print(f"  {reported['iterations']} iterations: seed(s) {', '.join(map(str, reported['seeds']))} of "
+              f"{bench.args.seeds}", flush=True)
+    if report["left_out"]:
+        print(f"  left out (no seed evaluated for every trainer yet): {', '.join(report['left_out'])}", flush=True)
     print(f"wrote {out / 'report.md'} (and report_arms.csv, report_pairs.csv, report.json, report.png)")
 
 
@@ -622,6 +666,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="nnU-Net fold to train (default all: every training case; its final validation "
                              "predicts them all)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="resamples per paired interval")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only write the report, from the evaluations finished so far (each budget with the seeds "
+                             "evaluated for every trainer), without taking OUT's lock: beside a run still going")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.dataset_id is not None and args.train_cases is not None:
@@ -671,6 +718,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(args: argparse.Namespace) -> None:
     """The stages in order; each skips what an earlier run finished."""
     bench = Benchmark(args)
+    if args.report_only:
+        write_report(bench, bench.stored_data())
+        return
     if args.dataset_id is not None:
         spacing = bench.spacing_of_existing_dataset()
         if args.spacing is not None and abs(args.spacing - spacing) > 1e-3:

@@ -170,6 +170,42 @@ def test_identical_pair_has_interval_zero(run):
 
 
 @pytest.mark.slow
+def test_report_only_reports_the_seeds_evaluated_so_far_while_another_run_holds_the_folder(run, nnunet_root,
+                                                                                            tmp_path):
+    """--report-only beside a run still going: seed 1 not evaluated yet, a second budget with nothing evaluated,
+    OUT's lock held by another process of ours (here this one, the report runs in a subprocess)."""
+    from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, claim_folder, lock_is_held, release_folder
+    out, _ = run
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial, ignore=shutil.ignore_patterns("results", FOLDER_LOCK_NAME))
+    shutil.rmtree(partial / "evaluation" / "seed_1")
+    claim_folder(str(partial), "robustness benchmark")
+    try:
+        result = benchmark(partial, nnunet_env(nnunet_root), "--report-only", "--budgets", "debug", "small")
+        assert lock_is_held(str(partial / FOLDER_LOCK_NAME))
+    finally:
+        release_folder(str(partial))
+    assert "training:" not in result.stdout and "evaluation:" not in result.stdout
+    assert f"2 iterations: seed(s) 0 of {SEEDS}" in result.stdout and "left out" in result.stdout
+    report = json.loads((partial / "report.json").read_text())
+    assert report["budgets"] == [{"budget": "debug", "iterations": 2, "seeds": [0]}]
+    assert report["left_out"] == ["small"]
+    seed0 = seed_records(out)[0]
+    for view in VIEWS:
+        row = next(r for r in report["arms"] if r["trainer"] == TRAINER and r["region"] == "WT"
+                   and r["metric"] == "dice" and r["view"] == view)
+        assert row["n_seeds"] == 1 and row["sd"] is None
+        assert row["per_seed"] == pytest.approx([float(np.mean(list(per_case(seed0, "WT", view).values())))])
+    markdown = (partial / "report.md").read_text()
+    assert "finished so far" in markdown and f"seed(s) 0 of {SEEDS}" in markdown and "200 iterations: none yet" \
+        in markdown
+    shutil.rmtree(partial / "evaluation" / "seed_0")
+    result = benchmark(partial, nnunet_env(nnunet_root), "--report-only", expect_ok=False)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "no budget has a seed evaluated for every trainer" in result.stderr
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_work(run, nnunet_root):
     out, _ = run
     before = (out / "report.json").read_text()
