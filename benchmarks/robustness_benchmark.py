@@ -571,6 +571,7 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
     labels = [label for label, _ in bench.arms()]
     iterations = sorted(b["iterations"] for b in report["budgets"])
+    n_seeds = {b["iterations"]: len(b["seeds"]) for b in report["budgets"]}
     rows = [("full_set", STOCK if STOCK in labels else labels[0], "complete-scan Dice gap to"),
             ("mean_over_subsets", BAR if BAR in labels else labels[0], "15-subset mean Dice gap to")]
     fig, axes = plt.subplots(len(rows), len(REGIONS), figsize=(4 * len(REGIONS), 3.4 * len(rows)), squeeze=False)
@@ -602,7 +603,7 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
             ax.axhline(0.0, color="grey", lw=0.8)
             ax.set_xscale("log")
             # the budgets' own iteration counts as the only ticks (log scale's own ticks garble a narrow range)
-            ax.set_xticks(iterations, [str(i) for i in iterations])
+            ax.set_xticks(iterations, [f"{i}\n{n_seeds[i]} seed{'s' if n_seeds[i] > 1 else ''}" for i in iterations])
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlim(iterations[0] / 1.6, iterations[-1] * 1.6)
             ax.set_title(f"{region}: {title} {reference}", fontsize=7)
