@@ -461,7 +461,7 @@ def build_report(bench: Benchmark, n_resamples: int) -> dict:
             records = [read_metrics_csv(str(bench.evaluation_dir(trainer, budget, s) / "metrics.csv"))
                        for s in seeds]
             tables[trainer] = [RecordTable(rs) for rs in records]
-        lesionwise = all(t.has_lesionwise for seeds in tables.values() for t in seeds)
+        lesionwise = all(t.has_lesionwise for runs in tables.values() for t in runs)
         for region in REGIONS:
             for metric in ("dice", "lesion_dice") if lesionwise else ("dice",):
                 for view in VIEWS:
