@@ -487,12 +487,20 @@ def build_report(bench: Benchmark, n_resamples: int) -> dict:
     return {"budgets": budgets, "left_out": left_out, "arms": arms_rows, "pairs": pairs, "n_resamples": n_resamples}
 
 
+def seed_coverage(report: dict, n_seeds: int) -> List[str]:
+    """Per budget asked for, the seeds the report rests on, or that it has none yet."""
+    from nnunet_missingmod.training.naming import BUDGETS
+    return ([f"{b['iterations']} iterations: seed(s) {', '.join(map(str, b['seeds']))} of {n_seeds}"
+             for b in report["budgets"]]
+            + [f"{BUDGETS[b].iterations} iterations: none yet (left out: no seed evaluated for every trainer)"
+               for b in report["left_out"]])
+
+
 def _cell(row: dict) -> str:
     return f"{row['mean']:.3f}" if row["sd"] is None else f"{row['mean']:.3f} ± {row['sd']:.3f}"
 
 
 def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: List[dict]) -> str:
-    from nnunet_missingmod.training.naming import BUDGETS
     args = bench.args
     n_no_et = sum(1 for c in cases if c["ET_voxels"] == 0)
     wt = sorted(c["WT_voxels"] for c in cases)
@@ -509,10 +517,7 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
         f"{n_no_et / max(1, len(cases)):.3f} on ET",
         f"- training: nnUNetv2_train {CONFIGURATION}, fold {args.fold}, {args.seeds} seed(s) (independent runs), "
         f"budgets {', '.join(args.budgets)}, device {args.device}",
-        *(["- **report of the evaluations finished so far**: "
-           + "; ".join(f"{b['iterations']} iterations: seed(s) {', '.join(map(str, b['seeds']))} of {args.seeds}"
-                       for b in report["budgets"])
-           + "".join(f"; {BUDGETS[b].iterations} iterations: none yet" for b in report["left_out"])]
+        *(["- **report of the evaluations finished so far**: " + "; ".join(seed_coverage(report, args.seeds))]
           if args.report_only else []),
         "- evaluation: nnunet-missingmod evaluate, all 15 subsets, no TTA; whole-volume Dice and lesion-wise Dice "
         "(BraTS 2023 gli protocol)",
@@ -631,11 +636,8 @@ def write_report(bench: Benchmark, data: DataSettings) -> None:
                           "wilcoxon_p")))
     atomic_write_text(str(out / "report.md"), report_markdown(bench, report, data, cases))
     plot_gaps(bench, report, out / "report.png")
-    for reported in report["budgets"]:
-        print(f"  {reported['iterations']} iterations: seed(s) {', '.join(map(str, reported['seeds']))} of "
-              f"{bench.args.seeds}", flush=True)
-    if report["left_out"]:
-        print(f"  left out (no seed evaluated for every trainer yet): {', '.join(report['left_out'])}", flush=True)
+    for line in seed_coverage(report, bench.args.seeds):
+        print(f"  {line}", flush=True)
     print(f"wrote {out / 'report.md'} (and report_arms.csv, report_pairs.csv, report.json, report.png)")
 
 
