@@ -22,6 +22,12 @@ Stages, each skipped when its output exists (a rerun resumes; an interrupted tra
 process: each budget with the seeds evaluated for every trainer (a budget with none is left out and named), without
 training, evaluating or taking ``OUT``'s lock.
 
+The report rests on ``OUT/benchmark.json``, ``OUT/heldout_cases.json`` and each evaluation's ``metrics.csv`` and
+``summary.json`` (``OUT/evaluation/seed_K/TRAINER/``, well under 1 MB per model), and a model whose evaluation is
+finished is not trained again: the models and the data (gigabytes) may be deleted, and those files alone, kept or
+copied into a new ``OUT``, are what ``--report-only`` reports from and what a run elsewhere goes on from (it generates
+the same data again: the generator is seeded).
+
 Seeds: nnU-Net seeds neither the network's initialisation nor data loading nor augmentation, and our trainers'
 subset sampler draws a fresh seed per process (``SamplingSettings.seed`` is ``None``), so there is no per-run seed
 to set; seed K is the K-th independent training run, as the demo's repeated runs are.
@@ -49,7 +55,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from machine import load_average
-from nnunet_missingmod.demo.pipeline import console_script
+from nnunet_missingmod.demo.pipeline import CPU_ALLOCATOR_ENV, console_script
 from nnunet_missingmod.errors import MissingModError
 
 TRAIN_SEED, TEST_SEED, TEST_INDEX_OFFSET = 0, 1000, 1000  # as the demo: test ids never collide with training ids
@@ -195,7 +201,7 @@ class Benchmark:
                    nnUNet_extTrainer=trainer_dir(), PYTHONUNBUFFERED="1")
         if args.device == "cpu":
             # augmentation in the main process and no compilation: workers and compiling only compete on a CPU
-            env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_compile="f")
+            env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_compile="f", **CPU_ALLOCATOR_ENV)
         else:
             env.setdefault("nnUNet_n_proc_DA", str(max(1, (os.cpu_count() or 4) // max(1, args.jobs))))
         self.env = env
@@ -354,7 +360,9 @@ class Benchmark:
             for budget in self.args.budgets:
                 for trainer in self.trainers():
                     folder = self.model_dir(trainer, budget, seed)
-                    if (folder / f"fold_{self.args.fold}" / "checkpoint_final.pth").is_file():
+                    # the report rests on the evaluation alone: a model deleted after it is not trained again
+                    if ((folder / f"fold_{self.args.fold}" / "checkpoint_final.pth").is_file()
+                            or self.evaluated(trainer, budget, seed)):
                         continue
                     name = f"train_{self.trainer_class(trainer, budget)}_seed{seed}"
                     command = [console_script("nnUNetv2_train"), str(self.dataset_id), CONFIGURATION, self.args.fold,

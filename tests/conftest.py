@@ -42,8 +42,9 @@ def write_tiny_dataset(work_dir: Path, dataset_id: int = DATASET_ID, name: str =
 
 def nnunet_env(root: Path, n_proc_da: str = "0") -> dict:
     """Environment for nnU-Net's commands: the three roots under ``root``, our trainers, CPU-friendly settings."""
+    from nnunet_missingmod.demo.pipeline import CPU_ALLOCATOR_ENV
     from nnunet_missingmod.training.naming import trainer_dir
-    env = dict(os.environ)
+    env = dict(os.environ, **CPU_ALLOCATOR_ENV)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f",
                nnUNet_n_proc_DA=n_proc_da, nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1",

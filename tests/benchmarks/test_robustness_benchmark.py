@@ -218,6 +218,27 @@ def test_rerun_skips_finished_work(run, nnunet_root):
     assert after["pairs"] == json.loads(before)["pairs"]
 
 
+@pytest.mark.slow
+def test_evaluations_alone_carry_the_benchmark(run, nnunet_root, tmp_path):
+    """OUT reduced to the marker, heldout_cases.json and the evaluations' metrics.csv and summary.json (models and
+    data deleted): a rerun trains and evaluates nothing and reports the same pairs."""
+    out, _ = run
+    slim = tmp_path / "slim"
+    evaluations = [*(out / "evaluation").glob("seed_*/*/metrics.csv"),
+                   *(out / "evaluation").glob("seed_*/*/summary.json")]
+    for path in [out / "benchmark.json", out / "heldout_cases.json", *evaluations]:
+        target = slim / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    assert len(list(slim.glob("evaluation/seed_*/*/metrics.csv"))) == SEEDS
+    result = benchmark(slim, nnunet_env(nnunet_root))
+    assert "training: 0 run(s) to do" in result.stdout and "evaluation: 0 call(s) to do" in result.stdout
+    assert not (slim / "results").exists()
+    assert json.loads((slim / "report.json").read_text())["pairs"] == json.loads((out / "report.json").read_text())[
+        "pairs"]
+    assert (slim / "heldout_cases.json").read_text() == (out / "heldout_cases.json").read_text()  # seeded generator
+
+
 def main_in_process(capsys, out: Path, *extra, toy=True):
     """The script's ``main`` in this process (no interpreter start): its exit code and stderr."""
     toy_args = ["--dataset-id", DATASET_ID, "--test-cases", TEST_CASES, "--budgets", "debug", "--seeds", SEEDS,
