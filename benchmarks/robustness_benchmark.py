@@ -621,7 +621,8 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
             ax.set_xlim(iterations[0] / 1.6, iterations[-1] * 1.6)
             ax.set_title(f"{region}: {title} {reference}", fontsize=7)
             ax.set_xlabel("training iterations")
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:  # one trainer alone has no gap to draw
+                ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_output(str(path)) as temporary:
         fig.savefig(temporary, format="png", dpi=110)
