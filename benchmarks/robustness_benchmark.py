@@ -553,9 +553,12 @@ def report_markdown(bench: Benchmark, report: dict, data: DataSettings, cases: L
                          for region in REGIONS for v in VIEWS]
                 lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += ["## Paired differences (model − reference; per case after averaging the seeds)", "",
-              "| iterations | model | reference | region | metric | view | difference | 95 % interval | ranking |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Paired differences (model − reference; per case after averaging the seeds)", ""]
+    if not report["pairs"]:
+        lines += ["None: one trainer."]
+    else:
+        lines += ["| iterations | model | reference | region | metric | view | difference | 95 % interval | ranking |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for p in report["pairs"]:
         interval = "—" if p["ci_low"] is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
         lines.append(f"| {p['iterations']} | `{p['model']}` | `{p['reference']}` | {p['region']} | "
