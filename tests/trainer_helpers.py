@@ -11,10 +11,15 @@ from conftest import DATASET_ID, DATASET_NAME, nnunet_env, plans_and_dataset_jso
 FAULT_TRAINERS = Path(__file__).parent / "training" / "fault_trainers"
 
 
-def make_trainer(nnunet_root, trainer_class, fold=0):
+def make_trainer(nnunet_root, trainer_class, fold=0, features_per_stage=None):
+    """``trainer_class`` initialised on the CPU on the session's tiny plans; ``features_per_stage`` replaces the
+    planned U-Net widths."""
     plans, dataset_json = plans_and_dataset_json(nnunet_root)
     plans = copy.deepcopy(plans)
     plans["continue_training"] = False
+    if features_per_stage is not None:
+        plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = \
+            list(features_per_stage)
     trainer = trainer_class(plans, "3d_fullres", fold, dataset_json, torch.device("cpu"))
     trainer.initialize()
     return trainer

@@ -2,8 +2,9 @@
 
 Run it on the commit whose behaviour is the reference, never to make tests/training/test_behaviour_reference.py
 pass: the files it writes are what that test compares the code with. The shipped files were written with the
-package of commit 226572d, the last one before the trainer refactor (nnU-Net 2.8.1, torch 2.14.1, CPU, 1 thread;
-``versions`` in the JSON). That commit has neither this script nor the test, so to regenerate there:
+package of commit 226572d, the last one before the trainer refactor (nnU-Net 2.8.1, torch 2.14.1, CPU, 1 thread,
+portable arithmetic; ``versions`` and ``protocol`` in the JSON). That commit has neither this script nor the test,
+so to regenerate there:
 
     git worktree add /tmp/ref 226572d
     mkdir -p /tmp/ref/tests/reference_data
@@ -14,7 +15,13 @@ package of commit 226572d, the last one before the trainer refactor (nnU-Net 2.8
 
 (``PYTHONPATH`` first, so that the worktree's package is imported, not the installed one; the JSON records the
 commit of the package that was imported and whether its folder had local changes.) ``--only NAME ...`` prints
-the records of some trainers without writing anything. About 10 minutes on 2 CPU cores.
+the records of some trainers without writing anything; with ``--records-to FILE`` it writes them there instead,
+each trainer run once on the schedule, plans and teacher of its entry in the shipped reference (what the test
+does). About 25 minutes on 2 CPU cores.
+
+Everything runs with portable arithmetic (``PORTABLE_ARITHMETIC_ENV``, ``use_portable_arithmetic``), so that
+every x86-64 CPU computes the same numbers: the script starts itself again with that environment when it was not
+given, so that torch sees it at import.
 
 It plans the tiny phantom dataset exactly as the ``tiny_preprocessed`` fixture of tests/conftest.py does (in a
 temporary folder, or ``--work-dir``) and runs the protocol functions of test_behaviour_reference.py itself, so the
@@ -72,6 +79,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -130,7 +138,9 @@ def same(a: dict, b: dict) -> bool:
     return json.dumps({k: a[k] for k in keys}, sort_keys=True) == json.dumps({k: b[k] for k in keys}, sort_keys=True)
 
 
-def record_trainer(t, name: str, root: Path, teachers: Path) -> dict:
+def record_trainer(t, name: str, root: Path, teachers: Path, verify: bool = True) -> dict:
+    """The record of trainer ``name``; with ``verify``, also run a second time (identical, or the script stops)
+    and, for a single step at epoch 0, with ``num_epochs=4`` (identical too)."""
     cls = t.trainer_class(name)
     teacher = None
     if getattr(cls, "teacher_source", None) == "checkpoint":
@@ -143,10 +153,9 @@ def record_trainer(t, name: str, root: Path, teachers: Path) -> dict:
     plan = schedule(t, cls, root)
     variant = "four_stages" if getattr(cls, "distillation_every_scale", False) else "tiny"
     first = t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)
-    second = t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)
-    if not same(first, second):
+    if verify and not same(first, t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)):
         raise SystemExit(f"{name}: two seeded runs in one process differ; find the unseeded generator")
-    if plan["epochs"] == [0] and plan["num_epochs"] == 1:
+    if verify and plan["epochs"] == [0] and plan["num_epochs"] == 1:
         longer = t.reference_record(root, cls, 4, [0], variant)
         if not same(first, longer):
             raise SystemExit(f"{name}: the step at epoch 0 depends on num_epochs; give it a documented schedule")
@@ -223,22 +232,71 @@ def versions() -> dict:
             "dynamic_network_architectures": version("dynamic_network_architectures"), "python": sys.version.split()[0]}
 
 
+# Read when torch starts, so set before it is imported: ATen's dispatch to its baseline (not AVX2/AVX-512) kernels,
+# MKL's conditional numerical reproducibility on its compatible branch, one OpenMP/MKL thread.
+PORTABLE_ARITHMETIC_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                           "MKL_NUM_THREADS": "1"}
+
+
+def restart_with_portable_arithmetic() -> None:
+    """Start this script again with ``PORTABLE_ARITHMETIC_ENV`` unless it already has it (torch, not yet imported
+    here, reads it at import)."""
+    if any(os.environ.get(k) != v for k, v in PORTABLE_ARITHMETIC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, **PORTABLE_ARITHMETIC_ENV))
+
+
+def use_portable_arithmetic() -> None:
+    """The rest of it, once torch is imported: oneDNN off (its convolutions choose kernels and blocking by CPU;
+    without it ATen's vol2col and MKL's GEMM compute them) and one torch thread. Raises if torch did not see the
+    environment."""
+    import torch
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        raise RuntimeError(f"ATen runs its {torch.backends.cpu.get_cpu_capability()} kernels: "
+                           f"{PORTABLE_ARITHMETIC_ENV} must be set before torch is imported")
+    torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(1)
+
+
+def record_to_file(t, names, root: Path, teachers: Path, out: Path) -> None:
+    """Each trainer's record on the schedule, plans variant and teacher of its entry in the shipped reference, run
+    once, or the traceback that stopped it; written to ``out`` when all are done."""
+    expected = t.REFERENCE["trainers"]
+    records = {}
+    for name in names:
+        try:
+            records[name] = t.record_as_in_reference(root, name, expected[name], teachers)
+        except Exception:  # noqa: BLE001 - one trainer's failure is that trainer's test failure
+            records[name] = {"error": traceback.format_exc()}
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(records))
+    partial.replace(out)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, help="nnU-Net roots and teacher runs (default: a temporary folder)")
+    parser.add_argument("--nnunet-root", type=Path, help="an nnU-Net root where the tiny dataset is already planned "
+                                                         "(default: one planned under --work-dir)")
     parser.add_argument("--only", nargs="+", help="record these trainers only and print the records (no files)")
+    parser.add_argument("--records-to", type=Path, help="with --only: write the records (each trainer run once, "
+                                                        "on its schedule in the shipped reference) to this JSON file")
     args = parser.parse_args(argv)
+    if args.records_to and not args.only:
+        parser.error("--records-to needs --only")
+    restart_with_portable_arithmetic()
     os.environ["nnUNet_compile"] = "f"
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="step_reference_"))
     work.mkdir(parents=True, exist_ok=True)
-    root = work / "nnunet"
+    root = args.nnunet_root or work / "nnunet"
     root.mkdir(exist_ok=True)
     prepare_root(root)
     t = load_test_module()
-    import torch
-    torch.set_num_threads(1)
+    use_portable_arithmetic()
 
     names = args.only or t.hand_written_trainer_names()
+    if args.records_to:
+        record_to_file(t, names, root, work / "teachers", args.records_to)
+        return
     records = {}
     for name in names:
         start = time.time()
@@ -265,7 +323,7 @@ def main(argv=None) -> None:
         "versions": versions(),
         "protocol": {"INIT_SEED": t.INIT_SEED, "SUBSET_SEED": t.SUBSET_SEED, "STEP_SEED": t.STEP_SEED,
                      "BATCH_SEED": t.BATCH_SEED, "TEACHER_SEED": t.TEACHER_SEED, "num_iterations_per_epoch": 1,
-                     "device": "cpu", "torch_threads": 1},
+                     "device": "cpu", "torch_threads": 1, "arithmetic": dict(PORTABLE_ARITHMETIC_ENV, onednn=False)},
         "plans": {"patch_size": configuration["patch_size"], "batch_size": configuration["batch_size"],
                   "architecture": configuration["architecture"]},
         "prediction_case": PREDICTION_CASE,
