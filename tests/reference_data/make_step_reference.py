@@ -138,9 +138,9 @@ def same(a: dict, b: dict) -> bool:
     return json.dumps({k: a[k] for k in keys}, sort_keys=True) == json.dumps({k: b[k] for k in keys}, sort_keys=True)
 
 
-def record_trainer(t, name: str, root: Path, teachers: Path, verify: bool = True) -> dict:
-    """The record of trainer ``name``; with ``verify``, also run a second time (identical, or the script stops)
-    and, for a single step at epoch 0, with ``num_epochs=4`` (identical too)."""
+def record_trainer(t, name: str, root: Path, teachers: Path) -> dict:
+    """The record of trainer ``name``, run a second time (identical, or the script stops) and, for a single step at
+    epoch 0, with ``num_epochs=4`` (identical too)."""
     cls = t.trainer_class(name)
     teacher = None
     if getattr(cls, "teacher_source", None) == "checkpoint":
@@ -153,9 +153,9 @@ def record_trainer(t, name: str, root: Path, teachers: Path, verify: bool = True
     plan = schedule(t, cls, root)
     variant = "four_stages" if getattr(cls, "distillation_every_scale", False) else "tiny"
     first = t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)
-    if verify and not same(first, t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)):
+    if not same(first, t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)):
         raise SystemExit(f"{name}: two seeded runs in one process differ; find the unseeded generator")
-    if verify and plan["epochs"] == [0] and plan["num_epochs"] == 1:
+    if plan["epochs"] == [0] and plan["num_epochs"] == 1:
         longer = t.reference_record(root, cls, 4, [0], variant)
         if not same(first, longer):
             raise SystemExit(f"{name}: the step at epoch 0 depends on num_epochs; give it a documented schedule")
