@@ -63,6 +63,22 @@ def run_command(args, env, cwd=None, expect_ok=True) -> subprocess.CompletedProc
     return result
 
 
+# The modules that take minutes (their fixtures train, plan or record), longest first. run_tests.sh runs the suite on
+# pytest-xdist workers that take one module at a time in collection order; starting these first keeps one worker
+# from running a long module alone at the end while the other has nothing left.
+LONGEST_MODULES = ("training/test_behaviour_reference.py", "training/test_resume_after_kill.py",
+                   "benchmarks/test_robustness_benchmark.py", "demo/test_cli.py", "training/test_naming.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    gone = [name for name in LONGEST_MODULES if not (tests / name).is_file()]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_MODULES names modules that are gone: {gone}")
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items[:] = sorted(items, key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
+
+
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory) -> Path:
     """Session-wide nnU-Net roots; sets the environment variables for in-process use too (paths are lazy)."""

@@ -139,29 +139,21 @@ def same(a: dict, b: dict) -> bool:
 
 
 def record_trainer(t, name: str, root: Path, teachers: Path) -> dict:
-    """The record of trainer ``name``, run a second time (identical, or the script stops) and, for a single step at
-    epoch 0, with ``num_epochs=4`` (identical too)."""
+    """The record of trainer ``name`` on the schedule, plans variant and teacher its class calls for, run a second
+    time (identical, or the script stops) and, for a single step at epoch 0, with ``num_epochs=4`` (identical too)."""
     cls = t.trainer_class(name)
-    teacher = None
-    if getattr(cls, "teacher_source", None) == "checkpoint":
-        teacher = cls.teacher_trainer_name()
-        plans, dataset_json = t.plans_and_dataset_json(root)
-        os.environ[t.TEACHER_ENV] = str(t.write_teacher_run(teachers / f"{teacher}__nnUNetPlans__3d_fullres",
-                                                            t.teacher_class(teacher), plans, dataset_json))
-    else:
-        os.environ.pop(t.TEACHER_ENV, None)
     plan = schedule(t, cls, root)
-    variant = "four_stages" if getattr(cls, "distillation_every_scale", False) else "tiny"
-    first = t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)
-    if not same(first, t.reference_record(root, cls, plan["num_epochs"], plan["epochs"], variant)):
+    entry = {"num_epochs": plan["num_epochs"], "epochs": plan["epochs"],
+             "plans_variant": "four_stages" if getattr(cls, "distillation_every_scale", False) else "tiny",
+             "teacher": cls.teacher_trainer_name() if getattr(cls, "teacher_source", None) == "checkpoint" else None}
+    first = t.record_as_in_reference(root, name, entry, teachers)
+    if not same(first, t.record_as_in_reference(root, name, entry, teachers)):
         raise SystemExit(f"{name}: two seeded runs in one process differ; find the unseeded generator")
     if plan["epochs"] == [0] and plan["num_epochs"] == 1:
-        longer = t.reference_record(root, cls, 4, [0], variant)
-        if not same(first, longer):
+        if not same(first, t.record_as_in_reference(root, name, dict(entry, num_epochs=4), teachers)):
             raise SystemExit(f"{name}: the step at epoch 0 depends on num_epochs; give it a documented schedule")
-    first["teacher"] = teacher
+    first["teacher"] = entry["teacher"]
     first["schedule"] = plan["why"]
-    os.environ.pop(t.TEACHER_ENV, None)
     return first
 
 
