@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh
 "$VENV/bin/ruff" check .
-exec "$VENV/bin/pytest" -ra -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscopereorder "$@"
+exec "$VENV/bin/pytest" -ra -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
