@@ -110,8 +110,8 @@ def prepare_root(root: Path) -> None:
     if (root / "preprocessed" / conftest.DATASET_NAME / "nnUNetPlans.json").is_file():
         return
     conftest.write_tiny_dataset(root)
-    conftest.run_command(["nnUNetv2_plan_and_preprocess", "-d", conftest.DATASET_ID, "-c", "3d_fullres", "-np", "1",
-                          "--verify_dataset_integrity"], conftest.nnunet_env(root, n_proc_da="1"))
+    conftest.run_command(["nnUNetv2_plan_and_preprocess", "-d", conftest.DATASET_ID, "-c", "3d_fullres", "-npfp", "1",
+                          "-np", "1", "--verify_dataset_integrity"], conftest.nnunet_env(root, n_proc_da="1"))
 
 
 def schedule(t, cls, root) -> dict:
