@@ -3,7 +3,6 @@ import csv
 import json
 import shutil
 
-import numpy as np
 import SimpleITK as sitk
 
 from cli_helpers import run_in_process
@@ -12,6 +11,16 @@ from matplotlib.image import imread
 
 from nnunet_missingmod.evaluation.figures import figure_pixels
 from nnunet_missingmod.modalities import SUBSET_NAMES
+
+
+def flipped_voxels(folder, reference_folder) -> tuple:
+    """(voxels whose label differs, voxels) between the segmentations of ``folder`` (every case) and
+    ``reference_folder``."""
+    files = sorted(folder.glob("*.nii.gz"))
+    assert len(files) == len(CASE_IDS)
+    pairs = [(sitk.GetArrayFromImage(sitk.ReadImage(str(f))),
+              sitk.GetArrayFromImage(sitk.ReadImage(str(reference_folder / f.name)))) for f in files]
+    return sum(int((a != b).sum()) for a, b in pairs), sum(a.size for a, _ in pairs)
 
 
 def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed, trained_dropout_model, tmp_path):
@@ -31,15 +40,17 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
     assert {r["trainer"] for r in rows} == {"ModalityDropoutTrainer_debug", "ModalityDropoutTrainer_debug#2"}
     assert {r["region"] for r in rows} == {"WT", "TC", "ET"}
     # each subset's prediction exists in the original geometry, and was made with the right channels zeroed:
-    # the full-set prediction equals the stock predictor's
+    # the full-set prediction equals the stock predictor's. evaluate passes a tile's subsets through the network as
+    # one batch (--subset-batch 15), whose convolutions may sum in another order: a voxel whose classes tie within
+    # float rounding may flip (tests/inference/test_subset_batch.py checks that rule on logits), rare against what a
+    # wrong channel changes
     stock = tmp_path / "stock"
     run_command(["nnUNetv2_predict", "-i", tiny_preprocessed / "imagesTr", "-o", stock, "-d", DATASET_ID,
                  "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug", "-device", "cpu",
                  "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env(nnunet_root))
     full = out / "predictions" / "ModalityDropoutTrainer_debug" / "T1+T1ce+T2+FLAIR"
-    for seg in stock.glob("*.nii.gz"):
-        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
-                              sitk.GetArrayFromImage(sitk.ReadImage(str(full / seg.name))))
+    flipped, voxels = flipped_voxels(stock, full)
+    assert flipped <= voxels // 1000
     # a subset's prediction equals `predict` on a folder that holds only those sequences
     only = tmp_path / "only_t1ce_flair"
     only.mkdir()
@@ -49,9 +60,11 @@ def test_evaluate_writes_the_fifteen_subset_table(nnunet_root, tiny_preprocessed
                  "-c", "3d_fullres", "-f", "0", "-tr", "ModalityDropoutTrainer_debug", "-device", "cpu",
                  "--disable_tta"], nnunet_env(nnunet_root))
     subset_folder = out / "predictions" / "ModalityDropoutTrainer_debug" / "T1ce+FLAIR"
-    for seg in (tmp_path / "pred_only").glob("*.nii.gz"):
-        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
-                              sitk.GetArrayFromImage(sitk.ReadImage(str(subset_folder / seg.name))))
+    flipped, voxels = flipped_voxels(tmp_path / "pred_only", subset_folder)
+    assert flipped <= voxels // 1000
+    print(f"evaluate vs predict: {flipped} of {voxels} voxels differ; T1ce+FLAIR vs the full set: "
+          f"{flipped_voxels(tmp_path / 'pred_only', full)[0]}")
+    assert flipped_voxels(tmp_path / "pred_only", full)[0] > voxels // 1000  # the rule tells these subsets apart
 
     table = (out / "summary.md").read_text()
     assert "| region | trainer | " + " | ".join(SUBSET_NAMES) + " | mean |" in table
