@@ -63,22 +63,6 @@ def run_command(args, env, cwd=None, expect_ok=True) -> subprocess.CompletedProc
     return result
 
 
-# The modules that take minutes (their fixtures train, plan or record), longest first. run_tests.sh runs the suite on
-# pytest-xdist workers that take one module at a time in collection order; starting these first keeps one worker
-# from running a long module alone at the end while the other has nothing left.
-LONGEST_MODULES = ("training/test_behaviour_reference.py", "training/test_resume_after_kill.py",
-                   "benchmarks/test_robustness_benchmark.py", "demo/test_cli.py", "training/test_naming.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    tests = Path(__file__).parent
-    gone = [name for name in LONGEST_MODULES if not (tests / name).is_file()]
-    if gone:
-        raise pytest.UsageError(f"tests/conftest.py LONGEST_MODULES names modules that are gone: {gone}")
-    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
-    items[:] = sorted(items, key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
-
-
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory) -> Path:
     """Session-wide nnU-Net roots; sets the environment variables for in-process use too (paths are lazy)."""
@@ -94,9 +78,8 @@ def tiny_preprocessed(nnunet_root) -> Path:
     """The tiny dataset, written and then planned and preprocessed by ``nnUNetv2_plan_and_preprocess``."""
     raw = write_tiny_dataset(nnunet_root)
     # nnUNet_n_proc_DA=0 crashes planning in 2.8.1 (torch.set_num_threads(0)), hence 1 here. One fingerprint process
-    # (nnU-Net's default is 8): the same fingerprint, 38 s instead of 50-57 s here, and 5 GB of memory at its peak
-    # instead of 7-11 GB (every process holds its share of the 1e8 sampled intensities), which two test workers
-    # planning at once would exceed.
+    # (nnU-Net's default is 8), as the demo uses on a CPU: the same fingerprint, 38 s instead of 50-57 s here, and
+    # 5 GB of memory at its peak instead of 7-11 GB (every process holds its share of the sampled intensities).
     run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "-npfp", "1", "-np", "1",
                  "--verify_dataset_integrity"], nnunet_env(nnunet_root, n_proc_da="1"))
     return raw
