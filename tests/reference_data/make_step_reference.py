@@ -17,7 +17,8 @@ so to regenerate there:
 commit of the package that was imported and whether its folder had local changes.) ``--only NAME ...`` prints
 the records of some trainers without writing anything; with ``--records-to FILE`` it writes them there instead,
 each trainer run once on the schedule, plans and teacher of its entry in the shipped reference (what the test
-does). About 25 minutes on 2 CPU cores.
+does; with ``--claim-dir``, processes started alike share the names out: the test runs one per CPU core). About
+25 minutes on 2 CPU cores.
 
 Everything runs with portable arithmetic (``PORTABLE_ARITHMETIC_ENV``, ``use_portable_arithmetic``), so that
 every x86-64 CPU computes the same numbers: the script starts itself again with that environment when it was not
@@ -249,12 +250,25 @@ def use_portable_arithmetic() -> None:
     torch.set_num_threads(1)
 
 
-def record_to_file(t, names, root: Path, teachers: Path, out: Path) -> None:
+def claim(claims: Path, name: str) -> bool:
+    """Whether this process takes trainer ``name``: the first of the processes sharing ``claims`` to create
+    ``claims/name`` does (creation with O_EXCL is atomic)."""
+    try:
+        os.close(os.open(claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def record_to_file(t, names, root: Path, teachers: Path, out: Path, claims: Path = None) -> None:
     """Each trainer's record on the schedule, plans variant and teacher of its entry in the shipped reference, run
-    once, or the traceback that stopped it; written to ``out`` when all are done."""
+    once, or the traceback that stopped it; written to ``out`` when all are done. With ``claims``, several processes
+    given the same names share them out, each recording the names it claims first (see :func:`claim`)."""
     expected = t.REFERENCE["trainers"]
     records = {}
     for name in names:
+        if claims is not None and not claim(claims, name):
+            continue
         try:
             records[name] = t.record_as_in_reference(root, name, expected[name], teachers)
         except Exception:  # noqa: BLE001 - one trainer's failure is that trainer's test failure
@@ -272,9 +286,14 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", help="record these trainers only and print the records (no files)")
     parser.add_argument("--records-to", type=Path, help="with --only: write the records (each trainer run once, "
                                                         "on its schedule in the shipped reference) to this JSON file")
+    parser.add_argument("--claim-dir", type=Path, help="with --records-to: an existing folder shared by processes "
+                                                       "given the same --only names; each records the names it "
+                                                       "claims there first")
     args = parser.parse_args(argv)
     if args.records_to and not args.only:
         parser.error("--records-to needs --only")
+    if args.claim_dir and not args.records_to:
+        parser.error("--claim-dir needs --records-to")
     restart_with_portable_arithmetic()
     os.environ["nnUNet_compile"] = "f"
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="step_reference_"))
@@ -287,7 +306,7 @@ def main(argv=None) -> None:
 
     names = args.only or t.hand_written_trainer_names()
     if args.records_to:
-        record_to_file(t, names, root, work / "teachers", args.records_to)
+        record_to_file(t, names, root, work / "teachers", args.records_to, args.claim_dir)
         return
     records = {}
     for name in names:

@@ -286,20 +286,42 @@ def _reference() -> dict:
 REFERENCE = _reference() if STEP_REFERENCE.is_file() else {"trainers": {}, "models": {}}
 
 
+# The generator computes on one thread (its portable arithmetic), so one process per CPU core shares the trainers
+# out (each holds at most one full-size MST-KD trainer, about 3 GB).
+STEP_PROCESSES = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+
+
 @pytest.fixture(scope="module")
 def step_records(nnunet_root, tiny_preprocessed, tmp_path_factory):
     """Reference name -> the record of :func:`reference_record` (or ``{"error": traceback}``) for every name in
-    :data:`STEP_NAMES`, computed by the generator in one child process (with its portable arithmetic)."""
+    :data:`STEP_NAMES`, computed by the generator (with its portable arithmetic) in ``STEP_PROCESSES`` child
+    processes that share the names out."""
     work = tmp_path_factory.mktemp("step_records")
-    out = work / "records.json"
+    claims = work / "claims"
+    claims.mkdir()
     env = nnunet_env(nnunet_root)
     env.pop(TEACHER_ENV, None)
-    result = subprocess.run([sys.executable, str(GENERATOR), "--nnunet-root", str(nnunet_root), "--work-dir",
-                             str(work), "--records-to", str(out), "--only", *STEP_NAMES], env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0 or not out.is_file():
-        pytest.fail(f"the generator failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return json.loads(out.read_text())
+    children = []
+    for k in range(STEP_PROCESSES):
+        out, log = work / f"records_{k}.json", work / f"generator_{k}.log"
+        with open(log, "w") as stream:
+            process = subprocess.Popen([sys.executable, str(GENERATOR), "--nnunet-root", str(nnunet_root),
+                                        "--work-dir", str(work / f"work_{k}"), "--records-to", str(out),
+                                        "--claim-dir", str(claims), "--only", *STEP_NAMES], env=env,
+                                       stdout=stream, stderr=subprocess.STDOUT, text=True)
+        children.append((process, out, log))
+    records = {}
+    try:
+        for process, out, log in children:
+            if process.wait() != 0 or not out.is_file():
+                pytest.fail(f"the generator failed ({process.returncode}):\n{log.read_text()[-8000:]}")
+            records.update(json.loads(out.read_text()))
+    finally:
+        for process, _, _ in children:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return records
 
 
 # methods added after the reference was recorded (on the pre-refactor commit) have none; their own tests cover them
@@ -330,6 +352,7 @@ STEP_NAMES = [name for name in sorted(REFERENCE["trainers"])
 
 @pytest.mark.parametrize("name", STEP_NAMES)
 def test_one_seeded_step_matches_the_reference(name, step_records):
+    assert name in step_records, f"{name}: no generator process recorded it"
     actual = step_records[name]
     assert "error" not in actual, f"{name} ({current_name(name)}) failed:\n{actual.get('error')}"
     problems = compare_records(actual, REFERENCE["trainers"][name])
