@@ -364,16 +364,19 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
         else:
             monkeypatch.delenv("nnUNet_missingmod_teacher", raising=False)
         trainer = make_trainer(nnunet_root, cls)
-        path = str(tmp_path / f"{name}.pth")
-        trainer.save_checkpoint(path)
-        checkpoint = torch.load(path, weights_only=False)
+        path = tmp_path / f"{name}_checked.pth"  # not the teachers' files above
+        trainer.save_checkpoint(str(path))
+        # mmap: only the tensors read (the network's) come from the file; a full-size MST-KD checkpoint also holds
+        # its teacher and both optimisers' states, ~2 GB
+        checkpoint = torch.load(path, weights_only=False, mmap=True)
         plans_manager = PlansManager(trainer.plans_manager.plans)
         inference_network = cls.build_network_architecture(
             plans_manager, plans_manager.get_configuration("3d_fullres"), trainer.num_input_channels,
             trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
         inference_network.load_state_dict(checkpoint["network_weights"], strict=True)
         assert checkpoint["trainer_name"] == name
-        del trainer
+        del trainer, checkpoint
+        path.unlink()
 
 
 def test_a_method_that_fails_to_import_raises_or_is_skipped_and_named(tmp_path, monkeypatch):
