@@ -9,11 +9,12 @@ same per parameter tensor of the network and of every extra module after the las
 rounding (rtol 1e-5, atol 1e-6) is a change of behaviour; the message says whether construction or the step
 changed.
 
-The steps run in a child process, the generator's, with its portable arithmetic (``PORTABLE_ARITHMETIC_ENV`` and
-``use_portable_arithmetic`` there): ATen's baseline kernels, MKL's compatible code path, oneDNN off, one thread. With
-the arithmetic each CPU picks for itself, the weights after a few steps differ between an AVX2 and an AVX-512
-machine by more than the tolerance (the biases in front of an instance norm have a zero gradient, so what they hold
-after a step is rounding alone); pinned, every x86-64 CPU computes the same operations in the same order.
+The steps run in child processes, the generator's (one per CPU core), with its portable arithmetic
+(``PORTABLE_ARITHMETIC_ENV`` and ``use_portable_arithmetic`` there): ATen's baseline kernels, MKL's compatible code
+path, oneDNN off, one thread. With the arithmetic each CPU picks for itself, the weights after a few steps differ
+between an AVX2 and an AVX-512 machine by more than the tolerance (the biases in front of an instance norm have a
+zero gradient, so what they hold after a step is rounding alone); pinned, every x86-64 CPU computes the same
+operations in the same order.
 
 ``tests/reference_data/models/`` holds tiny model folders of the public trainers (plans.json, dataset.json,
 fold_0/checkpoint_final.pth written by the trainer's own ``save_checkpoint`` before the refactor, slimmed as the
