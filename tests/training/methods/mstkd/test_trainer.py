@@ -129,9 +129,28 @@ def test_frozen_teacher_needs_a_compatible_run_and_stays_fixed(nnunet_root, tiny
     assert torch.equal(loaded, module_parameters(trainer.extra_modules["teacher"]))
 
 
-# Resume (student, teacher, discriminator and its Adam, sampler) is checked bit for bit on a real killed
-# nnUNetv2_train: test_killed_mstkd_run_resumes_teacher_discriminator_and_their_optimisers in
-# tests/training/test_resume_after_kill.py.
+def test_checkpoint_holds_the_student_and_resumes_teacher_and_discriminator_exactly(nnunet_root, tiny_preprocessed,
+                                                                                  tmp_path):
+    trainer = make_trainer(nnunet_root, MSTKDTrainer_small)
+    trainer.train_step(make_batch(trainer, seed=0))
+    path = str(tmp_path / "mstkd.pth")
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    student = {k: v for k, v in trainer.network.state_dict().items()}
+    assert all(torch.equal(student[k], checkpoint["network_weights"][k]) for k in student)
+    assert set(checkpoint[CHECKPOINT_EXTRA_KEY]["optimizers"]) == {"discriminator"}
+
+    restored = make_trainer(nnunet_root, MSTKDTrainer_small)
+    restored.load_checkpoint(path)
+    trainer.current_epoch += 1  # what nnU-Net's on_epoch_end does after writing the checkpoint
+    for trainer_ in (trainer, restored):
+        trainer_.on_train_epoch_start()  # LR schedules and the ramp-up's position in training
+        torch.manual_seed(11)  # the transformer's dropout draws from the global generator
+        trainer_.train_step(make_batch(trainer_, seed=4))
+    for name in ("teacher", "discriminator"):
+        assert torch.equal(module_parameters(trainer.extra_modules[name]),
+                           module_parameters(restored.extra_modules[name])), name
+    assert torch.equal(module_parameters(trainer.network), module_parameters(restored.network))
 
 
 def test_a_stock_teacher_seeds_the_student_where_names_and_shapes_match(nnunet_root, stock_run, monkeypatch):
