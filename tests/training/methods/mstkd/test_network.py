@@ -213,7 +213,7 @@ def test_feature_api_works_through_torch_compile():
     """``network(x, return_features=True)`` goes through ``__call__``, so torch.compile compiles the feature path
     too; nnU-Net disables compile on CPU, so it is exercised here. Backend ``aot_eager``: Dynamo's graph through
     AOTAutograd's functionalisation and decompositions, the stages inductor runs before its code generation (CPU
-    C++ code generation, which GPUs do not use, made this test 54 s instead of 4 s here)."""
+    C++ code generation, which GPUs do not use, made this test 20 s instead of 4 s here)."""
     torch.manual_seed(0)
     plans_manager, configuration_manager = tiny_3d()
     network = build_mstkd_network(plans_manager, configuration_manager, 4, 3, True, transformer=SMALL).eval()
