@@ -367,7 +367,7 @@ def test_every_trainers_checkpoint_loads_strictly_into_its_inference_network(nnu
         path = tmp_path / f"{name}_checked.pth"  # not the teachers' files above
         trainer.save_checkpoint(str(path))
         # mmap: only the tensors read (the network's) come from the file; a full-size MST-KD checkpoint also holds
-        # its teacher and both optimisers' states, ~2 GB
+        # its teacher and the optimisers' states, several times the network's size
         checkpoint = torch.load(path, weights_only=False, mmap=True)
         plans_manager = PlansManager(trainer.plans_manager.plans)
         inference_network = cls.build_network_architecture(
