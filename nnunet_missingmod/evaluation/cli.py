@@ -67,7 +67,8 @@ def _register_score(subparsers) -> None:
         description="Score the label maps in PRED_DIR against those in GT_DIR (matched by file name, full volumes, "
                     "spacing from the images) and write metrics.csv, summary.json, summary.md and plots into OUT. "
                     "Conventions: Dice in [0, 1]; both empty -> Dice 1, HD95 0; exactly one empty -> Dice 0, "
-                    "HD95 373.13 mm (diagonal of the 240x240x155 BraTS volume).")
+                    "HD95 374 mm as the BraTS 2023 scorer (373 with --hd95-variant pooled, as the 2024/25 "
+                    "package; 373.13 with voxel_max_directed).")
     p.add_argument("gt_dir", metavar="GT_DIR", help="folder of ground-truth label images (e.g. labelsTr)")
     p.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted label images, same file names")
     add_scoring_arguments(p)

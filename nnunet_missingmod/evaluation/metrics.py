@@ -7,10 +7,12 @@ Conventions (also written into every report, see :func:`conventions`):
   and in mm, so HD95 is in mm;
 * Dice lies in [0, 1];
 * both masks empty: Dice :data:`EMPTY_BOTH_DICE` = 1, HD95 :data:`EMPTY_BOTH_HD95` = 0 mm;
-* exactly one mask empty: Dice :data:`ONE_EMPTY_DICE` = 0, HD95 :data:`ONE_EMPTY_HD95` = 373.13 mm, the diagonal
-  sqrt(240² + 240² + 155²) of the 240×240×155 1 mm BraTS (SRI24) volume, as cited by the legacy BraTS papers.
-  Scoring a missed tumour as 0 would reward missing it; inf would make every mean inf. (The BraTS 2023 script
-  gets inf here and reports 374 mm, ``replace(np.inf, 374)``; we keep 373.13 for every variant);
+* exactly one mask empty: Dice :data:`ONE_EMPTY_DICE` = 0, HD95 :func:`one_empty_hd95` of the variant: what the
+  challenge scorer that uses the variant reports (its inf replaced by the challenge's penalty): 374 mm for the BraTS
+  2023 HD95 (``replace(np.inf, 374)`` in the 2023 scorer), 373 mm for the pooled HD95 of the BraTS 2024/25 package
+  (``global_hd95`` inf -> 373), and for MONAI's definition, which no challenge scores, the 373.13 mm =
+  sqrt(240² + 240² + 155²) of the BraTS 2018-2021 papers (the diagonal of the 240×240×155 1 mm SRI24 volume).
+  Scoring a missed tumour as 0 would reward missing it; inf would make every mean inf;
 * HD95 variants (``variant`` of :func:`hd95`, ``--hd95-variant``):
 
   - ``"max_directed"`` (default) = **the BraTS 2023 HD95**: DeepMind surface-distance's robust Hausdorff distance
@@ -40,12 +42,26 @@ from nnunet_missingmod.evaluation.surface import surfel_hausdorff, union_boundin
 EMPTY_BOTH_DICE = 1.0
 ONE_EMPTY_DICE = 0.0
 EMPTY_BOTH_HD95 = 0.0
-ONE_EMPTY_HD95 = 373.13
-"""HD95 (mm) when exactly one of the two masks is empty: sqrt(240² + 240² + 155²) = 373.13 mm, the diagonal of the
-BraTS volume, i.e. the worst distance possible in it."""
+BRATS_DIAGONAL_HD95 = 373.13
+"""sqrt(240² + 240² + 155²) mm, the diagonal of the 240×240×155 1 mm BraTS volume: the one-empty HD95 that the BraTS
+2018-2021 papers cite."""
 
 HD95_VARIANTS: Tuple[str, ...] = ("max_directed", "voxel_max_directed", "pooled")
 DEFAULT_HD95_VARIANT = "max_directed"
+
+ONE_EMPTY_HD95: Dict[str, float] = {
+    "max_directed": 374.0,  # BraTS 2023 scorer: compute_robust_hausdorff gives inf, replace(np.inf, 374)
+    "voxel_max_directed": BRATS_DIAGONAL_HD95,  # MONAI gives inf; no challenge scores this definition
+    "pooled": 373.0,  # BraTS 2024/25 package (brats-parse-metrics): panoptica's inf global_bin_hd95 -> 373
+}
+"""HD95 (mm) per variant when exactly one of the two masks is empty (see the module doc)."""
+
+
+def one_empty_hd95(variant: str = DEFAULT_HD95_VARIANT) -> float:
+    """The HD95 (mm) that ``variant`` gives a pair with exactly one empty mask: its challenge scorer's penalty."""
+    if variant not in HD95_VARIANTS:
+        raise ValueError(f"unknown HD95 variant {variant!r}; expected one of {HD95_VARIANTS}")
+    return ONE_EMPTY_HD95[variant]
 
 Regions = Mapping[str, Tuple[int, ...]]
 """Region name -> the label values it unites, e.g. ``{"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}``."""
@@ -73,7 +89,8 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] =
         variant: ``"max_directed"`` (BraTS 2023: surface elements weighted by area, nearest rank),
             ``"voxel_max_directed"`` (MONAI) or ``"pooled"`` (medpy, panoptica); see the module doc.
     Returns:
-        HD95 in mm; :data:`EMPTY_BOTH_HD95` if both masks are empty, :data:`ONE_EMPTY_HD95` if exactly one is.
+        HD95 in mm; :data:`EMPTY_BOTH_HD95` if both masks are empty, :func:`one_empty_hd95` of ``variant``
+            if exactly one is.
 
     Only the union bounding box is processed: every surface voxel (or surface element) lies in it, and the exact
     Euclidean distance transform restricted to a box still finds the nearest one, so the result equals the
@@ -87,7 +104,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] =
     if pred_empty and ref_empty:
         return EMPTY_BOTH_HD95
     if pred_empty or ref_empty:
-        return ONE_EMPTY_HD95
+        return ONE_EMPTY_HD95[variant]
     if variant == "max_directed":
         return surfel_hausdorff(pred, ref, spacing, 95.0)
     pred_to_ref, ref_to_pred = directed_surface_distances(pred, ref, spacing)
@@ -157,6 +174,14 @@ def aurc(mean_dice_by_cardinality: Mapping[int, float]) -> Tuple[float, float]:
     return raw, raw / 3.0
 
 
+_ONE_EMPTY_SOURCE = {
+    "max_directed": "the BraTS 2023 scorer's inf replaced by 374",
+    "voxel_max_directed": "= sqrt(240^2+240^2+155^2), the diagonal of the BraTS volume cited by the BraTS 2018-2021 "
+                          "papers; MONAI gives inf",
+    "pooled": "the BraTS 2024/25 package's inf replaced by 373",
+}
+
+
 def conventions(hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, str]:
     """The metric conventions as written into summary.json and summary.md."""
     if hd95_variant not in HD95_VARIANTS:
@@ -182,9 +207,8 @@ def conventions(hd95_variant: str = DEFAULT_HD95_VARIANT) -> Dict[str, str]:
         "hd95_variant": hd95_variant,
         "surface": surface_text,
         "both_empty": f"Dice {EMPTY_BOTH_DICE:g}, HD95 {EMPTY_BOTH_HD95:g} mm",
-        "one_empty": f"Dice {ONE_EMPTY_DICE:g}, HD95 {ONE_EMPTY_HD95:g} mm "
-                     f"(= sqrt(240^2+240^2+155^2), the diagonal of the BraTS volume; the BraTS 2023 script "
-                     "reports 374 mm here)",
+        "one_empty": f"Dice {ONE_EMPTY_DICE:g}, HD95 {ONE_EMPTY_HD95[hd95_variant]:g} mm "
+                     f"({_ONE_EMPTY_SOURCE[hd95_variant]})",
         "space": "full volumes in the label images' own space (no cropping)",
         "aggregation": "mean ± sample sd (ddof=1) over cases",
         "aurc": "trapezoid over 1..4 available sequences of the mean Dice per number of sequences "

@@ -94,13 +94,15 @@ def write_manifest(path: str, manifest: Mapping[str, Any]) -> None:
 
 def settings_record(settings) -> Dict[str, Any]:
     """What decides an ``EvaluateSettings``' records (not the output folder, devices or worker counts), as JSON."""
+    from nnunet_missingmod.evaluation.metrics import one_empty_hd95
     scoring = {k: v for k, v in asdict(settings.scoring).items() if k not in ("output", "num_processes")}
     return {"images": os.path.abspath(settings.images), "labels": os.path.abspath(settings.labels),
             "model_folders": [os.path.abspath(f) for f in settings.model_folders],
             "full_set_model": os.path.abspath(settings.full_set_model) if settings.full_set_model else None,
             "folds": [str(f) for f in settings.folds], "checkpoint": settings.checkpoint,
             "subsets": [s.name for s in settings.subsets], "step_size": settings.step_size,
-            "use_mirroring": settings.use_mirroring, "figures": settings.figures, "scoring": scoring}
+            "use_mirroring": settings.use_mirroring, "figures": settings.figures, "scoring": scoring,
+            "one_empty_hd95": one_empty_hd95(settings.scoring.hd95_variant)}
 
 
 def check_split(out_dir: str, num_parts: int) -> None:
@@ -258,6 +260,7 @@ def merge_records(out_dir: str, num_parts: int, manifests: Sequence[Mapping[str,
 
 def run_merge(out_dir: str) -> int:
     from nnunet_missingmod.evaluation.figures import write_pictures
+    from nnunet_missingmod.evaluation.metrics import BRATS_DIAGONAL_HD95, one_empty_hd95
     from nnunet_missingmod.evaluation.options import ScoringSettings, print_overview, scoring_conventions
     from nnunet_missingmod.evaluation.report import write_report
     from nnunet_missingmod.evaluation.scoring import PredictionFolder
@@ -266,6 +269,11 @@ def run_merge(out_dir: str) -> int:
     claim_folder(out_dir, "evaluate-merge")  # refused while a part still writes into it
     num_parts, manifests = read_parts(out_dir)
     settings = manifests[0]["settings"]
+    expected = one_empty_hd95(settings["scoring"]["hd95_variant"])
+    if settings.get("one_empty_hd95") != expected:  # parts of 0.1.0 scored every variant's one-empty pair 373.13
+        raise MissingModError(f"cannot merge {out_dir}: its parts scored the HD95 of a pair with one empty mask as "
+                              f"{settings.get('one_empty_hd95', BRATS_DIAGONAL_HD95):g} mm, this version as "
+                              f"{expected:g} mm; evaluate the parts again into another folder")
     records = merge_records(out_dir, num_parts, manifests)
     scoring = ScoringSettings(output=out_dir, **settings["scoring"])
     summary = write_report(records, out_dir, scoring_conventions(scoring), bootstrap=scoring.bootstrap)

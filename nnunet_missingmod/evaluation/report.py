@@ -39,7 +39,7 @@ import numpy as np
 
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.atomic_io import atomic_output, atomic_write_text
-from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, ONE_EMPTY_HD95, aurc
+from nnunet_missingmod.evaluation.metrics import ONE_EMPTY_DICE, aurc, one_empty_hd95
 from nnunet_missingmod.evaluation.scoring import BASE_FIELDS, LESION_FIELDS, NO_SUBSET, RECORD_FIELDS, Record
 from nnunet_missingmod.modalities import FULL_SET, SUBSET_NAMES, SUBSETS
 
@@ -227,9 +227,10 @@ def describe(values: Iterable[float]) -> Dict[str, Optional[float]]:
 def summarise(table: RecordTable, conventions: Mapping[str, Any],
               bootstrap: BootstrapSettings = BootstrapSettings()) -> Dict[str, Any]:
     """Everything summary.json holds (see module doc); keys are trainer -> region -> ..."""
+    one_empty = one_empty_hd95(conventions["hd95_variant"])
     summary: Dict[str, Any] = {
         "conventions": dict(conventions),
-        "aggregation": _aggregation_text(bootstrap),
+        "aggregation": _aggregation_text(bootstrap, one_empty),
         "trainers": table.trainers,
         "regions": table.regions,
         "subsets": table.subsets,
@@ -254,7 +255,7 @@ def summarise(table: RecordTable, conventions: Mapping[str, Any],
             by_k = _per_cardinality(table, per_subset)
             summary["per_cardinality"][trainer][region] = by_k
             summary["aurc"][trainer][region] = _aurc_entry(by_k)
-            summary["one_empty_rule_count"][trainer][region] = _one_empty_count(table, trainer, region)
+            summary["one_empty_rule_count"][trainer][region] = _one_empty_count(table, trainer, region, one_empty)
     summary["paired_comparisons"] = paired_comparisons(table)
     summary["paired_intervals"] = paired_intervals(table, bootstrap)
     if table.has_lesionwise:
@@ -283,7 +284,7 @@ def lesionwise_summary(table: RecordTable, conventions: Mapping[str, Any]) -> Di
     return block
 
 
-def _aggregation_text(bootstrap: BootstrapSettings) -> Dict[str, str]:
+def _aggregation_text(bootstrap: BootstrapSettings, one_empty: float) -> Dict[str, str]:
     return {
         "mean_column": "mean ± sd over cases of each case's mean over the subsets",
         "per_cardinality": "mean over the subsets with k sequences of the per-subset means",
@@ -293,7 +294,7 @@ def _aggregation_text(bootstrap: BootstrapSettings) -> Dict[str, str]:
                               "(scipy.stats.wilcoxon, zero differences dropped)",
         "paired_intervals": _interval_text(bootstrap),
         "one_empty_rule_count": f"records scored by the exactly-one-empty rule (Dice {ONE_EMPTY_DICE:g}, "
-                                f"HD95 {ONE_EMPTY_HD95:g} mm)",
+                                f"HD95 {one_empty:g} mm)",
     }
 
 
@@ -328,9 +329,9 @@ def _aurc_entry(by_k: Mapping[str, Mapping[str, Any]]) -> Optional[Dict[str, flo
     return {"raw": raw, "normalised": normalised}
 
 
-def _one_empty_count(table: RecordTable, trainer: str, region: str) -> int:
+def _one_empty_count(table: RecordTable, trainer: str, region: str, one_empty: float) -> int:
     return sum(1 for r in table.records if r["trainer"] == trainer and r["region"] == region
-               and r["dice"] == ONE_EMPTY_DICE and r["hd95"] == ONE_EMPTY_HD95)
+               and r["dice"] == ONE_EMPTY_DICE and r["hd95"] == one_empty)
 
 
 def paired_comparisons(table: RecordTable) -> List[Dict[str, Any]]:

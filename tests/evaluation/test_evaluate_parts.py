@@ -163,3 +163,21 @@ def test_a_changed_checkpoint_is_refused_in_a_rerun(runs, tmp_path, model_folder
     assert rerun.returncode == 2 and rerun.stderr.count("\n") == 1, rerun.stderr
     assert f"checkpoint {checkpoint} changed" in rerun.stderr and "refusing to mix" in rerun.stderr
     assert checkpoint == str(model_folder / "fold_0" / "checkpoint_final.pth")
+
+
+def test_parts_scored_with_another_one_empty_hd95_are_not_merged(runs, tmp_path):
+    """Parts written before the one-empty HD95 followed the variant's challenge (373.13 mm for every variant): their
+    records would be reported under this version's 374 mm, so the merge refuses them."""
+    from nnunet_missingmod.errors import MissingModError
+    from nnunet_missingmod.evaluation.parts import run_merge
+    out = tmp_path / "out"
+    shutil.copytree(runs["parted"], out)
+    for manifest in (out / "parts").glob("part*of2.json"):
+        content = json.loads(manifest.read_text())
+        assert content["settings"].pop("one_empty_hd95") == 374.0  # the default variant's, recorded by each part
+        manifest.write_text(json.dumps(content))
+    before = (out / "summary.json").read_text()
+    with pytest.raises(MissingModError, match="scored the HD95 of a pair with one empty mask as 373.13 mm, this "
+                                              "version as 374 mm"):
+        run_merge(str(out))
+    assert (out / "summary.json").read_text() == before

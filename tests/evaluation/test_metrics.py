@@ -7,8 +7,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from nnunet_missingmod.evaluation.metrics import (EMPTY_BOTH_HD95, HD95_VARIANTS, ONE_EMPTY_HD95, aurc, conventions,
-                                                  dice, directed_surface_distances, hd95, region_masks, surface)
+from nnunet_missingmod.evaluation.metrics import (BRATS_DIAGONAL_HD95, EMPTY_BOTH_HD95, HD95_VARIANTS, aurc,
+                                                  conventions, dice, directed_surface_distances, hd95, one_empty_hd95,
+                                                  region_masks, surface)
 from nnunet_missingmod.evaluation.surface import surfel_hausdorff
 
 
@@ -63,15 +64,21 @@ def test_shape_mismatch_raises():
 # ----------------------------------------------------------------------------------------------------------- HD95
 
 def test_hd95_empty_conventions():
+    """Both empty: 0 mm. Exactly one empty: each variant's challenge penalty for the scorer's inf (BraTS 2023
+    ``replace(np.inf, 374)``; the 2024/25 package's 373) and the BraTS 2018-2021 diagonal for MONAI's definition."""
     empty = np.zeros((5, 5, 5), bool)
     blob = np.zeros((5, 5, 5), bool)
     blob[2, 2, 2] = True
     assert hd95(empty, empty) == EMPTY_BOTH_HD95 == 0.0
-    assert hd95(blob, empty) == ONE_EMPTY_HD95 == 373.13
+    assert hd95(blob, empty) == hd95(empty, blob) == 374.0
+    expected = {"max_directed": 374.0, "voxel_max_directed": 373.13, "pooled": 373.0}
     for variant in HD95_VARIANTS:
         assert hd95(empty, empty, variant=variant) == EMPTY_BOTH_HD95
-        assert hd95(empty, blob, variant=variant) == hd95(blob, empty, variant=variant) == ONE_EMPTY_HD95
-    assert ONE_EMPTY_HD95 == pytest.approx(math.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2), abs=0.005)
+        assert hd95(empty, blob, variant=variant) == hd95(blob, empty, variant=variant) == expected[variant]
+        assert one_empty_hd95(variant) == expected[variant]
+    assert BRATS_DIAGONAL_HD95 == pytest.approx(math.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2), abs=0.005)
+    with pytest.raises(ValueError, match="unknown HD95 variant"):
+        one_empty_hd95("medpy")
 
 
 def test_hd95_identical_masks_is_zero():
@@ -225,7 +232,9 @@ def test_aurc_needs_every_cardinality():
 
 def test_conventions_state_units_and_empty_rules():
     text = " ".join(conventions("pooled").values())
-    assert "373.13" in text and "[0, 1]" in text and "mm" in text and "pooled" in text
+    assert "HD95 373 mm" in text and "[0, 1]" in text and "mm" in text and "pooled" in text
+    assert "HD95 374 mm" in conventions("max_directed")["one_empty"]
+    assert "HD95 373.13 mm" in conventions("voxel_max_directed")["one_empty"]
     assert "not the BraTS 2023 value" in conventions("pooled")["hd95"]
     with pytest.raises(ValueError):
         conventions("other")

@@ -142,7 +142,7 @@ def test_metrics_csv_of_before_the_lesion_columns_is_read_and_reported_without_t
 def test_conventions_are_written_above_the_tables(report):
     out, _, _ = report
     text = (out / "summary.md").read_text()
-    assert text.index("373.13") < text.index("| region | trainer | T1 |")
+    assert text.index("HD95 374 mm") < text.index("| region | trainer | T1 |")
     assert "Dice in [0, 1]" in text
 
 
