@@ -20,7 +20,8 @@ Stages, each skipped when its output exists (a rerun resumes; an interrupted tra
 
 ``--report-only`` writes the report from the evaluations finished so far, while a long run goes on in another
 process: each budget with the seeds evaluated for every trainer (a budget with none is left out and named), without
-training, evaluating or taking ``OUT``'s lock.
+training, evaluating or taking ``OUT``'s lock; ``--report-to DIR`` writes those files into ``DIR`` instead (the report
+of some of the trainers beside the report of all).
 
 The report rests on ``OUT/benchmark.json``, ``OUT/heldout_cases.json`` and each evaluation's ``metrics.csv`` and
 ``summary.json`` (``OUT/evaluation/seed_K/TRAINER/``, well under 1 MB per model), and a model whose evaluation is
@@ -637,7 +638,8 @@ def write_report(bench: Benchmark, data: DataSettings) -> None:
     report = build_report(bench, bench.args.bootstrap)
     cases_file = bench.out / "heldout_cases.json"
     cases = json.loads(cases_file.read_text())
-    out = bench.out
+    out = bench.out if bench.args.report_to is None else Path(bench.args.report_to)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(str(out / "report.json"), json.dumps({"data": asdict(data), "heldout_cases": cases,
                                                             **report}, indent=1) + "\n")
     atomic_write_text(str(out / "report_arms.csv"), _csv(
@@ -684,7 +686,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true",
                         help="only write the report, from the evaluations finished so far (each budget with the seeds "
                              "evaluated for every trainer), without taking OUT's lock: beside a run still going")
+    parser.add_argument("--report-to", default=None, metavar="DIR",
+                        help="with --report-only: write the report files into DIR instead of OUT (OUT is only "
+                             "read), e.g. the report of a subset of the trainers beside the full one")
     args = parser.parse_args(argv)
+    if args.report_to is not None and not args.report_only:
+        parser.error("--report-to needs --report-only (a full run writes its report into --out)")
     preset = PRESETS[args.preset]
     if args.dataset_id is not None and args.train_cases is not None:
         parser.error("--train-cases generates a training set; --dataset-id uses an existing one")

@@ -171,9 +171,10 @@ def test_identical_pair_has_interval_zero(run):
 
 @pytest.mark.slow
 def test_report_only_reports_the_seeds_evaluated_so_far_while_another_run_holds_the_folder(run, nnunet_root,
-                                                                                            tmp_path):
+                                                                                            tmp_path, capsys):
     """--report-only beside a run still going: seed 1 not evaluated yet, a second budget with nothing evaluated,
-    OUT's lock held by another process of ours (here this one, the report runs in a subprocess)."""
+    OUT's lock held by another process of ours (here this one, the report runs in a subprocess); --report-to writes
+    the report of one of the trainers elsewhere and leaves OUT's report as it was."""
     from nnunet_missingmod.atomic_io import FOLDER_LOCK_NAME, claim_folder, lock_is_held, release_folder
     out, _ = run
     partial = tmp_path / "partial"
@@ -199,6 +200,15 @@ def test_report_only_reports_the_seeds_evaluated_so_far_while_another_run_holds_
     markdown = (partial / "report.md").read_text()
     assert "finished so far" in markdown and f"seed(s) 0 of {SEEDS}" in markdown and "200 iterations: none yet" \
         in markdown
+    elsewhere = tmp_path / "elsewhere" / "report"
+    code, err = main_in_process(capsys, partial, "--report-only", "--report-to", elsewhere, "--trainers", TRAINER)
+    assert code == 0, err
+    assert json.loads((elsewhere / "report.json").read_text())["budgets"] == report["budgets"]
+    assert {r["trainer"] for r in json.loads((elsewhere / "report.json").read_text())["arms"]} == {TRAINER}
+    assert json.loads((partial / "report.json").read_text()) == report  # OUT's report untouched
+    with pytest.raises(SystemExit) as refused:
+        main_in_process(capsys, partial, "--report-to", elsewhere)
+    assert refused.value.code == 2 and "--report-to needs --report-only" in capsys.readouterr().err
     shutil.rmtree(partial / "evaluation" / "seed_0")
     result = benchmark(partial, nnunet_env(nnunet_root), "--report-only", expect_ok=False)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
