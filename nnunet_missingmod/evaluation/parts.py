@@ -270,7 +270,7 @@ def run_merge(out_dir: str) -> int:
     num_parts, manifests = read_parts(out_dir)
     settings = manifests[0]["settings"]
     expected = one_empty_hd95(settings["scoring"]["hd95_variant"])
-    if settings.get("one_empty_hd95") != expected:  # parts of 0.1.0 scored every variant's one-empty pair 373.13
+    if settings.get("one_empty_hd95") != expected:  # older parts scored every variant's one-empty pair 373.13
         raise MissingModError(f"cannot merge {out_dir}: its parts scored the HD95 of a pair with one empty mask as "
                               f"{settings.get('one_empty_hd95', BRATS_DIAGONAL_HD95):g} mm, this version as "
                               f"{expected:g} mm; evaluate the parts again into another folder")
