@@ -634,12 +634,13 @@ def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
 
 
 def write_report(bench: Benchmark, data: DataSettings) -> None:
-    from nnunet_missingmod.atomic_io import atomic_write_text
+    from nnunet_missingmod.atomic_io import atomic_write_text, check_writable_folder
+    out = bench.out if bench.args.report_to is None else Path(bench.args.report_to)
+    if bench.args.report_to is not None:
+        check_writable_folder(str(out), "--report-to")
     report = build_report(bench, bench.args.bootstrap)
     cases_file = bench.out / "heldout_cases.json"
     cases = json.loads(cases_file.read_text())
-    out = bench.out if bench.args.report_to is None else Path(bench.args.report_to)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(str(out / "report.json"), json.dumps({"data": asdict(data), "heldout_cases": cases,
                                                             **report}, indent=1) + "\n")
     atomic_write_text(str(out / "report_arms.csv"), _csv(

@@ -206,6 +206,11 @@ def test_report_only_reports_the_seeds_evaluated_so_far_while_another_run_holds_
     assert json.loads((elsewhere / "report.json").read_text())["budgets"] == report["budgets"]
     assert {r["trainer"] for r in json.loads((elsewhere / "report.json").read_text())["arms"]} == {TRAINER}
     assert json.loads((partial / "report.json").read_text()) == report  # OUT's report untouched
+    not_a_folder = tmp_path / "report.md"
+    not_a_folder.write_text("mine")
+    code, err = main_in_process(capsys, partial, "--report-only", "--report-to", not_a_folder)
+    assert code == 2 and err.strip().count("\n") == 0 and f"--report-to {not_a_folder} is a file" in err
+    assert not_a_folder.read_text() == "mine"
     with pytest.raises(SystemExit) as refused:
         main_in_process(capsys, partial, "--report-to", elsewhere)
     assert refused.value.code == 2 and "--report-to needs --report-only" in capsys.readouterr().err
