@@ -143,11 +143,11 @@ def available_trainers() -> Tuple[Dict[str, type], List[str]]:
 
 
 def default_trainer_names(registered: Dict[str, type], device: str) -> List[str]:
-    """Stock, ModalityDropoutTrainer, the recommended trainer, then every registered MSTKDTrainer*/CCSDTrainer*
+    """Stock, ModalityDropoutTrainer, the self-distillation trainer, then every registered MSTKDTrainer*/CCSDTrainer*
     (method + ablations + variants), without budget variants and teacher-only trainers; the ``_small``
     (CPU-sized transformer) ones on the CPU where a family has them, the full-size ones on CUDA."""
-    from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
-    names = [STOCK, "ModalityDropoutTrainer", RECOMMENDED_TRAINER]
+    from nnunet_missingmod.training.methods.selfdistill.trainer import SELF_DISTILLATION_TRAINER
+    names = [STOCK, "ModalityDropoutTrainer", SELF_DISTILLATION_TRAINER]
     for family in FAMILIES[1:]:
         members = sorted(n for n in registered if n.startswith(family) and not n.endswith(BUDGET_SUFFIXES))
         small = [n for n in members if n.endswith("_small")]

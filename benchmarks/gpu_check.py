@@ -7,7 +7,7 @@ On a lent GPU machine, after the set-up of ``../shared/gpu/README.md`` (within i
 1. **Step cost** (``bench_train_cost.py --config brats --device cuda --pairwise``): every default trainer's
    ``train_step`` at the BraTS 3d_fullres plans (128^3, batch 2, 6 stages 32..320) under CUDA AMP, eager, each
    interleaved with stock ``nnUNetTrainer``: ms/step and ``torch.cuda.max_memory_allocated``, both relative to stock;
-   then ``nnUNet_compile=t`` for stock and the recommended trainer.
+   then ``nnUNet_compile=t`` for stock and the self-distillation trainer.
 2. **Training** on phantoms: a 3 mm phantom dataset, planned and preprocessed by nnU-Net, then ``nnUNetv2_train`` of
    each method's ``_200iters`` sibling (200 iterations), all methods at once on the one GPU; the per-epoch train
    loss (from ``checkpoint_final.pth``) must be finite and falling.
@@ -30,16 +30,16 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
+from nnunet_missingmod.training.methods.selfdistill.trainer import SELF_DISTILLATION_TRAINER
 from nnunet_missingmod.training.naming import BUDGETS
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench_train_cost.py"
-RECOMMENDED = [RECOMMENDED_TRAINER, "ModalityDropoutTrainer_cardinality"]  # first registered one is used
+COMPILED = [SELF_DISTILLATION_TRAINER, "ModalityDropoutTrainer_cardinality"]  # timed compiled: the first registered
 STEP_TRAINERS = ["nnUNetTrainer", "ModalityDropoutTrainer", "ModalityDropoutTrainer_cardinality",
-                 RECOMMENDED_TRAINER, "MSTKDTrainer", "MSTKDTrainer_frozenTeacher", "MSTKDTrainer_vitSmall",
+                 SELF_DISTILLATION_TRAINER, "MSTKDTrainer", "MSTKDTrainer_frozenTeacher", "MSTKDTrainer_vitSmall",
                  "MSTKDTrainer_noGSME", "CCSDTrainer", "CCSDTrainer_2subsets", "CCSDTrainer_small"]
-METHODS = ["FullSetTrainer", "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer",
+METHODS = ["FullSetTrainer", "ModalityDropoutTrainer_cardinality", SELF_DISTILLATION_TRAINER, "MSTKDTrainer",
            "MSTKDTrainer_vitSmall", "CCSDTrainer", "CCSDTrainer_small"]
 TRAIN_ID, PREDICT_ID = 991, 992
 
@@ -60,14 +60,14 @@ def registered(names: List[str]) -> List[str]:
     return [n for n in names if n in known]
 
 
-def step_costs(args, work: Path, env: dict, recommended: str) -> Dict[str, dict]:
-    """Eager AMP step of every trainer (pairwise with stock), then compiled stock and recommended."""
+def step_costs(args, work: Path, env: dict, compiled: str) -> Dict[str, dict]:
+    """Eager AMP step of every trainer (pairwise with stock), then stock and ``compiled`` compiled."""
     results = {}
     common = [sys.executable, str(BENCH), "--config", "small" if args.smoke else "brats", "--device", args.device,
               "--pairwise", "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", "4"]
     for mode, trainers, extra, timeout in (
             ("eager", registered(STEP_TRAINERS), [], 200),
-            ("compiled", registered(["nnUNetTrainer", recommended]), ["--compile", "--no-memory"], 150)):
+            ("compiled", registered(["nnUNetTrainer", compiled]), ["--compile", "--no-memory"], 150)):
         if args.device == "cpu" and mode == "compiled":
             continue
         out = work / f"steps_{mode}.json"
@@ -200,15 +200,15 @@ def main() -> None:
                           nnUNet_results=str(work / "results"))
         from nnunet_missingmod.training.naming import trainer_dir
         env = dict(os.environ, nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f")
-        recommended = registered(RECOMMENDED)[0]
-        steps = {} if args.skip_steps else step_costs(args, work, env, recommended)
+        compiled = registered(COMPILED)[0]
+        steps = {} if args.skip_steps else step_costs(args, work, env, compiled)
         methods = train_and_predict(args, work, env, registered(args.methods.split(",") if args.methods else METHODS))
         text = table(steps, methods)
         print("\n" + text)
         import torch
         report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "recommended": recommended, "seconds": round(time.monotonic() - started, 1),
+                  "compiled_trainer": compiled, "seconds": round(time.monotonic() - started, 1),
                   "steps": steps, "methods": methods, "table": text}
         for log in work.glob("*.log"):  # the logs' tails, for a failure's cause (the work folder is deleted)
             report.setdefault("log_tails", {})[log.name] = log.read_text(errors="replace")[-3000:]

@@ -86,9 +86,9 @@ class Preset:
     eval_parts: int
 
 
-def _recommended() -> str:
-    from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
-    return RECOMMENDED_TRAINER
+def _self_distillation() -> str:
+    from nnunet_missingmod.training.methods.selfdistill.trainer import SELF_DISTILLATION_TRAINER
+    return SELF_DISTILLATION_TRAINER
 
 
 # 3 mm in both: phantom.py draws the enhancing rim max(U(2, 5) mm, one voxel) thick and the core radius
@@ -666,7 +666,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="cpu (default): 200/1000/3000 iterations, 3 seeds; gpu: 3000 iterations, 1 seed, CUDA "
                              "(both 3 mm, 30 training and 30 held-out cases)")
     parser.add_argument("--trainers", nargs="+", default=None,
-                        help=f"trainers with budget siblings (default {STOCK} {BAR} and the recommended one)")
+                        help=f"trainers with budget siblings (default {STOCK} {BAR} and the self-distillation one)")
     parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=None,
                         help="budget names (debug = 2 iterations, small = 200, medium = 1000, large = 3000)")
     parser.add_argument("--seeds", type=int, default=None, help="independent training runs per trainer and budget")
@@ -696,7 +696,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     preset = PRESETS[args.preset]
     if args.dataset_id is not None and args.train_cases is not None:
         parser.error("--train-cases generates a training set; --dataset-id uses an existing one")
-    defaults = {"trainers": [STOCK, BAR, _recommended()], "budgets": list(preset.budgets), "seeds": preset.seeds,
+    defaults = {"trainers": [STOCK, BAR, _self_distillation()], "budgets": list(preset.budgets), "seeds": preset.seeds,
                 "train_cases": preset.train_cases, "test_cases": preset.test_cases, "device": preset.device,
                 "jobs": preset.jobs, "eval_parts": preset.eval_parts}
     for key, value in defaults.items():

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from nnunet_missingmod.demo import costs
 from nnunet_missingmod.errors import MissingModError
 from nnunet_missingmod.training.naming import BUDGETS
-from nnunet_missingmod.training.methods.selfdistill.trainer import RECOMMENDED_TRAINER
+from nnunet_missingmod.training.methods.selfdistill.trainer import SELF_DISTILLATION_TRAINER
 
 MARKER_NAME = ".nnunet-missingmod-demo"  # the same name run_demo.sh used, so old demo folders are recognised
 TRAIN_DATASET_ID, TRAIN_DATASET_NAME = 500, "DemoTrain"
@@ -46,12 +46,12 @@ PLANS = "nnUNetPlans"
 DEFAULT_BUDGET = {"cpu": "small", "cuda": "medium"}
 STOCK_TRAINER = "FullSetTrainer"
 STOCK_LABEL = "stock nnU-Net"
-# Stock nnU-Net, the bar (cardinality dropout), the recommended single model, and the two methods in the variants
+# Stock nnU-Net, the bar (cardinality dropout), the self-distillation single model, and the two methods in the variants
 # that fit the device (CPU: the _small networks; GPU: the sizes that meet the cost targets at nnU-Net's BraTS plans).
 DEFAULT_TRAINERS = {
-    "cpu": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_small",
+    "cpu": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", SELF_DISTILLATION_TRAINER, "MSTKDTrainer_small",
             "CCSDTrainer_small", "DeMoSegTrainer_small"),
-    "cuda": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", RECOMMENDED_TRAINER, "MSTKDTrainer_vitSmall",
+    "cuda": (STOCK_TRAINER, "ModalityDropoutTrainer_cardinality", SELF_DISTILLATION_TRAINER, "MSTKDTrainer_vitSmall",
              "CCSDTrainer_small", "DeMoSegTrainer_small"),
 }
 # evaluate's background workers (-npp/-nps) on a GPU, as nnU-Net's defaults; on the CPU the demo's few small

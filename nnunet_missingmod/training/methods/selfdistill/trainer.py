@@ -18,8 +18,10 @@ from nnunet_missingmod.training.methods.selfdistill.losses import DistillationSe
 from nnunet_missingmod.training.methods.selfdistill.recipe import SelfDistillationTrainer, TeacherSettings
 from nnunet_missingmod.training.naming import with_budgets
 
-RECOMMENDED_TRAINER = "TwoPhaseDistillTrainer"
-"""The single-model recipe the measurements recommend; the demo trains it and routes it with stock nnU-Net."""
+SELF_DISTILLATION_TRAINER = "TwoPhaseDistillTrainer"
+"""The self-distillation recipe that the demo, the robustness benchmark and the GPU check train beside
+``ModalityDropoutTrainer_cardinality`` (the pick of the single-set runs; the robustness benchmark ranks it no higher
+than ``_cardinality``, docs/benchmarks.md)."""
 _KL_AND_DICE = DistillationSettings(kl_weight=1.0, dice_weight=1.0)
 
 
@@ -31,7 +33,7 @@ class TwoPhaseTrainer(SelfDistillationTrainer):
 
 @with_budgets
 class TwoPhaseDistillTrainer(TwoPhaseTrainer):
-    """Two-phase training with self-distillation towards the snapshot at the switch: the recommended single model."""
+    """Two-phase training with self-distillation towards the snapshot at the switch: one model for every subset."""
 
     distillation = _KL_AND_DICE
 

@@ -6,14 +6,14 @@ import torch
 from nnunet_missingmod.training.extra_modules import TEACHER
 from nnunet_missingmod.training.methods.selfdistill.losses import DISTILL_TERMS
 from nnunet_missingmod.training.methods.selfdistill.trainer import (
-    RECOMMENDED_TRAINER, RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseTrainer)
+    SELF_DISTILLATION_TRAINER, RobustifyTrainer, TwoPhaseDistillTrainer, TwoPhaseTrainer)
 from nnunet_missingmod.training.naming import trainer_registry
 from nnunet_missingmod.training.teacher import TEACHER_ENV
 from trainer_helpers import make_batch, make_trainer, module_parameters
 
 
 def test_the_public_trainers_settings():
-    assert RECOMMENDED_TRAINER in trainer_registry()
+    assert SELF_DISTILLATION_TRAINER in trainer_registry()
     assert TwoPhaseTrainer.teacher.source == "snapshot" and not TwoPhaseTrainer.distillation.active
     assert TwoPhaseDistillTrainer.teacher == TwoPhaseTrainer.teacher
     assert (TwoPhaseDistillTrainer.distillation.kl_weight, TwoPhaseDistillTrainer.distillation.dice_weight) == (1, 1)
