@@ -579,14 +579,14 @@ def _csv(rows: List[dict], fields: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def plot_gaps(bench: Benchmark, report: dict, path: Path) -> None:
-    """Two rows (complete-scan gap to stock, 15-subset gap to the bar) x regions; a line per other trainer."""
+def plot_gaps(labels: List[str], report: dict, path: Path) -> None:
+    """Two rows (complete-scan gap to stock, 15-subset gap to the bar) x regions; a line per other trainer of
+    ``labels`` (the report's trainer labels), from ``report``'s ``budgets`` and ``pairs``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from nnunet_missingmod.atomic_io import atomic_output
     from matplotlib.ticker import NullFormatter
-    labels = [label for label, _ in bench.arms()]
     iterations = sorted(b["iterations"] for b in report["budgets"])
     n_seeds = {b["iterations"]: len(b["seeds"]) for b in report["budgets"]}
     rows = [("full_set", STOCK if STOCK in labels else labels[0], "complete-scan Dice gap to"),
@@ -650,7 +650,7 @@ def write_report(bench: Benchmark, data: DataSettings) -> None:
                           "mean_model", "mean_reference", "mean_difference", "ci_low", "ci_high", "ranking",
                           "wilcoxon_p")))
     atomic_write_text(str(out / "report.md"), report_markdown(bench, report, data, cases))
-    plot_gaps(bench, report, out / "report.png")
+    plot_gaps([label for label, _ in bench.arms()], report, out / "report.png")
     for line in seed_coverage(report, bench.args.seeds):
         print(f"  {line}", flush=True)
     print(f"wrote {out / 'report.md'} (and report_arms.csv, report_pairs.csv, report.json, report.png)")
