@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist the workers share the cores: one thread each, here and in every command a test starts (a
+# worker's torch threads would otherwise compete with the other worker's). One process alone keeps two.
+TEST_THREADS = "1" if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else "2"
+os.environ["OMP_NUM_THREADS"] = TEST_THREADS
+
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID}_TinyBraTS"
 N_CASES = 6
@@ -47,7 +52,7 @@ def nnunet_env(root: Path, n_proc_da: str = "0") -> dict:
     env = dict(os.environ, **CPU_ALLOCATOR_ENV)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=trainer_dir(), nnUNet_compile="f",
-               nnUNet_n_proc_DA=n_proc_da, nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1",
+               nnUNet_n_proc_DA=n_proc_da, nnUNet_def_n_proc="1", OMP_NUM_THREADS=TEST_THREADS, PYTHONUNBUFFERED="1",
                # predict in the calling process unless a test asks for background workers (-npp/-nps): each worker
                # imports torch (~7 s here); tests/inference/test_pipeline.py covers the pipelined path
                nnUNet_npp="0", nnUNet_nps="0")

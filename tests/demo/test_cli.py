@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import run_in_process
+from conftest import TEST_THREADS
 from matplotlib.image import imread
 
 from nnunet_missingmod.evaluation.figures import figure_pixels
@@ -23,7 +24,7 @@ METRICS = ["full-set Dice", "15-subset mean Dice", "mean Dice, 1 sequence", "mea
 
 
 def demo(*args, expect_ok=True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=TEST_THREADS)
     result = subprocess.run([str(Path(sys.executable).parent / "nnunet-missingmod"), "demo", *map(str, args)],
                             env=env, capture_output=True, text=True)
     if expect_ok and result.returncode != 0:
