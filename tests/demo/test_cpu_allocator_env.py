@@ -1,6 +1,10 @@
 """``CPU_ALLOCATOR_ENV``, which the demo and the robustness benchmark give nnU-Net's commands on a CPU: with it, a
 process that allocates and frees a tensor-sized block again and again reuses the block instead of faulting its pages
-in anew each time (counted as the process's minor page faults)."""
+in anew each time (counted as the process's minor page faults).
+
+The block comes from glibc's ``malloc`` through ctypes, as a CPU tensor's does (``posix_memalign``), not from numpy:
+numpy asks for transparent huge pages on large arrays, and a 2 MiB-aligned block then faults in 32 huge pages, so few
+that the count no longer tells a reused block from a new one."""
 from __future__ import annotations
 
 import os
@@ -12,12 +16,17 @@ import pytest
 from nnunet_missingmod.demo.pipeline import CPU_ALLOCATOR_ENV
 
 REPEAT_ALLOCATION = """
+import ctypes
 import resource
-import numpy as np
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 * 2 ** 20  # above glibc's largest default mmap threshold (32 MiB)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
-    block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, above glibc's largest default mmap threshold (32 MiB)
-    del block
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)  # touch every page, as filling a tensor does
+    libc.free(block)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
