@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 # Under pytest-xdist the workers share the cores: one thread each, here and in every command a test starts (a
-# worker's torch threads would otherwise compete with the other worker's). One process alone keeps two.
+# worker's torch threads would otherwise compete with the other worker's). One process alone gives its commands two.
 TEST_THREADS = "1" if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else "2"
-os.environ["OMP_NUM_THREADS"] = TEST_THREADS
+if TEST_THREADS == "1":
+    os.environ["OMP_NUM_THREADS"] = TEST_THREADS
 
 
 def pytest_collection_modifyitems(config, items):
