@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh
 "$VENV/bin/ruff" check .
-exec "$VENV/bin/pytest" -ra -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+exec "$VENV/bin/pytest" -ra -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -19,14 +19,6 @@ if TEST_THREADS == "1":
     os.environ["OMP_NUM_THREADS"] = TEST_THREADS
 
 
-def pytest_collection_modifyitems(config, items):
-    """The files that hold slow tests first, in their order, then the rest: under pytest-xdist the long files start
-    at once and the short ones fill the workers' last minutes, instead of one worker running a long file alone at
-    the end (run_tests.sh keeps this order with --no-loadscope-reorder)."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID}_TinyBraTS"
 N_CASES = 6
