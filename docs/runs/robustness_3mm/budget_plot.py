@@ -1,9 +1,10 @@
-"""The robustness benchmark's gap plot over the two budgets measured so far, from their reports.
+"""The robustness benchmark's gap plot over every budget measured so far, from their reports.
 
 The 200-iteration evaluations (3 seeds, 2026-12-06) were not kept, only their report
-(``../robustness_3mm_2026-12-06/report.json``, which holds every pair's interval); the 1000-iteration ones are kept
-here and reported in ``report.json``. Both are on the same data and held-out set (same ``heldout_cases.json``). This
-joins the two reports' pairs and draws them with the benchmark's own ``plot_gaps``:
+(``../robustness_3mm_2026-12-06/report.json``, which holds every pair's interval); the 1000- and 3000-iteration ones
+are kept here and reported in ``report.json`` (each budget with the seeds evaluated for every trainer). All are on
+the same data and held-out set (same ``heldout_cases.json``). This joins the two reports' pairs and draws them with
+the benchmark's own ``plot_gaps``:
 
     PYTHONPATH=. .venv/bin/python docs/runs/robustness_3mm/budget_plot.py   # writes budget_plot.png beside this file
 """
@@ -35,8 +36,9 @@ def main() -> int:
     pairs = [p for p in earlier["pairs"] + kept["pairs"] if p["model"] in TRAINERS and p["reference"] in TRAINERS]
     report = {"budgets": earlier_budgets + kept["budgets"], "pairs": pairs}
     module.plot_gaps(list(TRAINERS), report, HERE / "budget_plot.png")
-    print(f"wrote {HERE / 'budget_plot.png'}: " + ", ".join(f"{b['iterations']} iterations ({len(b['seeds'])} seeds)"
-                                                         for b in report["budgets"]))
+    measured = ", ".join(f"{b['iterations']} iterations ({len(b['seeds'])} seed{'s' if len(b['seeds']) > 1 else ''})"
+                         for b in report["budgets"])
+    print(f"wrote {HERE / 'budget_plot.png'}: {measured}")
     return 0
 
 
